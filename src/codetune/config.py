@@ -1,0 +1,396 @@
+"""Typed configuration: one dataclass per stage, loaded from YAML, overridden by `--section.key=value`.
+
+Precedence: dataclass defaults < YAML file < command-line overrides. The resolved config is written
+next to every stage's output (`config.yaml`), so a run can be repeated exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from codetune.errors import CodetuneError
+
+
+@dataclass
+class SourceConfig:
+    """One input of `prepare`: a file of NL/code pairs (JSONL, CSV or Parquet)."""
+
+    path: str = ""
+    kind: Literal["file"] = "file"
+    format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
+    nl_field: str = "nl"
+    code_field: str = "code"
+    id_field: str | None = None
+    group_field: str | None = None
+    language: str = "python"
+
+
+@dataclass
+class DataConfig:
+    """`prepare`: read sources, clean, deduplicate, split, write JSONL + manifest."""
+
+    sources: list[SourceConfig] = field(default_factory=list)
+    output_dir: str = "runs/data"
+    splits: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "valid": 0.1, "test": 0.1})
+    split_by: str | None = None  # "group" splits by each source's group_field (repo, file, ...)
+    seed: int = 42
+    skip_bad: bool = False  # count and list malformed records instead of stopping at the first
+    syntax_check: bool = True  # Python only; other languages are passed through and reported
+    dedup: bool = True
+    min_nl_chars: int = 1
+    min_code_chars: int = 1
+
+
+@dataclass
+class TinyModelConfig:
+    """Sizes of the random-init `tiny` / `tiny-t5` presets (offline tests and smoke runs)."""
+
+    vocab_size: int = 512
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 128
+    max_position_embeddings: int = 1024
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Which model: `tiny`, `tiny-t5`, a local folder, a model pack name, or a Hugging Face hub name."""
+
+    name: str = "tiny"
+    kind: Literal["auto", "causal", "seq2seq"] = "auto"
+    revision: str | None = None
+    dropout: float | None = None  # overrides the model config's dropout when set
+    trust_remote_code: bool = False
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+@dataclass
+class PromptConfig:
+    """How a description becomes a prompt. Saved with the model so that generation uses the same."""
+
+    style: Literal["plain", "chat"] = "plain"
+    template: str = "### Instruction:\n{nl}\n### Response:\n"
+    system: str | None = None  # chat style only
+    answer_template: str = "{code}"  # what the model is trained to produce after the prompt
+
+
+@dataclass
+class LoraSettings:
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] | str = "all-linear"
+
+
+@dataclass
+class TrainConfig:
+    """`train`: fine-tune on the prepared train split; validate on the valid split."""
+
+    output_dir: str = "runs/train"
+    data_dir: str | None = None  # default: data.output_dir
+    epochs: float = 1.0
+    max_steps: int | None = None  # optimizer steps; overrides epochs when set
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    max_length: int = 512  # prompt + completion tokens (causal) or source tokens (seq2seq)
+    max_target_length: int = 256  # seq2seq target tokens
+    length_policy: Literal["drop", "truncate"] = "drop"
+    eval_every: int = 50  # steps; 0 = only at the end
+    save_every: int = 50  # steps; 0 = only at the end
+    keep_checkpoints: int = 2
+    early_stopping_patience: int = 0  # evaluations without improvement; 0 = off
+    resume: bool = False
+    max_valid_examples: int = 256
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+
+@dataclass
+class GenerateConfig:
+    """Decoding settings and backend for `generate`, `evaluate` and `serve`."""
+
+    backend: Literal["hf", "llamacpp"] = "hf"
+    model: str | None = None  # a model folder, checkpoint, GGUF file or pack name
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    n: int = 1
+    seed: int = 0
+    stop: list[str] = field(default_factory=list)
+    batch_size: int = 8
+    threads: int | None = None
+
+
+@dataclass
+class EvalConfig:
+    """`evaluate`: generate for a split or benchmark and score it."""
+
+    models: list[str] = field(default_factory=list)  # default: the trained base and final models
+    output_dir: str = "runs/eval"
+    data_dir: str | None = None  # default: data.output_dir
+    split: str = "test"
+    max_examples: int | None = None
+    benchmark: str | None = None  # e.g. "humaneval"; None scores the prepared split
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def train_data_dir(self) -> Path:
+        return Path(self.train.data_dir or self.data.output_dir)
+
+    @property
+    def eval_data_dir(self) -> Path:
+        return Path(self.eval.data_dir or self.data.output_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building dataclasses from plain dicts, with errors that name the field.
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise CodetuneError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise CodetuneError(
+            f"{where}: unknown field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _build(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where)
+            except CodetuneError as e:
+                errors.append(str(e))
+        raise CodetuneError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise CodetuneError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise CodetuneError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise CodetuneError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, float, str, bool):
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise CodetuneError(f"{where}: expected {tp.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def config_from_dict(raw: dict[str, Any], where: str = "config") -> Config:
+    """Build a Config from a plain mapping (as read from YAML)."""
+    return typing.cast(Config, _build(Config, raw, where))
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return typing.cast(dict[str, Any], dataclasses.asdict(cfg))
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """Turn `--train.lr=1e-4 --data.seed 3` into a nested dict; values are parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) < 3:
+            raise CodetuneError(f"unexpected argument {arg!r}; overrides look like --section.key=value")
+        body = arg[2:]
+        if "=" in body:
+            key, text = body.split("=", 1)
+        else:
+            if i + 1 >= len(args):
+                raise CodetuneError(f"override {arg!r} has no value; write {arg}=VALUE")
+            key, text = body, args[i + 1]
+            i += 1
+        i += 1
+        if "." not in key:
+            raise CodetuneError(f"override {arg!r} must name a section and a key, e.g. --train.lr=1e-4")
+        try:
+            value = yaml.safe_load(text) if text != "" else ""
+            if isinstance(value, str):
+                try:
+                    value = float(value) if any(c in value.lower() for c in ".e") else value
+                except ValueError:
+                    pass
+        except yaml.YAMLError as e:
+            raise CodetuneError(f"override {arg!r}: value is not valid YAML ({e})") from e
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise CodetuneError(f"override {arg!r} conflicts with another override of {p!r}")
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = _merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None
+) -> Config:
+    """Load a YAML config (or defaults when `path` is None) and apply overrides."""
+    raw: dict[str, Any] = {}
+    where = "config"
+    if path is not None:
+        p = Path(path)
+        where = str(p)
+        if not p.is_file():
+            raise CodetuneError(f"config file {p} not found")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise CodetuneError(f"{p}: not valid YAML: {e}") from e
+        if loaded is not None and not isinstance(loaded, dict):
+            raise CodetuneError(f"{p}: the top level must be a mapping of sections (data, model, train, ...)")
+        raw = loaded or {}
+    if overrides:
+        extra = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        raw = _merge(raw, extra)
+        where += " + overrides"
+    return config_from_dict(raw, where)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+
+# Help text for every key, shown by `codetune <stage> --help` (overrides: --section.key=value).
+FIELD_HELP: dict[str, str] = {
+    "data.sources": "input files: list of {path, format, nl_field, code_field, id_field, group_field, language}",
+    "data.output_dir": "where the splits, manifest.json and config.yaml are written",
+    "data.splits": "split names and fractions adding up to 1, e.g. {train: 0.8, valid: 0.1, test: 0.1}",
+    "data.split_by": "'group' keeps each source's group_field value (repo, file) inside one split",
+    "data.seed": "seed of the split shuffle",
+    "data.skip_bad": "count and list malformed records in the manifest instead of stopping",
+    "data.syntax_check": "drop Python code that does not parse (other languages are reported, not checked)",
+    "data.dedup": "drop exact duplicates of the code (whitespace-insensitive)",
+    "data.min_nl_chars": "drop descriptions shorter than this",
+    "data.min_code_chars": "drop code shorter than this",
+    "model.name": "tiny | tiny-t5 | a local folder | a model pack (codetune models list) | a hub name",
+    "model.kind": "auto | causal | seq2seq (auto reads the model config)",
+    "model.revision": "hub revision",
+    "model.dropout": "override the model's dropout",
+    "model.trust_remote_code": "allow model code from the hub",
+    "model.tiny": "sizes of the tiny presets: vocab_size, hidden_size, num_layers, num_heads, ...",
+    "prompt.style": "plain (template text) or chat (the model's chat template around the template)",
+    "prompt.template": "prompt text with {nl} for the description",
+    "prompt.system": "system message (chat style)",
+    "prompt.answer_template": "what the model learns to write after the prompt, with {code}",
+    "train.output_dir": "checkpoints/, best/, final/, metrics.jsonl, length_audit.json, manifest.json",
+    "train.data_dir": "prepared data folder (default: data.output_dir)",
+    "train.epochs": "passes over the train split (fractions allowed)",
+    "train.max_steps": "optimizer steps; overrides epochs",
+    "train.batch_size": "examples per micro-batch",
+    "train.grad_accum": "micro-batches per optimizer step",
+    "train.lr": "peak learning rate (AdamW)",
+    "train.weight_decay": "AdamW weight decay (not on biases and norms)",
+    "train.warmup_ratio": "share of steps with linear warm-up before the cosine decay",
+    "train.max_grad_norm": "gradient clipping",
+    "train.seed": "seed for initialisation, data order and dropout",
+    "train.max_length": "token limit of prompt + answer (causal) or of the source (seq2seq)",
+    "train.max_target_length": "token limit of the target (seq2seq)",
+    "train.length_policy": "drop (default) or truncate examples over the limit; always reported",
+    "train.eval_every": "validation every N steps (0: at the end only); the best model goes to best/",
+    "train.save_every": "checkpoint every N steps (0: at the end only)",
+    "train.keep_checkpoints": "how many recent checkpoints to keep",
+    "train.early_stopping_patience": "stop after N validations without improvement (0: off)",
+    "train.resume": "continue from the latest checkpoint in output_dir",
+    "train.max_valid_examples": "cap on validation examples",
+    "train.lora": "LoRA: {enabled, r, alpha, dropout, target_modules}",
+    "generate.backend": "hf (transformers) or llamacpp (GGUF)",
+    "generate.model": "model folder, checkpoint, GGUF file or pack name",
+    "generate.max_new_tokens": "tokens to generate at most",
+    "generate.temperature": "0 = greedy",
+    "generate.top_p": "nucleus sampling",
+    "generate.top_k": "top-k sampling (0: off)",
+    "generate.n": "completions per prompt",
+    "generate.seed": "sampling seed",
+    "generate.stop": "stop sequences",
+    "generate.batch_size": "prompts per batch (greedy)",
+    "generate.threads": "CPU threads (llamacpp)",
+    "eval.models": "models to compare, as label=path or path (default: the trained base and final)",
+    "eval.output_dir": "predictions, metrics, summary.json and manifest.json",
+    "eval.data_dir": "prepared data folder (default: data.output_dir)",
+    "eval.split": "which split to score",
+    "eval.max_examples": "score only the first N examples",
+    "eval.benchmark": "score a built-in benchmark instead of a split: humaneval",
+}
+
+
+def describe_sections(*sections: str) -> str:
+    """Every key of the given sections with its default and help, for `--help` epilogs."""
+    lines = []
+    cfg = Config()
+    for section in sections:
+        obj = getattr(cfg, section)
+        for f in dataclasses.fields(obj):
+            key = f"{section}.{f.name}"
+            default = getattr(obj, f.name)
+            if dataclasses.is_dataclass(default):
+                default = "{...}"
+            lines.append(f"--{key}={default!r}: {FIELD_HELP.get(key, '')}")
+    return "\n\n".join(lines)

@@ -1,0 +1,132 @@
+"""The `prepare` stage: sources -> cleaned, deduplicated, split JSONL files plus a manifest."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from codetune.config import Config, config_to_dict, save_config
+from codetune.data.clean import dedup_key, normalise_code, normalise_nl, python_syntax_error
+from codetune.data.records import BadRecord, Example
+from codetune.data.sources import read_source
+from codetune.data.split import split_examples
+from codetune.errors import CodetuneError
+from codetune.manifest import sha256_file, write_jsonl, write_manifest
+
+_MAX_LISTED = 50  # ids listed per drop reason in the manifest (all are counted)
+
+
+def _clean(
+    examples: list[Example], cfg: Config, drops: dict[str, list[str]], notes: Counter[str]
+) -> list[Example]:
+    kept: list[Example] = []
+    seen: dict[str, str] = {}
+    seen_ids: set[str] = set()
+    for ex in examples:
+        ex.nl = normalise_nl(ex.nl)
+        ex.code = normalise_code(ex.code)
+        if ex.id in seen_ids:
+            raise CodetuneError(f"{ex.source}: duplicate id {ex.id!r}; ids must be unique across sources")
+        seen_ids.add(ex.id)
+        if len(ex.nl) < cfg.data.min_nl_chars:
+            drops["empty_nl"].append(ex.id)
+            continue
+        if len(ex.code) < cfg.data.min_code_chars:
+            drops["empty_code"].append(ex.id)
+            continue
+        if cfg.data.syntax_check:
+            if ex.language == "python":
+                err = python_syntax_error(ex.code)
+                if err is not None:
+                    drops["syntax_error"].append(ex.id)
+                    continue
+            else:
+                notes[f"syntax check skipped for language {ex.language!r}"] += 1
+        if cfg.data.dedup:
+            key = dedup_key(ex.code)
+            if key in seen:
+                drops["exact_duplicate"].append(ex.id)
+                continue
+            seen[key] = ex.id
+        kept.append(ex)
+    return kept
+
+
+def prepare(cfg: Config, console: Console | None = None) -> Path:
+    """Read `cfg.data.sources`, clean, deduplicate and split them; write JSONL splits + manifest.
+
+    Returns the output folder, which holds `{split}.jsonl`, `manifest.json`, `bad_records.jsonl`
+    (only with skip_bad) and the resolved `config.yaml`.
+    """
+    console = console or Console(stderr=True)
+    if not cfg.data.sources:
+        raise CodetuneError("data.sources is empty: list at least one file with nl_field/code_field")
+    out = Path(cfg.data.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    examples: list[Example] = []
+    bad: list[BadRecord] = []
+    inputs: list[dict[str, Any]] = []
+    for src in cfg.data.sources:
+        got, bad_here, rows = read_source(src, cfg.data.skip_bad)
+        examples.extend(got)
+        bad.extend(bad_here)
+        inputs.append(
+            {"path": src.path, "sha256": sha256_file(Path(src.path)), "rows": rows, "read": len(got)}
+        )
+
+    drops: dict[str, list[str]] = {
+        k: [] for k in ("empty_nl", "empty_code", "syntax_error", "exact_duplicate")
+    }
+    notes: Counter[str] = Counter()
+    kept = _clean(examples, cfg, drops, notes)
+    if not kept:
+        raise CodetuneError(
+            f"no examples left after cleaning; dropped: { {k: len(v) for k, v in drops.items()} }"
+        )
+    splits = split_examples(kept, cfg.data.splits, cfg.data.seed, by_group=cfg.data.split_by == "group")
+
+    outputs = {}
+    for name, items in splits.items():
+        path = out / f"{name}.jsonl"
+        write_jsonl(path, [e.to_dict() for e in items])
+        outputs[name] = {"file": path.name, "count": len(items), "sha256": sha256_file(path)}
+    if bad:
+        write_jsonl(out / "bad_records.jsonl", [vars(b) for b in bad])
+    save_config(cfg, out / "config.yaml")
+    counts = {
+        "rows_read": sum(i["rows"] for i in inputs),
+        "bad_records": len(bad),
+        "examples_read": len(examples),
+        "dropped": {k: len(v) for k, v in drops.items()},
+        "kept": len(kept),
+        "splits": {k: len(v) for k, v in splits.items()},
+    }
+    write_manifest(
+        out,
+        "prepare",
+        inputs=inputs,
+        counts=counts,
+        dropped_ids={k: v[:_MAX_LISTED] for k, v in drops.items() if v},
+        bad_records=[vars(b) for b in bad[:_MAX_LISTED]],
+        notes=dict(notes),
+        outputs=outputs,
+        config=config_to_dict(cfg),
+    )
+    _report(console, out, counts, notes)
+    return out
+
+
+def _report(console: Console, out: Path, counts: dict[str, Any], notes: Counter[str]) -> None:
+    dropped = ", ".join(f"{k} {v}" for k, v in counts["dropped"].items() if v) or "none"
+    splits = ", ".join(f"{k} {v}" for k, v in counts["splits"].items())
+    console.print(
+        f"[bold]prepare[/bold]: read {counts['rows_read']} rows, {counts['bad_records']} bad (skipped), "
+        f"dropped: {dropped}; kept {counts['kept']} -> {splits}"
+    )
+    for note, n in notes.items():
+        console.print(f"  note: {note} ({n} examples)")
+    console.print(f"  wrote {out}/ (manifest.json)")

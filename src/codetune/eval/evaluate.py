@@ -1,0 +1,187 @@
+"""The `evaluate` stage: generate for a split (or a benchmark) with one or more models and score it."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rich.console import Console
+from rich.table import Table
+
+from codetune.config import Config, config_to_dict, save_config
+from codetune.data.format import build_prompt
+from codetune.errors import CodetuneError
+from codetune.eval.metrics import text_metrics
+from codetune.generation import (
+    answer_stops,
+    extract_code,
+    load_backend,
+    model_prompt_config,
+    sampling_settings,
+)
+from codetune.manifest import sha256_file, write_json, write_jsonl, write_manifest
+from codetune.training.loop import read_split
+
+
+@dataclass
+class Report:
+    """What `evaluate` returns: the output folder and each model's metrics, keyed by label."""
+
+    output_dir: Path
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)
+
+
+def default_models(cfg: Config) -> list[str]:
+    """With no eval.models: the trained run's base (if it is a local folder) and its final model."""
+    out = Path(cfg.train.output_dir)
+    models = []
+    if (out / "base").is_dir():
+        models.append(f"base={out / 'base'}")
+    elif cfg.model.name not in ("tiny", "tiny-t5"):
+        models.append(f"base={cfg.model.name}")
+    if (out / "final").is_dir():
+        models.append(f"final={out / 'final'}")
+    if not models:
+        raise CodetuneError(f"no models to evaluate: set eval.models, or train first ({out}/final not found)")
+    return models
+
+
+def parse_model_spec(spec: str) -> tuple[str, str]:
+    """`label=path` or a bare path (the label is then made from the path)."""
+    if "=" in spec and not Path(spec).exists():
+        label, path = spec.split("=", 1)
+        return label, path
+    parts = [p for p in Path(spec).parts if p not in ("/", ".")][-2:]
+    return re.sub(r"[^\w.-]+", "-", "-".join(parts)) or "model", spec
+
+
+def evaluate(cfg: Config, console: Console | None = None) -> Report:
+    """Generate for `eval.split` of the prepared data with each of `eval.models`; write
+    `{label}/predictions.jsonl`, `{label}/metrics.json`, `summary.json` and a manifest."""
+    console = console or Console(stderr=True)
+    out = Path(cfg.eval.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    if cfg.eval.benchmark:
+        return _benchmark(cfg, out, console)
+    data_dir = cfg.eval_data_dir
+    examples = read_split(data_dir, cfg.eval.split)
+    if cfg.eval.max_examples is not None:
+        examples = examples[: cfg.eval.max_examples]
+    if not examples:
+        raise CodetuneError(f"{data_dir}/{cfg.eval.split}.jsonl has no examples to evaluate")
+    report = Report(out)
+    for spec in cfg.eval.models or default_models(cfg):
+        label, path = parse_model_spec(spec)
+        report.models[label] = path
+        report.metrics[label] = _evaluate_model(cfg, label, path, examples, out / label, console)
+    write_json(out / "summary.json", {"models": report.models, "metrics": report.metrics})
+    write_manifest(
+        out,
+        "evaluate",
+        data={
+            "file": str(data_dir / f"{cfg.eval.split}.jsonl"),
+            "sha256": sha256_file(data_dir / f"{cfg.eval.split}.jsonl"),
+            "examples": len(examples),
+        },
+        decoding=asdict(cfg.generate),
+        models=report.models,
+        metrics=report.metrics,
+        config=config_to_dict(cfg),
+    )
+    _print_table(console, report)
+    return report
+
+
+def _evaluate_model(
+    cfg: Config, label: str, path: str, examples: list, folder: Path, console: Console
+) -> dict[str, Any]:
+    backend = load_backend(cfg.generate, path)
+    prompt_cfg = model_prompt_config(path, cfg.prompt)
+    prompts = [build_prompt(ex.nl, prompt_cfg, backend.chat_prompt) for ex in examples]
+    settings = sampling_settings(cfg.generate, answer_stops(prompt_cfg))
+    console.print(f"[bold]evaluate[/bold] {label} ({path}): {len(prompts)} examples")
+    started = time.perf_counter()
+    results = backend.generate(prompts, settings)
+    seconds = time.perf_counter() - started
+    predictions = [extract_code(row[0].text, prompt_cfg) for row in results]
+    rows = [
+        {
+            "id": ex.id,
+            "prompt": p,
+            "reference": ex.code,
+            "prediction": pred,
+            "finish_reason": row[0].finish_reason,
+        }
+        for ex, p, pred, row in zip(examples, prompts, predictions, results, strict=True)
+    ]
+    write_jsonl(folder / "predictions.jsonl", rows)
+    language = examples[0].language if examples else "python"
+    metrics: dict[str, Any] = text_metrics(predictions, [ex.code for ex in examples], language)
+    n_tokens = sum(row[0].completion_tokens for row in results)
+    metrics.update(
+        examples=len(examples),
+        seconds=round(seconds, 2),
+        tokens_per_s=round(n_tokens / max(seconds, 1e-9), 1),
+    )
+    write_json(folder / "metrics.json", metrics)
+    write_manifest(
+        folder,
+        "evaluate",
+        model=path,
+        backend=backend.name,
+        prompt=asdict(prompt_cfg),
+        decoding=asdict(settings),
+        metrics=metrics,
+    )
+    return metrics
+
+
+def _benchmark(cfg: Config, out: Path, console: Console) -> Report:
+    name = cfg.eval.benchmark
+    if name != "humaneval":
+        raise CodetuneError(f"eval.benchmark {name!r} is not known; available: humaneval")
+    from codetune.eval import humaneval
+
+    report = Report(out)
+    specs = cfg.eval.models or ([cfg.generate.model] if cfg.generate.model else [])
+    if not specs:
+        raise CodetuneError("eval.benchmark needs a model: set eval.models or generate.model")
+    for spec in specs:
+        label, path = parse_model_spec(spec)
+        backend = load_backend(cfg.generate, path)
+        # instruct models get their chat template and code-block extraction; base models plain completion
+        style: Literal["base", "chat"] = "chat" if cfg.prompt.style == "chat" else "base"
+        metrics = humaneval.run_humaneval(
+            backend,
+            sampling_settings(cfg.generate),
+            style=style,
+            n=cfg.generate.n,
+            ks=(1, 10, 100),
+            out_dir=out / label,
+            limit=cfg.eval.max_examples,
+        )
+        report.models[label] = path
+        report.metrics[label] = metrics
+    write_json(out / "summary.json", {"models": report.models, "metrics": report.metrics})
+    _print_table(console, report)
+    return report
+
+
+def _print_table(console: Console, report: Report) -> None:
+    keys: list[str] = []
+    for m in report.metrics.values():
+        keys.extend(k for k, v in m.items() if isinstance(v, int | float) and k not in keys)
+    table = Table(title=f"evaluate -> {report.output_dir}")
+    table.add_column("model")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for label, m in report.metrics.items():
+        table.add_row(
+            label, *[f"{m[k]:.2f}" if isinstance(m.get(k), float) else str(m.get(k, "")) for k in keys]
+        )
+    console.print(table)

@@ -1,0 +1,100 @@
+"""One generation path used by `codetune generate`, evaluation and the server.
+
+(Named generation.py, not generate.py, so that `from codetune import generate` is always the function.)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from codetune.config import Config, GenerateConfig, PromptConfig
+from codetune.data.format import build_answer, build_prompt
+from codetune.errors import CodetuneError
+from codetune.models.backends.base import Backend, Completion, SamplingSettings
+
+_FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|$)", re.DOTALL)
+
+
+def sampling_settings(g: GenerateConfig, extra_stop: Sequence[str] = ()) -> SamplingSettings:
+    return SamplingSettings(
+        max_new_tokens=g.max_new_tokens,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        top_k=g.top_k,
+        stop=tuple(g.stop) + tuple(s for s in extra_stop if s not in g.stop),
+        n=g.n,
+        seed=g.seed,
+    )
+
+
+def load_backend(g: GenerateConfig, model: str | None = None) -> Backend:
+    """The backend named by `g.backend` for `model` (default `g.model`); heavy imports happen here."""
+    name = model or g.model
+    if not name:
+        raise CodetuneError("no model given: set generate.model or pass --model")
+    if g.backend == "hf":
+        from codetune.models.backends.hf import HFBackend
+
+        return HFBackend.from_path(name, batch_size=g.batch_size)
+    if g.backend == "llamacpp":
+        from codetune.models.backends.llamacpp import LlamaCppBackend
+
+        path = Path(name)
+        if not path.is_file():
+            from codetune.models import pack
+
+            if name not in pack.PACKS:
+                raise CodetuneError(f"generate.model {name!r}: not a GGUF file nor a model pack name")
+            path = pack.fetch_model(name, convert=False).gguf_path
+        kwargs = {"n_threads": g.threads} if g.threads else {}
+        return LlamaCppBackend(str(path), seed=g.seed, **kwargs)
+    raise CodetuneError(f"generate.backend {g.backend!r} is not one of: hf, llamacpp")
+
+
+def model_prompt_config(model: str, fallback: PromptConfig) -> PromptConfig:
+    """The prompt settings a codetune-trained model folder was trained with (else `fallback`)."""
+    from codetune.models.loading import prompt_config_of, read_meta
+
+    path = Path(model)
+    return prompt_config_of(read_meta(path) if path.is_dir() else {}, fallback)
+
+
+def extract_code(text: str, prompt: PromptConfig) -> str:
+    """The code in a reply: the first fenced block when the model answers in Markdown (chat models,
+    or an answer template with a fence), else the text itself."""
+    if prompt.style == "chat" or "```" in prompt.answer_template:
+        m = _FENCE.search(text)
+        if m:
+            return m.group(2).rstrip()
+    return text
+
+
+def answer_stops(prompt: PromptConfig) -> tuple[str, ...]:
+    """Stops implied by the answer template: a fenced answer ends at its closing fence."""
+    after = build_answer("\x00", prompt).split("\x00", 1)[1]
+    return (after,) if after.strip() else ()
+
+
+def generate(
+    descriptions: Sequence[str], cfg: Config, model: str | None = None, backend: Backend | None = None
+) -> list[list[Completion]]:
+    """Description -> code: prompt each description the way the model was trained, decode with
+    `cfg.generate`, and return `n` completions per description (code extracted from Markdown)."""
+    name = model or cfg.generate.model
+    if backend is None:
+        backend = load_backend(cfg.generate, name)
+    prompt_cfg = model_prompt_config(name, cfg.prompt) if name else cfg.prompt
+    prompts = [build_prompt(d, prompt_cfg, backend.chat_prompt) for d in descriptions]
+    settings = sampling_settings(cfg.generate, answer_stops(prompt_cfg))
+    results = backend.generate(prompts, settings)
+    return [
+        [
+            Completion(
+                extract_code(c.text, prompt_cfg), c.finish_reason, c.prompt_tokens, c.completion_tokens
+            )
+            for c in row
+        ]
+        for row in results
+    ]

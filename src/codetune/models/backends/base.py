@@ -1,0 +1,90 @@
+"""The one small interface every generation backend implements (transformers, llama.cpp)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Decoding settings shared by every backend. temperature 0 means greedy decoding."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: tuple[str, ...] = ()
+    n: int = 1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated continuation, already cut at the first stop sequence (the stop is not included)."""
+
+    text: str
+    finish_reason: Literal["stop", "length"]
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class FimTokens:
+    """A model's own fill-in-the-middle special tokens (prefix, suffix, middle; optional end-of-text)."""
+
+    prefix: str
+    suffix: str
+    middle: str
+    eot: str | None = None
+    extra_stop: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Backend(Protocol):
+    """What evaluation, `codetune generate` and the server need from a model."""
+
+    name: str
+
+    def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Completion]]:
+        """Return `settings.n` completions for each prompt, in prompt order."""
+        ...
+
+    def stream(self, prompt: str, settings: SamplingSettings) -> Iterator[str]:
+        """Yield text pieces of one completion as they are produced (n is ignored), honouring stops."""
+        ...
+
+    def chat_prompt(self, messages: Sequence[dict[str, str]]) -> str:
+        """Render messages with the model's own chat template, ending with the assistant turn opened."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens `text` encodes to (no special tokens added)."""
+        ...
+
+    def fim_tokens(self) -> FimTokens | None:
+        """The model's FIM tokens, or None when it has none."""
+        ...
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """Cut `text` at the earliest stop sequence. Returns (text, whether a stop was found)."""
+    cut = len(text)
+    for s in stop:
+        if not s:
+            continue
+        i = text.find(s)
+        if i != -1 and i < cut:
+            cut = i
+    return text[:cut], cut != len(text)
+
+
+def stop_holdback(text: str, stop: Sequence[str]) -> int:
+    """How many trailing characters of `text` could be the start of a stop sequence (for streaming)."""
+    hold = 0
+    for s in stop:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                hold = max(hold, k)
+                break
+    return hold

@@ -1,0 +1,214 @@
+"""Load a model + tokenizer from a preset, a local folder, a model pack or a Hugging Face hub name.
+
+Every model folder codetune writes carries `codetune.json`: the model kind, the prompt settings it was
+trained with, and (for LoRA adapters and checkpoints) the base it applies to. Generation reads it, so
+a fine-tuned model is always prompted the way it was trained.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from codetune.config import LoraSettings, ModelConfig, PromptConfig
+from codetune.errors import CodetuneError
+from codetune.models.tiny import TINY_PRESETS, build_tiny_model, train_tokenizer
+
+META_FILE = "codetune.json"
+TRAINABLE_FILE = "trainable.safetensors"
+Kind = Literal["causal", "seq2seq"]
+
+
+def quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def write_meta(folder: Path, **meta: Any) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    path = folder / META_FILE
+    if not path.is_file():
+        return {}
+    return dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def resolve_source(name: str) -> str:
+    """A folder path stays as is; a model-pack name becomes its converted folder; else a hub name."""
+    if Path(name).exists():
+        return name
+    try:
+        from codetune.models import pack
+    except ImportError:  # pack module not present
+        return name
+    if name in getattr(pack, "PACKS", {}):
+        fetched = pack.fetch_model(name)
+        if fetched.hf_path is None:
+            raise CodetuneError(f"model pack {name!r} has no transformers conversion; run codetune models fetch {name}")
+        return str(fetched.hf_path)
+    return name
+
+
+def _auto_kind(source: str, revision: str | None, trust_remote_code: bool) -> Kind:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise CodetuneError(
+            f"model {source!r}: not a local folder, a model pack (codetune models list) or a reachable hub "
+            f"name ({str(e).splitlines()[0]})"
+        ) from e
+    return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
+
+
+def _set_dropout(model: Any, p: float) -> None:
+    for name in (
+        "attention_dropout",
+        "hidden_dropout",
+        "dropout",
+        "dropout_rate",
+        "resid_pdrop",
+        "embd_pdrop",
+    ):
+        if hasattr(model.config, name):
+            setattr(model.config, name, p)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+
+
+def load_pretrained(
+    source: str, kind: Kind, revision: str | None = None, trust_remote_code: bool = False
+) -> Any:
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    cls = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
+    try:
+        return cls.from_pretrained(
+            source, revision=revision, dtype=torch.float32, trust_remote_code=trust_remote_code
+        )
+    except OSError as e:
+        raise CodetuneError(f"model {source!r}: cannot load weights ({str(e).splitlines()[0]})") from e
+
+
+def load_tokenizer(source: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise CodetuneError(f"model {source!r}: cannot load its tokenizer ({str(e).splitlines()[0]})") from e
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_for_training(cfg: ModelConfig, texts: list[str]) -> tuple[Any, Any, Kind, str]:
+    """Model, tokenizer, kind and a reference to the base (name/folder; "" for presets, saved later).
+
+    Presets train their tokenizer on `texts`.
+    """
+    quiet_transformers()
+    if cfg.name in TINY_PRESETS:
+        preset_kind: Kind = "causal" if TINY_PRESETS[cfg.name] == "causal" else "seq2seq"
+        if cfg.kind not in ("auto", preset_kind):
+            raise CodetuneError(f"model.kind {cfg.kind!r} does not fit preset {cfg.name!r} ({preset_kind})")
+        tok = train_tokenizer(texts, cfg.tiny.vocab_size)
+        return build_tiny_model(cfg.name, tok, cfg.tiny, cfg.dropout), tok, preset_kind, ""
+    source = resolve_source(cfg.name)
+    kind: Kind = _auto_kind(source, cfg.revision, cfg.trust_remote_code) if cfg.kind == "auto" else cfg.kind
+    model = load_pretrained(source, kind, cfg.revision, cfg.trust_remote_code)
+    if cfg.dropout is not None:
+        _set_dropout(model, cfg.dropout)
+    tok = load_tokenizer(source, cfg.revision, cfg.trust_remote_code)
+    return model, tok, kind, source
+
+
+def apply_lora(model: Any, lora: LoraSettings, kind: Kind) -> Any:
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type=TaskType.SEQ_2_SEQ_LM if kind == "seq2seq" else TaskType.CAUSAL_LM,
+    )
+    return get_peft_model(model, config)
+
+
+def load_trainable(model: Any, folder: Path) -> None:
+    """Copy the tensors of `trainable.safetensors` into the model's parameters of the same names."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / TRAINABLE_FILE))
+    params = dict(model.named_parameters())
+    missing = [k for k in state if k not in params]
+    if missing:
+        raise CodetuneError(f"{folder}: checkpoint has parameters the model lacks, e.g. {missing[:3]}")
+    with torch.no_grad():
+        for k, v in state.items():
+            params[k].copy_(v)
+
+
+def load_for_inference(name: str) -> tuple[Any, Any, Kind, dict[str, Any]]:
+    """Model (eval mode), tokenizer, kind and meta for a trained folder, checkpoint, pack or hub name."""
+    quiet_transformers()
+    folder = Path(name)
+    meta = read_meta(folder) if folder.is_dir() else {}
+    fmt = meta.get("format", "full")
+    if fmt in ("lora", "checkpoint"):
+        base = meta.get("base_model")
+        if not base:
+            raise CodetuneError(f"{folder}/{META_FILE}: no base_model recorded; cannot load this adapter")
+        kind: Kind = meta.get("kind", "causal")
+        model = load_pretrained(resolve_source(base), kind)
+        tok = load_tokenizer(str(folder) if (folder / "tokenizer_config.json").is_file() else base)
+        if fmt == "lora":
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+        else:
+            if meta.get("lora"):
+                model = apply_lora(model, LoraSettings(**meta["lora"]), kind)
+            load_trainable(model, folder)
+            if meta.get("lora"):
+                model = model.merge_and_unload()
+    else:
+        source = resolve_source(name)
+        kind = meta.get("kind") or _auto_kind(source, None, False)
+        model = load_pretrained(source, kind)
+        tok = load_tokenizer(source)
+    model.eval()
+    return model, tok, kind, meta
+
+
+def prompt_config_of(meta: dict[str, Any], fallback: PromptConfig) -> PromptConfig:
+    """The prompt settings a model was trained with, or `fallback` for a model codetune didn't train."""
+    if "prompt" in meta:
+        return PromptConfig(**meta["prompt"])
+    return fallback
+
+
+def meta_for(
+    kind: Kind, prompt: PromptConfig, fmt: str, base_model: str, lora: LoraSettings | None
+) -> dict[str, Any]:
+    return {
+        "format": fmt,
+        "kind": kind,
+        "base_model": base_model,
+        "prompt": asdict(prompt),
+        "lora": asdict(lora) if lora is not None and lora.enabled else None,
+    }

@@ -1,0 +1,76 @@
+from pathlib import Path
+
+import pytest
+
+from codetune.config import Config, PromptConfig
+from codetune.generation import extract_code, generate
+from codetune.models.backends.base import SamplingSettings, cut_at_stop, stop_holdback
+from codetune.models.backends.hf import HFBackend
+
+
+def test_cut_at_stop_and_holdback() -> None:
+    assert cut_at_stop("abc\ndef g", ["\ndef", "zz"]) == ("abc", True)
+    assert cut_at_stop("abc", ["x"]) == ("abc", False)
+    assert stop_holdback("return x\nde", ["\ndef"]) == 3
+    assert stop_holdback("return x", ["\ndef"]) == 0
+
+
+def test_extract_code_from_markdown() -> None:
+    chat = PromptConfig(style="chat")
+    assert (
+        extract_code("Sure!\n```python\ndef f():\n    return 1\n```\nDone.", chat) == "def f():\n    return 1"
+    )
+    assert extract_code("def f(): pass", PromptConfig()) == "def f(): pass"
+
+
+@pytest.fixture(scope="module")
+def backend(trained_run: Config) -> HFBackend:
+    return HFBackend.from_path(str(Path(trained_run.train.output_dir) / "final"), batch_size=3)
+
+
+def test_greedy_is_deterministic_and_independent_of_batching(backend: HFBackend) -> None:
+    prompts = [
+        "### Instruction:\nReturn the sum of a and b.\n### Response:\n",
+        "### Instruction:\nReturn x minus y.\n### Response:\n",
+        "### Instruction:\nReturn the product of m and n.\n### Response:\n",
+        "### Instruction:\nReturn p raised to the power q.\n### Response:\n",
+    ]
+    s = SamplingSettings(max_new_tokens=16)
+    batched = [row[0].text for row in backend.generate(prompts, s)]
+    single = [backend.generate([p], s)[0][0].text for p in prompts]
+    assert batched == single
+    assert batched == [row[0].text for row in backend.generate(prompts, s)]
+    assert all(row[0].completion_tokens <= 16 for row in backend.generate(prompts, s))
+
+
+def test_stop_sequences_and_stream_agree_with_generate(backend: HFBackend) -> None:
+    prompt = "### Instruction:\nReturn the sum of a and b.\n### Response:\n"
+    free = backend.generate([prompt], SamplingSettings(max_new_tokens=20))[0][0].text
+    assert len(free) > 4
+    stop = free[3:5]
+    stopped = backend.generate([prompt], SamplingSettings(max_new_tokens=20, stop=(stop,)))[0][0]
+    assert stopped.text == free[: free.index(stop)] and stopped.finish_reason == "stop"
+    streamed = "".join(backend.stream(prompt, SamplingSettings(max_new_tokens=20, stop=(stop,))))
+    assert streamed == stopped.text
+    assert "".join(backend.stream(prompt, SamplingSettings(max_new_tokens=20))) == free
+
+
+def test_sampling_is_seeded(backend: HFBackend) -> None:
+    prompt = "### Instruction:\nReturn the sum of a and b.\n### Response:\n"
+    s = SamplingSettings(max_new_tokens=12, temperature=1.0, n=3, seed=5)
+    a = [c.text for c in backend.generate([prompt], s)[0]]
+    b = [c.text for c in backend.generate([prompt], s)[0]]
+    assert a == b and len(a) == 3
+
+
+def test_generate_uses_the_models_own_prompt(trained_run: Config) -> None:
+    cfg = Config()
+    cfg.prompt.template = "WRONG {nl}"  # the model folder's codetune.json must win
+    cfg.generate.max_new_tokens = 16
+    model = str(Path(trained_run.train.output_dir) / "final")
+    out = generate(["Return the sum of a and b."], cfg, model=model)
+    backend = HFBackend.from_path(model)
+    expected = backend.generate(
+        ["### Instruction:\nReturn the sum of a and b.\n### Response:\n"], SamplingSettings(max_new_tokens=16)
+    )[0][0].text
+    assert out[0][0].text == expected
