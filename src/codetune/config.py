@@ -17,19 +17,103 @@ import yaml
 
 from codetune.errors import CodetuneError
 
+# Files and folders a repository source skips unless told otherwise (gitignore-like: "name/" matches a
+# folder at any depth, a pattern without "/" matches file names, one with "/" the path from the root).
+DEFAULT_REPO_EXCLUDE: tuple[str, ...] = (
+    ".*/",
+    "__pycache__/",
+    "test/",
+    "tests/",
+    "testing/",
+    "test_*.py",
+    "*_test.py",
+    "*_tests.py",
+    "conftest.py",
+    "vendor/",
+    "_vendor/",
+    "vendored/",
+    "third_party/",
+    "build/",
+    "dist/",
+    "site-packages/",
+    "dist-packages/",
+    "node_modules/",
+    "venv/",
+    "generated/",
+    "*_pb2.py",
+    "*_pb2_grpc.py",
+    "*.min.js",
+    "*.bundle.js",
+)
+
 
 @dataclass
 class SourceConfig:
-    """One input of `prepare`: a file of NL/code pairs (JSONL, CSV or Parquet)."""
+    """One input of `prepare`: a file of NL/code pairs (JSONL, CSV or Parquet), or a code repository
+    (a folder or git checkout) mined for documented functions (`kind: repo`)."""
 
     path: str = ""
-    kind: Literal["file"] = "file"
+    kind: Literal["file", "repo"] = "file"
     format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
     nl_field: str = "nl"
     code_field: str = "code"
     id_field: str | None = None
     group_field: str | None = None
     language: str = "python"
+    tests_field: str | None = None  # file sources: a field with tests (asserts) for the code
+    date_field: str | None = None  # file sources: a field with an ISO date (for split_by: date)
+    # kind: repo
+    include: list[str] = field(default_factory=list)  # empty: by languages (*.py, *.js, ...)
+    exclude: list[str] = field(default_factory=lambda: list(DEFAULT_REPO_EXCLUDE))
+    languages: list[str] = field(default_factory=lambda: ["python"])
+
+
+@dataclass
+class NearDupConfig:
+    """MinHash LSH near-duplicate removal on code tokens (one example per cluster is kept)."""
+
+    enabled: bool = False
+    threshold: float = 0.85  # Jaccard similarity of token n-gram sets
+    num_perm: int = 128
+    ngram: int = 5
+
+
+@dataclass
+class DecontaminationConfig:
+    """Drop training examples that overlap an evaluation set (n-grams, or near-dup after renaming)."""
+
+    eval_sets: list[str] = field(default_factory=lambda: ["test_split"])
+    ngram: int = 13
+    near_dup_threshold: float = 0.8
+    on_contamination: Literal["drop", "fail"] = "drop"
+
+
+@dataclass
+class AugmentationConfig:
+    """Extra training examples (train split only), each marked with its origin."""
+
+    rename_rate: float = 0.0
+    paraphrase_rate: float = 0.0
+    noise_rate: float = 0.0
+    seed: int = 0
+    run_tests: bool = True  # examples with tests: keep a renaming only if the tests still pass (sandbox)
+
+
+@dataclass
+class FimConfig:
+    """Fill-in-the-middle samples added to the train split (loss on the middle only)."""
+
+    rate: float = 0.0
+    spm_rate: float = 0.5
+    convention: str = "auto"  # auto (the model's own tokens) | qwen2.5-coder | starcoder | ...
+
+
+@dataclass
+class LengthReportConfig:
+    """Token-length distribution and what each length policy would cost, under a tokenizer."""
+
+    tokenizer: str | None = None  # None: no report; tiny | a model folder | pack | hub name
+    max_length: int | None = None  # default: train.max_length
 
 
 @dataclass
@@ -39,13 +123,19 @@ class DataConfig:
     sources: list[SourceConfig] = field(default_factory=list)
     output_dir: str = "runs/data"
     splits: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "valid": 0.1, "test": 0.1})
-    split_by: str | None = None  # "group" splits by each source's group_field (repo, file, ...)
+    split_by: str | None = None  # "group": by each source's group_field (repo, file); "date": split_date
     seed: int = 42
     skip_bad: bool = False  # count and list malformed records instead of stopping at the first
     syntax_check: bool = True  # Python only; other languages are passed through and reported
     dedup: bool = True
     min_nl_chars: int = 1
     min_code_chars: int = 1
+    split_date: str | None = None  # split_by "date": ISO date T; train/valid before T, test from T on
+    near_dup: NearDupConfig = field(default_factory=NearDupConfig)
+    decontamination: DecontaminationConfig = field(default_factory=DecontaminationConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    fim: FimConfig = field(default_factory=FimConfig)
+    length_report: LengthReportConfig = field(default_factory=LengthReportConfig)
 
 
 @dataclass
@@ -149,6 +239,24 @@ class EvalConfig:
 
 
 @dataclass
+class ServeConfig:
+    """`serve`: an OpenAI-compatible HTTP API and web playground over one or more models."""
+
+    host: str = "127.0.0.1"  # loopback only unless asked
+    port: int = 8000
+    models: list[str] | dict[str, str] = field(default_factory=list)  # name=path; default: generate.model
+    backend: Literal["hf", "llamacpp"] | None = None  # default: generate.backend (a .gguf file: llamacpp)
+    api_keys: list[str] = field(default_factory=list)
+    api_keys_file: str | None = None  # one key per line; '#' starts a comment
+    max_concurrent: int = 1  # generations running at once
+    max_queue: int = 8  # requests waiting for a slot; beyond that: 429
+    request_timeout_s: float = 120.0  # queue wait + generation
+    max_tokens_limit: int = 1024
+    max_prompt_tokens: int = 2048
+    access_log: str | None = None  # JSON-lines file; None: stderr
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -156,6 +264,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     @property
     def train_data_dir(self) -> Path:
@@ -320,17 +429,67 @@ def save_config(cfg: Config, path: Path) -> None:
 
 # Help text for every key, shown by `codetune <stage> --help` (overrides: --section.key=value).
 FIELD_HELP: dict[str, str] = {
-    "data.sources": "input files: list of {path, format, nl_field, code_field, id_field, group_field, language}",
+    "data.sources": "inputs: files {path, format, nl_field, code_field, id_field, group_field, language, "
+    "tests_field, date_field} or repositories {kind: repo, path, include, exclude, languages}",
     "data.output_dir": "where the splits, manifest.json and config.yaml are written",
     "data.splits": "split names and fractions adding up to 1, e.g. {train: 0.8, valid: 0.1, test: 0.1}",
-    "data.split_by": "'group' keeps each source's group_field value (repo, file) inside one split",
+    "data.split_by": "'group' keeps each source's group_field value (repo, file) inside one split; "
+    "'date' splits by data.split_date",
     "data.seed": "seed of the split shuffle",
     "data.skip_bad": "count and list malformed records in the manifest instead of stopping",
     "data.syntax_check": "drop Python code that does not parse (other languages are reported, not checked)",
     "data.dedup": "drop exact duplicates of the code (whitespace-insensitive)",
     "data.min_nl_chars": "drop descriptions shorter than this",
     "data.min_code_chars": "drop code shorter than this",
-    "model.name": "tiny | tiny-t5 | a local folder | a model pack (codetune models list) | a hub name",
+    "data.sources.kind": "file (JSONL/CSV/Parquet of pairs) or repo (a folder or git checkout mined for "
+    "documented functions: Python via ast, JavaScript via tree-sitter)",
+    "data.sources.path": "file or folder; a repo path may be @stdlib (this Python's standard library, "
+    "resolved at run time) or @purelib (its site-packages)",
+    "data.sources.tests_field": "file sources: field holding tests (asserts) that augmented code must pass",
+    "data.sources.date_field": "file sources: field holding an ISO date (commit or creation) for split_by date",
+    "data.sources.include": "repo: globs of files to mine (default: by languages, *.py / *.js)",
+    "data.sources.exclude": "repo: globs to skip; 'name/' = a folder at any depth, '*.py' = file names, "
+    "'a/b.py' = a path from the root (default: tests, vendored, build, site-packages, generated files)",
+    "data.sources.languages": "repo: languages to mine: python, javascript",
+    "data.split_date": "split_by date: ISO date T; code last committed before T goes to train/valid, "
+    "from T on to test (repo sources need a git checkout)",
+    "data.near_dup": "MinHash LSH near-duplicate removal: {enabled, threshold, num_perm, ngram}; "
+    "clusters are listed in manifest.json",
+    "data.near_dup.enabled": "remove near-duplicate code, keeping the first example of each cluster",
+    "data.near_dup.threshold": "Jaccard similarity of code-token n-gram sets at which two examples are near-duplicates",
+    "data.near_dup.num_perm": "MinHash permutations (more: slower, more accurate)",
+    "data.near_dup.ngram": "code tokens per shingle",
+    "data.decontamination": "drop training examples that overlap an evaluation set: {eval_sets, ngram, "
+    "near_dup_threshold, on_contamination}; listed in manifest.json under decontamination",
+    "data.decontamination.eval_sets": "evaluation sets to check against: test_split, valid_split, humaneval "
+    "(more can be registered); [] turns decontamination off",
+    "data.decontamination.ngram": "an example sharing one word n-gram of this length with an evaluation item is contaminated",
+    "data.decontamination.near_dup_threshold": "Jaccard similarity, after renaming identifiers canonically, "
+    "at which code counts as a near-duplicate of an evaluation item",
+    "data.decontamination.on_contamination": "drop (default: drop and list them) or fail (stop with the list)",
+    "data.augmentation": "extra train examples marked with their origin: {rename_rate, paraphrase_rate, "
+    "noise_rate, seed, run_tests}; never applied to valid/test",
+    "data.augmentation.rename_rate": "share of train examples that get a copy with local identifiers renamed "
+    "(checked by parsing and, where tests exist, by running them)",
+    "data.augmentation.paraphrase_rate": "share of train examples that get a copy with the description "
+    "rephrased by templates",
+    "data.augmentation.noise_rate": "share of train examples that get a copy with sentence-level noise in "
+    "the description (the input side; the code is never changed)",
+    "data.augmentation.seed": "seed of the augmentation choices",
+    "data.augmentation.run_tests": "run an example's tests on its renamed copy (in the sandbox) and keep "
+    "the copy only if they pass",
+    "data.fim": "fill-in-the-middle samples added to train: {rate, spm_rate, convention}",
+    "data.fim.rate": "share of train examples that also yield a FIM sample (split at statement boundaries)",
+    "data.fim.spm_rate": "share of FIM samples in SPM order (suffix first); the rest are PSM",
+    "data.fim.convention": "auto (the model's own FIM tokens, found at training time) or one of "
+    "qwen2.5-coder, starcoder, deepseek-coder, codellama",
+    "data.length_report": "token-length report at prepare time: {tokenizer, max_length}",
+    "data.length_report.tokenizer": "tokenizer for the report: tiny (BPE trained on the data) | a model "
+    "folder | a model pack | a hub name; unset: no report",
+    "data.length_report.max_length": "limit the policies are costed at (default: train.max_length)",
+    "model.name": "tiny | tiny-t5 | a local folder | a model pack (codetune models list) | a hub name | "
+    "encoder-decoder:<encoder folder or hub name> (a seq2seq model warm-started from an encoder-only "
+    "model such as CodeBERT)",
     "model.kind": "auto | causal | seq2seq (auto reads the model config)",
     "model.revision": "hub revision",
     "model.dropout": "override the model's dropout",
@@ -378,6 +537,20 @@ FIELD_HELP: dict[str, str] = {
     "eval.split": "which split to score",
     "eval.max_examples": "score only the first N examples",
     "eval.benchmark": "score a built-in benchmark instead of a split: humaneval",
+    "serve.host": "address to bind (127.0.0.1: this machine only; 0.0.0.0 exposes the server: set API keys)",
+    "serve.port": "TCP port",
+    "serve.models": "models to serve as name=path (or a {name: path} mapping); a path is a model folder, "
+    "LoRA adapter folder, checkpoint, GGUF file or pack name; clients pick one by name "
+    "(default: generate.model)",
+    "serve.backend": "hf or llamacpp for every model (default: generate.backend; a .gguf file runs on llamacpp)",
+    "serve.api_keys": "accepted API keys (Authorization: Bearer KEY); none and no keys file: no auth",
+    "serve.api_keys_file": "file with one accepted API key per line ('#' comments); keys are never logged",
+    "serve.max_concurrent": "generations running at once (1 suits a CPU)",
+    "serve.max_queue": "requests that may wait for a free slot; more get 429 with Retry-After",
+    "serve.request_timeout_s": "per-request limit in seconds (queue wait + generation); then 504",
+    "serve.max_tokens_limit": "largest max_tokens a request may ask for (more: 400)",
+    "serve.max_prompt_tokens": "longest prompt in tokens (more: 400)",
+    "serve.access_log": "JSON-lines access log file (latency, tokens, status; never keys); unset: stderr",
 }
 
 

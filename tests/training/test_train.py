@@ -126,3 +126,19 @@ def test_length_audit_is_reported_before_training(tmp_path: Path, pairs_file: Pa
         cfg2 = tiny_config(tmp_path / "x", pairs_file, train={"max_length": 3, "max_steps": 1})
         cfg2.data.output_dir = cfg.data.output_dir
         train(cfg2)
+
+
+def test_loss_on_label_positions_only_equals_the_full_computation(trained_run) -> None:
+    from codetune.training.loop import collate, encode_examples, read_split, token_loss_sum
+
+    model, tok, kind, _ = load_for_inference(str(Path(trained_run.train.output_dir) / "final"))
+    items = encode_examples(read_split(Path(trained_run.data.output_dir), "train")[:5], trained_run, tok, kind)
+    batch = collate(items, tok.pad_token_id, kind)
+    loss, n = token_loss_sum(model, batch, kind)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    target = batch["labels"][:, 1:]
+    full = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    assert n == int((target != -100).sum()) and n > 0
+    assert float(loss) == pytest.approx(float(full), rel=1e-5)

@@ -1,4 +1,10 @@
-"""The `prepare` stage: sources -> cleaned, deduplicated, split JSONL files plus a manifest."""
+"""The `prepare` stage: sources -> cleaned, deduplicated, split JSONL files plus a manifest.
+
+Steps, each counted in the manifest: read (files, or repositories mined for documented functions) ->
+clean (normalise, syntax check, exact dedup) -> near-duplicate removal (MinHash LSH, optional) -> split
+(random, by group, or by date) -> decontamination of train against the evaluation sets in use ->
+augmentation and fill-in-the-middle samples (train only) -> length report (optional) -> write.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,16 @@ from codetune.config import Config, config_to_dict, save_config
 from codetune.data.clean import dedup_key, normalise_code, normalise_nl, python_syntax_error
 from codetune.data.records import BadRecord, Example
 from codetune.data.sources import read_source
-from codetune.data.split import split_examples
+from codetune.data.steps import (
+    StepReports,
+    augment_train,
+    decontaminate_train,
+    make_splits,
+    read_repo,
+    remove_near_duplicates,
+    report_steps,
+    write_length_report,
+)
 from codetune.errors import CodetuneError
 from codetune.manifest import sha256_file, write_jsonl, write_manifest
 
@@ -70,7 +85,13 @@ def prepare(cfg: Config, console: Console | None = None) -> Path:
     examples: list[Example] = []
     bad: list[BadRecord] = []
     inputs: list[dict[str, Any]] = []
+    steps = StepReports()
     for src in cfg.data.sources:
+        if src.kind == "repo":
+            got, info = read_repo(src, steps)
+            examples.extend(got)
+            inputs.append(info)
+            continue
         got, bad_here, rows = read_source(src, cfg.data.skip_bad)
         examples.extend(got)
         bad.extend(bad_here)
@@ -87,7 +108,18 @@ def prepare(cfg: Config, console: Console | None = None) -> Path:
         raise CodetuneError(
             f"no examples left after cleaning; dropped: { {k: len(v) for k, v in drops.items()} }"
         )
-    splits = split_examples(kept, cfg.data.splits, cfg.data.seed, by_group=cfg.data.split_by == "group")
+    filtered: dict[str, list[str]] = {}  # drops after cleaning, by reason (near_duplicate, contaminated, ...)
+    if cfg.data.near_dup.enabled:
+        kept = remove_near_duplicates(kept, cfg.data.near_dup, filtered, steps)
+    splits = make_splits(kept, cfg, filtered)
+    if cfg.data.decontamination.eval_sets and "train" in splits:
+        splits["train"] = decontaminate_train(
+            splits, cfg.data.decontamination, cfg.data.near_dup, filtered, steps
+        )
+    splits = augment_train(splits, cfg, steps)
+    if cfg.data.length_report.tokenizer:
+        write_length_report(splits, cfg, out, steps)
+    drops.update(filtered)
 
     outputs = {}
     for name, items in splits.items():
@@ -101,8 +133,10 @@ def prepare(cfg: Config, console: Console | None = None) -> Path:
         "rows_read": sum(i["rows"] for i in inputs),
         "bad_records": len(bad),
         "examples_read": len(examples),
-        "dropped": {k: len(v) for k, v in drops.items()},
-        "kept": len(kept),
+        "dropped": {k: len(v) for k, v in drops.items() if k not in filtered},
+        "filtered": {k: len(v) for k, v in filtered.items()},
+        "kept": sum(1 for v in splits.values() for e in v if "augmented" not in e.meta),
+        "added": dict(steps.added),
         "splits": {k: len(v) for k, v in splits.items()},
     }
     write_manifest(
@@ -114,9 +148,11 @@ def prepare(cfg: Config, console: Console | None = None) -> Path:
         bad_records=[vars(b) for b in bad[:_MAX_LISTED]],
         notes=dict(notes),
         outputs=outputs,
+        **steps.manifest_sections(),
         config=config_to_dict(cfg),
     )
     _report(console, out, counts, notes)
+    report_steps(console, steps, counts)
     return out
 
 

@@ -107,9 +107,20 @@ def read_source(src: SourceConfig, skip_bad: bool) -> tuple[list[Example], list[
                 if src.group_field and row.get(src.group_field) is not None
                 else None,
                 source=where,
+                meta=_extra_fields(row, src),
             )
         )
     return examples, bad, rows
+
+
+def _extra_fields(row: dict[str, Any], src: SourceConfig) -> dict[str, Any]:
+    """Optional per-record tests (`tests_field`) and date (`date_field`), kept in `meta`."""
+    meta: dict[str, Any] = {}
+    if src.tests_field and row.get(src.tests_field) not in (None, ""):
+        meta["tests"] = str(row[src.tests_field])
+    if src.date_field and row.get(src.date_field) not in (None, ""):
+        meta["date"] = str(row[src.date_field])
+    return meta
 
 
 def _check_fields(row: dict[str, Any], src: SourceConfig) -> str | None:

@@ -115,12 +115,62 @@ def load_tokenizer(source: str, revision: str | None = None, trust_remote_code: 
     return tok
 
 
+WARM_START_PREFIX = "encoder-decoder:"
+
+
+def build_encoder_decoder(
+    encoder: str, revision: str | None = None, trust_remote_code: bool = False
+) -> tuple[Any, Any]:
+    """An `EncoderDecoderModel` warm-started from an encoder-only model (CodeBERT-style RoBERTa, BERT)
+    used as both encoder and decoder (the decoder gets causal masking and new cross-attention), and the
+    encoder's tokenizer. `AutoModelForSeq2SeqLM` can't load such a model directly; the saved result can.
+    """
+    from transformers import EncoderDecoderModel
+
+    source = resolve_source(encoder)
+    tok = load_tokenizer(source, revision, trust_remote_code)
+    if tok.eos_token is None and getattr(tok, "sep_token", None) is not None:
+        tok.eos_token = tok.sep_token  # BERT-style tokenizers end a sequence with [SEP]
+    start = next((t for t in (tok.cls_token_id, tok.bos_token_id, tok.pad_token_id) if t is not None), None)
+    if tok.eos_token_id is None or start is None:
+        raise CodetuneError(f"model {encoder!r}: its tokenizer has no end and start tokens for a decoder")
+    try:
+        model = EncoderDecoderModel.from_encoder_decoder_pretrained(
+            source,
+            source,
+            encoder_revision=revision,
+            decoder_revision=revision,
+            encoder_dtype=torch.float32,
+            decoder_dtype=torch.float32,
+        )
+    except (OSError, ValueError) as e:
+        raise CodetuneError(
+            f"model {encoder!r}: cannot warm-start an encoder-decoder from it ({str(e).splitlines()[0]})"
+        ) from e
+    for config in (model.config, model.generation_config):
+        config.decoder_start_token_id = start
+        config.pad_token_id = tok.pad_token_id
+        config.eos_token_id = tok.eos_token_id
+    model.config.vocab_size = model.config.decoder.vocab_size
+    return model, tok
+
+
 def load_for_training(cfg: ModelConfig, texts: list[str]) -> tuple[Any, Any, Kind, str]:
     """Model, tokenizer, kind and a reference to the base (name/folder; "" for presets, saved later).
 
-    Presets train their tokenizer on `texts`.
+    Presets train their tokenizer on `texts`. `encoder-decoder:<encoder>` warm-starts a seq2seq model
+    from an encoder-only one (its random cross-attention makes it a new base, saved like a preset).
     """
     quiet_transformers()
+    if cfg.name.startswith(WARM_START_PREFIX):
+        if cfg.kind == "causal":
+            raise CodetuneError(f"model.kind 'causal' does not fit {cfg.name!r} (an encoder-decoder)")
+        model, tok = build_encoder_decoder(
+            cfg.name[len(WARM_START_PREFIX) :], cfg.revision, cfg.trust_remote_code
+        )
+        if cfg.dropout is not None:
+            _set_dropout(model, cfg.dropout)
+        return model, tok, "seq2seq", ""
     if cfg.name in TINY_PRESETS:
         preset_kind: Kind = "causal" if TINY_PRESETS[cfg.name] == "causal" else "seq2seq"
         if cfg.kind not in ("auto", preset_kind):

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from codetune.config import Config, config_to_dict, save_config
+from codetune.data.fim import FimEncoder
 from codetune.data.format import (
     IGNORE_INDEX,
     Encoded,
@@ -62,8 +63,13 @@ def chat_renderer(tokenizer: Any) -> Callable[[list[dict[str, str]]], str] | Non
 def encode_examples(examples: Sequence[Example], cfg: Config, tokenizer: Any, kind: Kind) -> list[Encoded]:
     render = chat_renderer(tokenizer)
     encode = encode_seq2seq if kind == "seq2seq" else encode_causal
+    fim = FimEncoder(tokenizer)  # FIM samples (meta.fim): the model's infilling prompt, loss on the middle
     return [
-        encode(ex.id, build_prompt(ex.nl, cfg.prompt, render), build_answer(ex.code, cfg.prompt), tokenizer)
+        fim.encode(ex.id, ex.meta["fim"], kind)
+        if "fim" in ex.meta
+        else encode(
+            ex.id, build_prompt(ex.nl, cfg.prompt, render), build_answer(ex.code, cfg.prompt), tokenizer
+        )
         for ex in examples
     ]
 
@@ -86,20 +92,29 @@ def token_loss_sum(model: Any, batch: dict[str, torch.Tensor], kind: Kind) -> tu
     """Sum of cross-entropy over the label tokens of a batch, and how many there are."""
     labels = batch["labels"]
     if kind == "seq2seq":
-        logits = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels
-        ).logits
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).logits
         target = labels  # (B, T_tgt); logits (B, T_tgt, V)
     else:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-        target = labels[:, 1:]  # (B, T-1); logits (B, T-1, V)
+        # Position t predicts token t+1. Only positions that predict a label need logits: with a large
+        # vocabulary (Qwen: 152k) the LM head over the prompt tokens is most of the step's cost.
+        needed = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().flatten()  # (K,)
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        if _accepts_logits_to_keep(model):
+            logits = model(**inputs, logits_to_keep=needed).logits  # (B, K, V)
+        else:
+            logits = model(**inputs).logits[:, needed]  # (B, K, V)
+        target = labels[:, needed + 1]  # (B, K)
     loss = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(),
-        target.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
+        logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
     )
     return loss, int((target != IGNORE_INDEX).sum())
+
+
+def _accepts_logits_to_keep(model: Any) -> bool:
+    import inspect
+
+    forward = model.get_base_model().forward if hasattr(model, "get_base_model") else model.forward
+    return "logits_to_keep" in inspect.signature(forward).parameters
 
 
 @torch.no_grad()
@@ -159,7 +174,8 @@ def _prepare_model(
 ) -> tuple[Any, Any, Kind, str]:
     """Load (or on resume, reload) the base model; presets are saved to `out/base` once."""
     base_dir = out / "base"
-    if resuming and cfg.model.name in ("tiny", "tiny-t5") and base_dir.is_dir():
+    fresh_base = cfg.model.name in ("tiny", "tiny-t5") or cfg.model.name.startswith("encoder-decoder:")
+    if resuming and fresh_base and base_dir.is_dir():
         from codetune.models.loading import load_tokenizer, read_meta
 
         kind: Kind = read_meta(base_dir)["kind"]
