@@ -155,6 +155,49 @@ def generate(
             print(f"{header}\n{c.text}\n")
 
 
+@app.command(context_settings=_EXTRA, epilog=_OVERRIDES + describe_sections("serve", "generate"))
+def serve(
+    ctx: typer.Context,
+    config: ConfigArg,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Address to bind (default 127.0.0.1: this machine only).")
+    ] = None,
+    port: Annotated[int | None, typer.Option("--port", help="TCP port (default 8000).")] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="Model to serve, name=path or path; repeat to serve several."),
+    ] = None,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--api-key",
+            help="Accepted API key (Authorization: Bearer KEY); repeat for several. Other local users can "
+            "read command lines: prefer --api-keys-file.",
+        ),
+    ] = None,
+    api_keys_file: Annotated[
+        Path | None, typer.Option("--api-keys-file", help="File with one accepted API key per line.")
+    ] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help="hf or llamacpp.")] = None,
+) -> None:
+    """Serve models over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions) with a
+    web playground at /."""
+    from codetune.serve import serve as run
+
+    s: dict[str, Any] = {}
+    for key, value in (
+        ("host", host),
+        ("port", port),
+        ("models", list(model) if model else None),
+        ("api_keys", list(api_key) if api_key else None),
+        ("api_keys_file", str(api_keys_file) if api_keys_file else None),
+        ("backend", backend),
+    ):
+        if value is not None:
+            s[key] = value
+    run(_config(config, ctx, {"serve": s}))
+
+
 @models_app.command("list")
 def models_list() -> None:
     """List the model packs that `codetune models fetch` can install."""

@@ -13,6 +13,7 @@ from codetune.config import Config, GenerateConfig, PromptConfig
 from codetune.data.format import build_answer, build_prompt
 from codetune.errors import CodetuneError
 from codetune.models.backends.base import Backend, Completion, SamplingSettings
+from codetune.models.fim import fim_prompt
 
 _FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|$)", re.DOTALL)
 
@@ -77,6 +78,26 @@ def answer_stops(prompt: PromptConfig) -> tuple[str, ...]:
     return (after,) if after.strip() else ()
 
 
+def description_prompt(description: str, prompt: PromptConfig, backend: Backend) -> str:
+    """The prompt for one description, built the way the model was trained (`generate` and the server)."""
+    return build_prompt(description, prompt, backend.chat_prompt)
+
+
+def infill_prompt(
+    prefix: str, suffix: str, backend: Backend, who: str = "this model"
+) -> tuple[str, tuple[str, ...]]:
+    """The model's own fill-in-the-middle prompt for the hole between `prefix` and `suffix`, and the
+    stops that end the middle. A model without FIM tokens is a CodetuneError that says so."""
+    tokens = backend.fim_tokens()
+    if tokens is None:
+        raise CodetuneError(
+            f"{who} has no fill-in-the-middle tokens (e.g. <|fim_prefix|>, <fim_prefix>); "
+            "send the prompt without a suffix, or serve a FIM-trained code model"
+        )
+    stops = tuple(s for s in (tokens.eot, *tokens.extra_stop) if s)
+    return fim_prompt(prefix, suffix, tokens), stops
+
+
 def generate(
     descriptions: Sequence[str], cfg: Config, model: str | None = None, backend: Backend | None = None
 ) -> list[list[Completion]]:
@@ -86,7 +107,7 @@ def generate(
     if backend is None:
         backend = load_backend(cfg.generate, name)
     prompt_cfg = model_prompt_config(name, cfg.prompt) if name else cfg.prompt
-    prompts = [build_prompt(d, prompt_cfg, backend.chat_prompt) for d in descriptions]
+    prompts = [description_prompt(d, prompt_cfg, backend) for d in descriptions]
     settings = sampling_settings(cfg.generate, answer_stops(prompt_cfg))
     results = backend.generate(prompts, settings)
     return [

@@ -1,0 +1,307 @@
+"""The FastAPI app: models by name, API keys, bounded admission, OpenAI-style errors, an access log.
+
+The endpoints themselves live in `routes.py`; this module builds the shared state they use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hmac
+import json
+import re
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from codetune.config import Config, PromptConfig
+from codetune.errors import CodetuneError
+from codetune.models.backends.base import Backend
+from codetune.serve.admission import Admission, GenerationTimeout, QueueFull
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's format: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+@dataclass
+class ServedModel:
+    """One model clients can ask for by name, and the prompt settings it was trained with."""
+
+    name: str
+    backend: Backend
+    prompt: PromptConfig
+    source: str
+    created: int
+
+
+class AccessLog:
+    """One JSON line per request: time, client, method, path, status, latency, model and tokens.
+    Request headers (and so API keys) are never written."""
+
+    def __init__(self, path: str | None) -> None:
+        self._lock = threading.Lock()
+        self._own = path not in (None, "", "stderr", "-")
+        if self._own:
+            Path(str(path)).parent.mkdir(parents=True, exist_ok=True)
+        self._out: IO[str] = open(str(path), "a", encoding="utf-8") if self._own else sys.stderr  # noqa: SIM115
+
+    def write(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, ensure_ascii=False, default=str)
+        with self._lock:
+            self._out.write(line + "\n")
+            self._out.flush()
+
+    def close(self) -> None:
+        if self._own:
+            self._out.close()
+
+
+class AccessLogMiddleware:
+    """Pure ASGI (so streaming and disconnects pass through untouched); handlers add fields to
+    `scope["state"]["access"]` (model, tokens, ...), written when the response has been sent."""
+
+    def __init__(self, app: ASGIApp, log: AccessLog) -> None:
+        self.app, self.log = app, log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), [500]
+        fields: dict[str, Any] = {}
+        scope.setdefault("state", {})["access"] = fields
+
+        async def send_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            client = scope.get("client")
+            self.log.write(
+                {
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "client": client[0] if client else None,
+                    "method": scope["method"],
+                    "path": scope["path"],  # without the query string
+                    "status": status[0],
+                    "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+                    **fields,
+                }
+            )
+
+
+class ServerState:
+    """What every request needs: the models, the accepted keys, admission, limits and defaults."""
+
+    def __init__(self, cfg: Config, models: dict[str, ServedModel], keys: list[str]) -> None:
+        self.cfg, self.models, self.keys = cfg, models, keys
+        s = cfg.serve
+        self.admission = Admission(s.max_concurrent, s.max_queue, s.request_timeout_s)
+
+    def model(self, name: str) -> ServedModel:
+        if not name and len(self.models) == 1:
+            return next(iter(self.models.values()))
+        if name in self.models:
+            return self.models[name]
+        raise ApiError(
+            404,
+            f"model {name!r} is not served here; served models: {', '.join(self.models)}",
+            param="model",
+            code="model_not_found",
+        )
+
+    def check_key(self, authorization: str | None) -> None:
+        """401 unless the Authorization header carries one of the keys (when keys are configured)."""
+        if not self.keys:
+            return
+        challenge = {"WWW-Authenticate": "Bearer"}
+        if not authorization:
+            raise ApiError(
+                401,
+                "missing API key: send the header 'Authorization: Bearer YOUR_KEY'",
+                code="missing_api_key",
+                headers=challenge,
+            )
+        scheme, _, token = authorization.partition(" ")
+        given = token.strip().encode()
+        ok = False
+        for key in self.keys:  # compare with every key, in constant time, whatever matches first
+            ok |= hmac.compare_digest(given, key.encode())
+        if scheme.lower() != "bearer" or not ok:
+            raise ApiError(401, "invalid API key", code="invalid_api_key", headers=challenge)
+
+
+def read_api_keys(cfg: Config) -> list[str]:
+    """`serve.api_keys` plus the lines of `serve.api_keys_file` (blank lines and '#' comments skipped)."""
+    keys = [k.strip() for k in cfg.serve.api_keys if k.strip()]
+    if cfg.serve.api_keys_file:
+        path = Path(cfg.serve.api_keys_file)
+        if not path.is_file():
+            raise CodetuneError(f"serve.api_keys_file {path} not found")
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                keys.append(line)
+    return keys
+
+
+def parse_model_spec(spec: str) -> tuple[str, str]:
+    """`name=path`, or a bare path named after its last two parts (as `codetune evaluate -m` names it;
+    not imported from there, which would load torch into a llama.cpp-only server)."""
+    if "=" in spec and not Path(spec).exists():
+        name, path = spec.split("=", 1)
+        return name, path
+    parts = [p for p in Path(spec).parts if p not in ("/", ".")][-2:]
+    return re.sub(r"[^\w.-]+", "-", "-".join(parts)) or "model", spec
+
+
+def model_specs(cfg: Config) -> list[tuple[str, str]]:
+    """(name, path) of every model to serve: serve.models, else generate.model."""
+    models = cfg.serve.models
+    if isinstance(models, dict):
+        return list(models.items())
+    specs = [parse_model_spec(m) for m in models] if models else []
+    if not specs and cfg.generate.model:
+        specs = [parse_model_spec(cfg.generate.model)]
+    if not specs:
+        raise CodetuneError("no model to serve: set serve.models (name=path ...) or generate.model")
+    names = [n for n, _ in specs]
+    if len(set(names)) != len(names):
+        raise CodetuneError(f"serve.models: model names must differ, got {names}")
+    return specs
+
+
+def _prompt_of(path: str | None, fallback: PromptConfig) -> PromptConfig:
+    """The prompt a model folder was trained with. Only folders carry one: asking only for them keeps
+    torch out of a server that runs GGUF files on llama.cpp."""
+    if path is None or not Path(path).is_dir():
+        return fallback
+    from codetune.generation import model_prompt_config
+
+    return model_prompt_config(path, fallback)
+
+
+def load_models(cfg: Config, backends: Mapping[str, Backend] | None = None) -> dict[str, ServedModel]:
+    """Load every model of `model_specs(cfg)` with the backends `codetune generate` uses (one load per
+    distinct path); `backends` (tests) are used as they are, named by their keys."""
+    from codetune.generation import load_backend
+
+    now = int(time.time())
+    if backends is not None:
+        paths = dict(model_specs(cfg)) if cfg.serve.models else {}
+        return {
+            name: ServedModel(name, b, _prompt_of(paths.get(name), cfg.prompt), paths.get(name, ""), now)
+            for name, b in backends.items()
+        }
+    loaded: dict[tuple[str, str], Backend] = {}
+    out = {}
+    for name, path in model_specs(cfg):
+        gguf = path.endswith(".gguf") and Path(path).is_file()
+        kind = cfg.serve.backend or ("llamacpp" if gguf else cfg.generate.backend)
+        if (kind, path) not in loaded:
+            loaded[kind, path] = load_backend(dataclasses.replace(cfg.generate, backend=kind), path)
+        out[name] = ServedModel(name, loaded[kind, path], _prompt_of(path, cfg.prompt), path, now)
+    return out
+
+
+def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    first = errors[0] if errors else {"loc": (), "msg": str(exc)}
+    loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+    where = ".".join(loc) or "request body"
+    return ApiError(400, f"{where}: {first.get('msg', 'invalid value')}", param=where).response()
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    async def api_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        return exc.response()
+
+    async def queue_full(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, QueueFull)
+        headers = {"Retry-After": str(exc.retry_after)}
+        return ApiError(429, str(exc), "rate_limit_error", code="queue_full", headers=headers).response()
+
+    async def timeout(request: Request, exc: Exception) -> JSONResponse:
+        return ApiError(504, str(exc), "timeout_error", code="timeout").response()
+
+    async def user_error(request: Request, exc: Exception) -> JSONResponse:
+        return ApiError(400, str(exc)).response()
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return ApiError(exc.status_code, str(exc.detail), kind).response()
+
+    async def validation(request: Request, exc: Exception) -> JSONResponse:
+        return _validation_error(request, exc)
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(QueueFull, queue_full)
+    app.add_exception_handler(GenerationTimeout, timeout)
+    app.add_exception_handler(CodetuneError, user_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation)
+
+
+def create_app(cfg: Config, backends: Mapping[str, Backend] | None = None) -> FastAPI:
+    """The server app for `cfg.serve`. `backends` (keyed by model name) replaces loading the models."""
+    from codetune.serve.routes import router
+
+    keys = read_api_keys(cfg)
+    state = ServerState(cfg, load_models(cfg, backends), keys)
+    log = AccessLog(cfg.serve.access_log)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            state.admission.close()
+            log.close()
+
+    app = FastAPI(
+        title="codetune", version="0.1.0", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+    )
+    app.state.codetune = state
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _add_error_handlers(app)
+    app.add_middleware(AccessLogMiddleware, log=log)
+    return app
