@@ -54,6 +54,15 @@ def load_backend(g: GenerateConfig, model: str | None = None) -> Backend:
     raise CodetuneError(f"generate.backend {g.backend!r} is not one of: hf, llamacpp")
 
 
+def parse_model_spec(spec: str) -> tuple[str, str]:
+    """`label=path`, or a bare path labelled by its last two parts (`runs/x/final` -> `x-final`)."""
+    if "=" in spec and not Path(spec).exists():
+        label, path = spec.split("=", 1)
+        return label, path
+    parts = [p for p in Path(spec).parts if p not in ("/", ".")][-2:]
+    return re.sub(r"[^\w.-]+", "-", "-".join(parts)) or "model", spec
+
+
 def model_prompt_config(model: str, fallback: PromptConfig) -> PromptConfig:
     """The prompt settings a codetune-trained model folder was trained with (else `fallback`)."""
     from codetune.models.loading import prompt_config_of, read_meta

@@ -132,7 +132,9 @@ def test_loss_on_label_positions_only_equals_the_full_computation(trained_run) -
     from codetune.training.loop import collate, encode_examples, read_split, token_loss_sum
 
     model, tok, kind, _ = load_for_inference(str(Path(trained_run.train.output_dir) / "final"))
-    items = encode_examples(read_split(Path(trained_run.data.output_dir), "train")[:5], trained_run, tok, kind)
+    items = encode_examples(
+        read_split(Path(trained_run.data.output_dir), "train")[:5], trained_run, tok, kind
+    )
     batch = collate(items, tok.pad_token_id, kind)
     loss, n = token_loss_sum(model, batch, kind)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from codetune.generation import (
     extract_code,
     load_backend,
     model_prompt_config,
+    parse_model_spec,
     sampling_settings,
 )
 from codetune.manifest import sha256_file, write_json, write_jsonl, write_manifest
@@ -48,15 +48,6 @@ def default_models(cfg: Config) -> list[str]:
     if not models:
         raise CodetuneError(f"no models to evaluate: set eval.models, or train first ({out}/final not found)")
     return models
-
-
-def parse_model_spec(spec: str) -> tuple[str, str]:
-    """`label=path` or a bare path (the label is then made from the path)."""
-    if "=" in spec and not Path(spec).exists():
-        label, path = spec.split("=", 1)
-        return label, path
-    parts = [p for p in Path(spec).parts if p not in ("/", ".")][-2:]
-    return re.sub(r"[^\w.-]+", "-", "-".join(parts)) or "model", spec
 
 
 def evaluate(cfg: Config, console: Console | None = None) -> Report:

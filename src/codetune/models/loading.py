@@ -55,7 +55,9 @@ def resolve_source(name: str) -> str:
     if name in getattr(pack, "PACKS", {}):
         fetched = pack.fetch_model(name)
         if fetched.hf_path is None:
-            raise CodetuneError(f"model pack {name!r} has no transformers conversion; run codetune models fetch {name}")
+            raise CodetuneError(
+                f"model pack {name!r} has no transformers conversion; run codetune models fetch {name}"
+            )
         return str(fetched.hf_path)
     return name
 

@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import hmac
 import json
-import re
 import sys
 import threading
 import time
@@ -27,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from codetune.config import Config, PromptConfig
 from codetune.errors import CodetuneError
+from codetune.generation import parse_model_spec
 from codetune.models.backends.base import Backend
 from codetune.serve.admission import Admission, GenerationTimeout, QueueFull
 
@@ -179,16 +179,6 @@ def read_api_keys(cfg: Config) -> list[str]:
             if line:
                 keys.append(line)
     return keys
-
-
-def parse_model_spec(spec: str) -> tuple[str, str]:
-    """`name=path`, or a bare path named after its last two parts (as `codetune evaluate -m` names it;
-    not imported from there, which would load torch into a llama.cpp-only server)."""
-    if "=" in spec and not Path(spec).exists():
-        name, path = spec.split("=", 1)
-        return name, path
-    parts = [p for p in Path(spec).parts if p not in ("/", ".")][-2:]
-    return re.sub(r"[^\w.-]+", "-", "-".join(parts)) or "model", spec
 
 
 def model_specs(cfg: Config) -> list[tuple[str, str]]:

@@ -92,7 +92,9 @@ def token_loss_sum(model: Any, batch: dict[str, torch.Tensor], kind: Kind) -> tu
     """Sum of cross-entropy over the label tokens of a batch, and how many there are."""
     labels = batch["labels"]
     if kind == "seq2seq":
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).logits
+        logits = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels
+        ).logits
         target = labels  # (B, T_tgt); logits (B, T_tgt, V)
     else:
         # Position t predicts token t+1. Only positions that predict a label need logits: with a large
@@ -105,7 +107,10 @@ def token_loss_sum(model: Any, batch: dict[str, torch.Tensor], kind: Kind) -> tu
             logits = model(**inputs).logits[:, needed]  # (B, K, V)
         target = labels[:, needed + 1]  # (B, K)
     loss = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        logits.reshape(-1, logits.size(-1)).float(),
+        target.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
     )
     return loss, int((target != IGNORE_INDEX).sum())
 
