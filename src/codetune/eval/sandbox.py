@@ -914,14 +914,23 @@ def _setup_rlimits(tmp_mb: int, proc_fd: int, uid: int | None) -> _Isolation:
 _SETUPS = {"namespaces": _setup_namespaces, "userns": _setup_userns, "rlimits": _setup_rlimits}
 
 
-def _exposures() -> dict[str, list[str]]:
-    """Directories the sandbox uid can't search (e.g. /root, mode 700) on the way to Python's own
-    files, mapped to the paths under them that must stay reachable (e.g. a pyenv install)."""
-    needed = {
+def _python_paths() -> set[str]:
+    """The directories the interpreter needs: its installation, the venv and every sys.path entry."""
+    return {
         os.path.realpath(path)
         for path in (sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix, *sys.path)
         if path and os.path.isdir(path)
     }
+
+
+def _outermost(paths: set[str]) -> list[str]:
+    return sorted(p for p in paths if not any(p.startswith(q + "/") for q in paths))
+
+
+def _exposures() -> dict[str, list[str]]:
+    """Directories the sandbox uid can't search (e.g. /root, mode 700) on the way to Python's own
+    files, mapped to the paths under them that must stay reachable (e.g. a pyenv install)."""
+    needed = _python_paths()
     hidden: dict[str, set[str]] = {}
     for path in needed:
         parts = path.split("/")
@@ -930,10 +939,7 @@ def _exposures() -> dict[str, list[str]]:
             if not os.stat(ancestor).st_mode & stat.S_IXOTH:
                 hidden.setdefault(ancestor, set()).add(path)
                 break
-    return {
-        directory: sorted(p for p in paths if not any(p.startswith(q + "/") for q in paths))
-        for directory, paths in hidden.items()
-    }
+    return {directory: _outermost(paths) for directory, paths in hidden.items()}
 
 
 def _mount_view(exposures: dict[str, list[str]], proc: str, tmp_mb: int, tmp_mode: int) -> None:
@@ -955,23 +961,53 @@ def _mount_view(exposures: dict[str, list[str]], proc: str, tmp_mb: int, tmp_mod
             _check(libc.mount(source, path.encode(), None, MS_BIND | MS_REC, None), f"expose {path}")
     for fd in sources.values():
         os.close(fd)
+    # The samples' private /tmp. A venv or checkout under /tmp (a CI clone, say) would vanish under it:
+    # keep a handle on each such Python path and bind it back, read-only, before /proc is replaced.
+    under_tmp = {
+        path: os.open(path, os.O_PATH | os.O_DIRECTORY)
+        for path in _outermost({p for p in _python_paths() if p.startswith("/tmp/")})
+    }
+    options = f"size={tmp_mb}m,nr_inodes=65536,mode={tmp_mode:o}".encode()
+    _check(libc.mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, options), "tmpfs on /tmp")
+    for path, fd in under_tmp.items():
+        _make_dirs_searchable(path)
+        source = f"/proc/self/fd/{fd}".encode()
+        _check(libc.mount(source, path.encode(), None, MS_BIND | MS_REC, None), f"expose {path}")
+        os.close(fd)
     flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
     if proc == "hidepid":  # a sample sees only its own processes (it has a uid of its own)
         _check(libc.mount(b"proc", b"/proc", b"proc", flags, b"hidepid=invisible"), "mount /proc")
     else:  # same uid as the evaluator: no /proc at all, or it could read the evaluator's environment
         _check(libc.mount(b"tmpfs", b"/proc", b"tmpfs", flags, b"size=4k,mode=0555"), "hide /proc")
-    attr = _MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, 0, 0)
+    _mount_setattr(libc, "/", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, AT_RECURSIVE)
+    _mount_setattr(
+        libc, "/tmp", 0, MOUNT_ATTR_RDONLY, 0
+    )  # the tmpfs itself stays writable, not what's bound in it
+
+
+def _mount_setattr(libc: Any, path: str, set_attrs: int, clear_attrs: int, flags: int) -> None:
+    """mount_setattr(2): change mount attributes (works in a user namespace, where a remount that
+    touches locked flags would be refused)."""
+    attr = _MountAttr(set_attrs, clear_attrs, 0, 0)
     result = libc.syscall(
         ctypes.c_long(SYS_MOUNT_SETATTR),
         ctypes.c_long(AT_FDCWD),
-        ctypes.c_char_p(b"/"),
-        ctypes.c_long(AT_RECURSIVE),
+        ctypes.c_char_p(path.encode()),
+        ctypes.c_long(flags),
         ctypes.byref(attr),
         ctypes.c_size_t(ctypes.sizeof(attr)),
     )
-    _check(result, "read-only root")
-    options = f"size={tmp_mb}m,nr_inodes=65536,mode={tmp_mode:o}".encode()
-    _check(libc.mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, options), "tmpfs on /tmp")
+    _check(result, f"mount attributes of {path}")
+
+
+def _make_dirs_searchable(path: str) -> None:
+    """Create `path` and its parents inside the private /tmp, searchable but not writable by samples."""
+    parts = path.split("/")
+    for depth in range(3, len(parts) + 1):  # /tmp itself exists
+        directory = "/".join(parts[:depth])
+        if not os.path.isdir(directory):
+            os.mkdir(directory, 0o755)
+        os.chmod(directory, 0o755)
 
 
 def _execute(message: dict[str, Any], isolation: _Isolation, snapshot: _Snapshot) -> dict[str, Any]:
