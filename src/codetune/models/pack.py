@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from codetune.errors import CodetuneError
+from codetune.manifest import sha256_file, write_json
 
 CHUNK_BYTES = 1 << 20
 CONVERSION_STAMP = "codetune-conversion.json"
@@ -328,7 +329,7 @@ def _copy_member(
 def _write_stamp(pack: ModelPack, gguf_path: Path) -> None:
     st = gguf_path.stat()
     stamp = {"pack": pack.name, "sha256": pack.sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    write_json_atomic(_stamp_path(gguf_path), stamp)
+    write_json(_stamp_path(gguf_path), stamp)
 
 
 # --- the transformers folder -----------------------------------------------------------------------
@@ -350,7 +351,7 @@ def _convert_atomically(pack: ModelPack, gguf_path: Path, hf_path: Path, convert
         start = time.perf_counter()
         converter(gguf_path, tmp)
         seconds = round(time.perf_counter() - start, 1)
-        write_json_atomic(
+        write_json(
             tmp / CONVERSION_STAMP,
             {"pack": pack.name, "gguf": gguf_path.name, "gguf_sha256": pack.sha256, "seconds": seconds},
         )
@@ -385,7 +386,7 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> None:
         "transformers": transformers.__version__,
         "torch": torch.__version__,
     }
-    write_json_atomic(out_dir / "codetune-source.json", meta)
+    write_json(out_dir / "codetune-source.json", meta)
 
 
 def gguf_chat_template(gguf_path: Path) -> str | None:
@@ -399,22 +400,6 @@ def gguf_chat_template(gguf_path: Path) -> str | None:
 
 
 # --- small file helpers ------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON via a temporary file and a rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path) -> dict | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -88,3 +88,22 @@ def stop_holdback(text: str, stop: Sequence[str]) -> int:
                 hold = max(hold, k)
                 break
     return hold
+
+
+def stop_filtered(pieces: Iterable[str], stop: Sequence[str]) -> Iterator[str]:
+    """Re-yield streamed text pieces, ending at the first stop sequence (not included) and holding back
+    any tail that could still turn out to be the start of one."""
+    text, sent = "", 0
+    for piece in pieces:
+        text += piece
+        cut, stopped = cut_at_stop(text, stop)
+        if stopped:
+            if len(cut) > sent:
+                yield cut[sent:]
+            return
+        safe = len(text) - stop_holdback(text, stop)
+        if safe > sent:
+            yield text[sent:safe]
+            sent = safe
+    if len(text) > sent:
+        yield text[sent:]

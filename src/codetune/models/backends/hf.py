@@ -10,7 +10,7 @@ import torch
 
 from codetune.data.format import encode_prompt
 from codetune.errors import CodetuneError
-from codetune.models.backends.base import Completion, FimTokens, SamplingSettings, cut_at_stop, stop_holdback
+from codetune.models.backends.base import Completion, FimTokens, SamplingSettings, cut_at_stop, stop_filtered
 from codetune.models.fim import detect_fim_tokens
 
 
@@ -150,24 +150,15 @@ class HFBackend:
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        text, sent, ended = "", 0, False
+        ended = False
+
+        def pieces() -> Iterator[str]:
+            nonlocal ended
+            yield from streamer
+            ended = True
+
         try:
-            for piece in streamer:
-                text += piece
-                cut, stopped = cut_at_stop(text, settings.stop)
-                if stopped:
-                    if len(cut) > sent:
-                        yield cut[sent:]
-                    sent = len(cut)
-                    break
-                safe = len(text) - stop_holdback(text, settings.stop)
-                if safe > sent:
-                    yield text[sent:safe]
-                    sent = safe
-            else:
-                ended = True
-                if len(text) > sent:
-                    yield text[sent:]
+            yield from stop_filtered(pieces(), settings.stop)
         finally:
             cancel.set()  # also when the consumer stops early (client disconnected)
             if not ended:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from codetune.errors import CodetuneError
-from codetune.models.backends.base import Completion, FimTokens, SamplingSettings, cut_at_stop, stop_holdback
+from codetune.models.backends.base import Completion, FimTokens, SamplingSettings, cut_at_stop, stop_filtered
 
 
 def _import_llama_cpp() -> Any:
@@ -149,20 +149,7 @@ class LlamaCppBackend:
     def stream(self, prompt: str, settings: SamplingSettings) -> Iterator[str]:
         """One completion's text as produced, holding back what could be the start of a stop."""
         with self._lock:
-            text, sent = "", 0
-            for piece in self._pieces(prompt, settings, settings.seed, _Run()):
-                text += piece
-                cut, stopped = cut_at_stop(text, settings.stop)
-                if stopped:
-                    if len(cut) > sent:
-                        yield cut[sent:]
-                    return
-                safe = len(text) - stop_holdback(text, settings.stop)
-                if safe > sent:
-                    yield text[sent:safe]
-                    sent = safe
-            if len(text) > sent:
-                yield text[sent:]
+            yield from stop_filtered(self._pieces(prompt, settings, settings.seed, _Run()), settings.stop)
 
     def chat_prompt(self, messages: Sequence[dict[str, str]]) -> str:
         """Render with the GGUF's own `tokenizer.chat_template` (jinja, as transformers renders it)."""
