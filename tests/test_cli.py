@@ -15,7 +15,7 @@ runner = CliRunner()
 @pytest.mark.parametrize(
     ("command", "expected"),
     [
-        ([], ["prepare", "train", "evaluate", "generate", "models"]),
+        ([], ["prepare", "train", "evaluate", "report", "generate", "models"]),
         (["prepare"], ["--skip-bad", "--data.output_dir", "--data.split_by", "--data.skip_bad"]),
         (
             ["train"],
@@ -24,11 +24,17 @@ runner = CliRunner()
                 "--train.lr",
                 "--train.length_policy",
                 "--train.lora",
+                "--train.eval_benchmark",
+                "--train.select_by",
                 "--model.name",
                 "--prompt.template",
             ],
         ),
-        (["evaluate"], ["--model", "--benchmark", "--eval.models", "--generate.temperature"]),
+        (
+            ["evaluate"],
+            ["--model", "--benchmark", "--eval.models", "--eval.select_from", "--generate.temperature"],
+        ),
+        (["report"], ["--eval.output_dir", "--eval.baseline"]),
         (
             ["generate"],
             ["--model", "--n", "--temperature", "--max-new-tokens", "--backend", "--generate.stop"],

@@ -99,7 +99,8 @@ def evaluate(
     benchmark: Annotated[
         str | None,
         typer.Option(
-            "--benchmark", help="Score a built-in benchmark instead of the prepared split: humaneval."
+            "--benchmark",
+            help="Score a built-in benchmark instead of the prepared split: humaneval, dataframebench.",
         ),
     ] = None,
 ) -> None:
@@ -113,6 +114,24 @@ def evaluate(
         extra["eval"]["benchmark"] = benchmark
     report = run(_config(config, ctx, extra))
     print(report.output_dir)
+
+
+@app.command(context_settings=_EXTRA, epilog=_OVERRIDES + describe_sections("eval"))
+def report(
+    ctx: typer.Context,
+    config: ConfigArg,
+) -> None:
+    """Compare every model evaluated in eval.output_dir: compare.json and a static report.html (with the
+    training curves of train.output_dir when present)."""
+    from rich.console import Console
+
+    from codetune.eval.evaluate import write_benchmark_report
+
+    cfg = _config(config, ctx)
+    path = write_benchmark_report(cfg, Path(cfg.eval.output_dir), Console(stderr=True))
+    if path is None:
+        raise CodetuneError(f"{cfg.eval.output_dir} has no evaluated models (*/results.jsonl)")
+    print(path)
 
 
 @app.command(context_settings=_EXTRA, epilog=_OVERRIDES + describe_sections("generate", "prompt"))

@@ -53,7 +53,7 @@ class SourceConfig:
     (a folder or git checkout) mined for documented functions (`kind: repo`)."""
 
     path: str = ""
-    kind: Literal["file", "repo"] = "file"
+    kind: Literal["file", "repo", "benchmark"] = "file"
     format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
     nl_field: str = "nl"
     code_field: str = "code"
@@ -180,6 +180,7 @@ class LoraSettings:
     alpha: int = 16
     dropout: float = 0.05
     target_modules: list[str] | str = "all-linear"
+    top_layers: int | None = None  # adapt only the last N transformer blocks (None: all)
 
 
 @dataclass
@@ -206,6 +207,13 @@ class TrainConfig:
     early_stopping_patience: int = 0  # evaluations without improvement; 0 = off
     resume: bool = False
     max_valid_examples: int = 256
+    # evaluation by execution at every validation (pass@1 in the sandbox, BLEU)
+    eval_benchmark: str | None = None  # e.g. "dataframebench/val"; None: validation loss only
+    eval_tasks: int | None = None  # the first N tasks of it; None: all
+    eval_max_new_tokens: int = 512
+    eval_backend: Literal["auto", "hf", "llamacpp"] = "auto"
+    select_by: Literal["auto", "valid_loss", "pass@1"] = "auto"  # auto: pass@1 when eval_benchmark is set
+    tensorboard: bool = True  # write {output_dir}/tensorboard (needs the tensorboard package)
     lora: LoraSettings = field(default_factory=LoraSettings)
 
 
@@ -236,6 +244,9 @@ class EvalConfig:
     split: str = "test"
     max_examples: int | None = None
     benchmark: str | None = None  # e.g. "humaneval"; None scores the prepared split
+    select_from: list[str] = field(default_factory=list)  # labels pooled by sample-then-filter (row "filter")
+    baseline: str | None = None  # the label others are compared with (default: base, else the first)
+    report: bool = True  # write compare.json and report.html over every model in output_dir
 
 
 @dataclass
@@ -442,9 +453,11 @@ FIELD_HELP: dict[str, str] = {
     "data.min_nl_chars": "drop descriptions shorter than this",
     "data.min_code_chars": "drop code shorter than this",
     "data.sources.kind": "file (JSONL/CSV/Parquet of pairs) or repo (a folder or git checkout mined for "
-    "documented functions: Python via ast, JavaScript via tree-sitter)",
+    "documented functions: Python via ast, JavaScript via tree-sitter) or benchmark (a built-in "
+    "benchmark split as pairs, with its tests: path dataframebench/train)",
     "data.sources.path": "file or folder; a repo path may be @stdlib (this Python's standard library, "
-    "resolved at run time) or @purelib (its site-packages)",
+    "resolved at run time) or @purelib (its site-packages); a benchmark path is name/split "
+    "(dataframebench/train; its val and test splits are refused for training)",
     "data.sources.tests_field": "file sources: field holding tests (asserts) that augmented code must pass",
     "data.sources.date_field": "file sources: field holding an ISO date (commit or creation) for split_by date",
     "data.sources.include": "repo: globs of files to mine (default: by languages, *.py / *.js)",
@@ -516,10 +529,21 @@ FIELD_HELP: dict[str, str] = {
     "train.eval_every": "validation every N steps (0: at the end only); the best model goes to best/",
     "train.save_every": "checkpoint every N steps (0: at the end only)",
     "train.keep_checkpoints": "how many recent checkpoints to keep",
-    "train.early_stopping_patience": "stop after N validations without improvement (0: off)",
+    "train.early_stopping_patience": "stop after N validations without improvement of the selection "
+    "metric (select_by; 0: off)",
+    "train.eval_benchmark": "at every validation also generate for this benchmark split (dataframebench/val) "
+    "and score pass@1 by execution in the sandbox, plus BLEU; logged to metrics.jsonl and TensorBoard",
+    "train.eval_tasks": "use the first N tasks of eval_benchmark (a fixed subset); empty: all",
+    "train.eval_max_new_tokens": "token budget per generated answer during training evaluation",
+    "train.eval_backend": "auto (llama.cpp with the adapter as a LoRA GGUF when the base came from a GGUF "
+    "model pack, else transformers), hf or llamacpp",
+    "train.select_by": "what best/ and early stopping follow: valid_loss, pass@1 (ties: lower valid loss), "
+    "or auto (pass@1 when eval_benchmark is set)",
+    "train.tensorboard": "write TensorBoard event files to {output_dir}/tensorboard",
     "train.resume": "continue from the latest checkpoint in output_dir",
     "train.max_valid_examples": "cap on validation examples",
-    "train.lora": "LoRA: {enabled, r, alpha, dropout, target_modules}",
+    "train.lora": "LoRA: {enabled, r, alpha, dropout, target_modules, top_layers (adapt only the last N blocks: "
+    "backpropagation stops below them)}",
     "generate.backend": "hf (transformers) or llamacpp (GGUF)",
     "generate.model": "model folder, checkpoint, GGUF file or pack name",
     "generate.max_new_tokens": "tokens to generate at most",
@@ -536,7 +560,13 @@ FIELD_HELP: dict[str, str] = {
     "eval.data_dir": "prepared data folder (default: data.output_dir)",
     "eval.split": "which split to score",
     "eval.max_examples": "score only the first N examples",
-    "eval.benchmark": "score a built-in benchmark instead of a split: humaneval",
+    "eval.benchmark": "score a built-in benchmark instead of a split: humaneval, or dataframebench "
+    "(its eval.split: test, val or train)",
+    "eval.select_from": "dataframebench: labels of evaluated models whose answers are pooled; per task the "
+    "first candidate that passes visible checks (examples, else a smoke call) is kept: row 'filter'",
+    "eval.baseline": "label the others are compared with in compare.json and report.html (default: base)",
+    "eval.report": "after a benchmark, write compare.json (paired bootstrap CIs, fixed/broken tasks) and "
+    "report.html over every model folder in output_dir",
     "serve.host": "address to bind (127.0.0.1: this machine only; 0.0.0.0 exposes the server: set API keys)",
     "serve.port": "TCP port",
     "serve.models": "models to serve as name=path (or a {name: path} mapping); a path is a model folder, "

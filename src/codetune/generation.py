@@ -43,15 +43,42 @@ def load_backend(g: GenerateConfig, model: str | None = None) -> Backend:
         from codetune.models.backends.llamacpp import LlamaCppBackend
 
         path = Path(name)
-        if not path.is_file():
+        kwargs: dict[str, object] = {"n_threads": g.threads} if g.threads else {}
+        if path.is_dir():
+            path, kwargs["lora_path"] = _gguf_for_folder(path)
+        elif not path.is_file():
             from codetune.models import pack
 
             if name not in pack.PACKS:
                 raise CodetuneError(f"generate.model {name!r}: not a GGUF file nor a model pack name")
             path = pack.fetch_model(name, convert=False).gguf_path
-        kwargs = {"n_threads": g.threads} if g.threads else {}
-        return LlamaCppBackend(str(path), seed=g.seed, **kwargs)
+        return LlamaCppBackend(str(path), seed=g.seed, **kwargs)  # type: ignore[arg-type]
     raise CodetuneError(f"generate.backend {g.backend!r} is not one of: hf, llamacpp")
+
+
+def _gguf_for_folder(folder: Path) -> tuple[Path, Path | None]:
+    """A codetune model folder on llama.cpp: a LoRA over a model pack runs as the pack's GGUF plus the
+    adapter exported to a LoRA GGUF (written once into the folder); a pack's own `hf/` folder runs as
+    its GGUF."""
+    from codetune.models.export import ADAPTER_GGUF, base_gguf_of, lora_to_gguf
+    from codetune.models.loading import read_meta
+
+    meta = read_meta(folder)
+    if (folder / "codetune-conversion.json").is_file():
+        base = base_gguf_of({"base_model": str(folder)})
+        if base is not None:
+            return base, None
+    base = base_gguf_of(meta) if meta.get("format") == "lora" else None
+    if base is None:
+        raise CodetuneError(
+            f"{folder}: the llamacpp backend runs GGUF files; this folder is a transformers model "
+            "(use generate.backend=hf), or a LoRA over a base that did not come from a GGUF model pack"
+        )
+    adapter = folder / ADAPTER_GGUF
+    weights = folder / "adapter_model.safetensors"
+    if not adapter.is_file() or adapter.stat().st_mtime < weights.stat().st_mtime:
+        lora_to_gguf(folder, adapter)
+    return base, adapter
 
 
 def parse_model_spec(spec: str) -> tuple[str, str]:

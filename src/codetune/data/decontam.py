@@ -78,6 +78,10 @@ def register_eval_set(name: str, loader: EvalSetLoader) -> None:
 def resolve_eval_set(name: str) -> EvalSetLoader:
     if name in EVAL_SETS:
         return EVAL_SETS[name]
+    if "/" in name and ":" not in name:
+        from codetune.data.benchmarks import load_benchmark_eval_set
+
+        return load_benchmark_eval_set(name)  # type: ignore[no-any-return]
     if ":" in name:
         module, _, attr = name.partition(":")
         try:

@@ -87,6 +87,13 @@ def prepare(cfg: Config, console: Console | None = None) -> Path:
     inputs: list[dict[str, Any]] = []
     steps = StepReports()
     for src in cfg.data.sources:
+        if src.kind == "benchmark":
+            from codetune.data.benchmarks import read_benchmark
+
+            got, info = read_benchmark(src)
+            examples.extend(got)
+            inputs.append(info)
+            continue
         if src.kind == "repo":
             got, info = read_repo(src, steps)
             examples.extend(got)

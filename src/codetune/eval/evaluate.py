@@ -134,8 +134,10 @@ def _evaluate_model(
 
 def _benchmark(cfg: Config, out: Path, console: Console) -> Report:
     name = cfg.eval.benchmark
+    if name == "dataframebench":
+        return _dataframebench(cfg, out, console)
     if name != "humaneval":
-        raise CodetuneError(f"eval.benchmark {name!r} is not known; available: humaneval")
+        raise CodetuneError(f"eval.benchmark {name!r} is not known; available: humaneval, dataframebench")
     from codetune.eval import humaneval
 
     report = Report(out)
@@ -161,6 +163,71 @@ def _benchmark(cfg: Config, out: Path, console: Console) -> Report:
     write_json(out / "summary.json", {"models": report.models, "metrics": report.metrics})
     _print_table(console, report)
     return report
+
+
+def _dataframebench(cfg: Config, out: Path, console: Console) -> Report:
+    from codetune.eval import dataframebench as dfb
+
+    dfb.ensure_environment()
+    specs = cfg.eval.models or default_models(cfg)
+    split = cfg.eval.split if cfg.eval.split in dfb.SPLIT_SIZES else "test"
+    report = Report(out)
+    for spec in specs:
+        label, path = parse_model_spec(spec)
+        backend = load_backend(cfg.generate, path)
+        prompt_cfg = model_prompt_config(path, cfg.prompt)
+        # The closing fence, and example usage at top level (dropped by the sanitiser anyway).
+        settings = sampling_settings(cfg.generate, (*answer_stops(prompt_cfg), *dfb.REPLY_STOPS))
+        console.print(f"[bold]dataframebench[/bold] {split}: {label} ({path})")
+
+        def progress(done: int, total: int, label: str = label) -> None:
+            if done % 10 == 0 or done == total:
+                console.print(f"  {label}: generated {done}/{total}")
+
+        metrics = dfb.run_dataframebench(
+            backend,
+            settings,
+            prompt_for=lambda text, p=prompt_cfg, b=backend: build_prompt(text, p, b.chat_prompt),
+            out_dir=out / label,
+            split=split,
+            limit=cfg.eval.max_examples,
+            progress=progress,
+            label=label,
+        )
+        del backend
+        report.models[label] = path
+        report.metrics[label] = metrics
+    if cfg.eval.select_from:
+        from codetune.eval.select import select
+
+        tasks = dfb.load_tasks(split)[: cfg.eval.max_examples]
+        label = "filter"
+        report.metrics[label] = select(out, cfg.eval.select_from, tasks, label, program_for=dfb.program_for)
+        report.models[label] = "sample-then-filter over " + ", ".join(cfg.eval.select_from)
+    write_json(out / "summary.json", {"models": report.models, "metrics": report.metrics})
+    _print_table(console, report)
+    if cfg.eval.report:
+        write_benchmark_report(cfg, out, console)
+    return report
+
+
+def write_benchmark_report(cfg: Config, out: Path, console: Console) -> Path | None:
+    """compare.json + report.html over every model folder in `out` (with 2+ models and a shared task set)."""
+    from codetune.eval.report import write_report
+
+    labels = sorted(p.parent.name for p in out.glob("*/results.jsonl"))
+    if not labels:
+        return None
+    train_dir = Path(cfg.train.output_dir)
+    path = write_report(
+        out,
+        train_dir if (train_dir / "metrics.jsonl").is_file() else None,
+        title=f"codetune: {cfg.eval.benchmark} ({cfg.eval.split})",
+        baseline=cfg.eval.baseline if cfg.eval.baseline in labels else None,
+        allow_subset=True,
+    )
+    console.print(f"  report: {path}")
+    return path
 
 
 def _print_table(console: Console, report: Report) -> None:

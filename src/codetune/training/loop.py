@@ -36,6 +36,7 @@ from codetune.training.checkpoint import (
     rotate_checkpoints,
     save_checkpoint,
 )
+from codetune.training.exec_eval import better, make_exec_eval, run_exec_eval
 
 StepCallback = Callable[[int, float], None]
 
@@ -279,15 +280,22 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
     from transformers import get_cosine_schedule_with_warmup
 
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(t.warmup_ratio * total_steps), total_steps)
+    exec_eval = make_exec_eval(cfg)
+    select_by = t.select_by if t.select_by != "auto" else ("pass@1" if exec_eval else "valid_loss")
+    if select_by == "pass@1" and exec_eval is None:
+        raise CodetuneError("train.select_by=pass@1 needs train.eval_benchmark (e.g. dataframebench/val)")
     state: dict[str, Any] = {
         "step": 0,
         "best_valid_loss": None,
         "best_step": None,
+        "best": None,  # {"valid_loss", "pass@1"?} of best/
         "bad_evals": 0,
         "tokens": 0,
     }
     if ckpt is not None:
         state = load_checkpoint(ckpt, model, optimizer, scheduler)
+        if state.get("best") is None and state.get("best_valid_loss") is not None:
+            state["best"] = {"valid_loss": state["best_valid_loss"], "pass@1": None}
         console.print(f"  resumed from {ckpt} (step {state['step']})")
     console.print(
         f"[bold]train[/bold]: {kind} model {cfg.model.name} ({trainable:,} trainable of {total_params:,} params"
@@ -296,6 +304,7 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
 
     metrics_path = out / "metrics.jsonl"
     _truncate_metrics(metrics_path, state["step"])  # rows after the checkpoint belong to the lost tail
+    board = _tensorboard(out, state["step"], console) if t.tensorboard else None
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     model.train()
     started = time.perf_counter()
@@ -345,6 +354,10 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
                     "tokens_per_s": tps,
                 },
             )
+            if board is not None:
+                board.add_scalar("train/loss", step_loss, state["step"])
+                board.add_scalar("train/lr", scheduler.get_last_lr()[0], state["step"])
+                board.add_scalar("train/grad_norm", float(grad_norm), state["step"])
             progress.update(task, completed=state["step"], loss=f"{step_loss:.4f}", tps=f"{tps:,.0f}")
             if on_step is not None:
                 on_step(state["step"], step_loss)
@@ -353,10 +366,42 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
             stop_early = False
             if valid_items and ((t.eval_every and state["step"] % t.eval_every == 0) or at_end):
                 vloss = validation_loss(model, valid_items, pad_id, kind, t.batch_size)
-                _append_metrics(metrics_path, {"step": state["step"], "valid_loss": vloss})
-                progress.console.print(f"  step {state['step']}: valid loss {vloss:.4f}")
-                if state["best_valid_loss"] is None or vloss < state["best_valid_loss"]:
-                    state.update(best_valid_loss=vloss, best_step=state["step"], bad_evals=0)
+                row: dict[str, Any] = {"step": state["step"], "valid_loss": vloss}
+                if exec_eval is not None:
+                    row.update(
+                        run_exec_eval(
+                            exec_eval,
+                            state["step"],
+                            model,
+                            tok,
+                            kind,
+                            cfg,
+                            out,
+                            export_model,
+                            model_meta,
+                            base_ref,
+                        )
+                    )
+                _append_metrics(metrics_path, row)
+                if board is not None:
+                    for key, name in (
+                        ("valid_loss", "loss"),
+                        ("valid_pass@1", "pass@1"),
+                        ("valid_bleu", "bleu"),
+                    ):
+                        if key in row:
+                            board.add_scalar(f"valid/{name}", row[key], state["step"])
+                    board.flush()
+                shown = f"valid loss {vloss:.4f}"
+                if "valid_pass@1" in row:
+                    shown += (
+                        f", pass@1 {row['valid_pass@1']:.3f} ({row['valid_passed']}/{row['valid_tasks']}), "
+                        f"BLEU {row['valid_bleu']:.2f} [{row['eval_s']:.0f} s]"
+                    )
+                progress.console.print(f"  step {state['step']}: {shown}")
+                candidate = {"valid_loss": vloss, "pass@1": row.get("valid_pass@1")}
+                if better(candidate, state.get("best"), select_by):
+                    state.update(best_valid_loss=vloss, best_step=state["step"], best=candidate, bad_evals=0)
                     export_model(model, tok, out / "best", model_meta)
                 else:
                     state["bad_evals"] += 1
@@ -382,6 +427,8 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
                 break
 
     export_model(model, tok, out / "final", model_meta)
+    if board is not None:
+        board.close()
     if not valid_items:
         console.print("  [yellow]no valid split: best/ is not written; final/ is the last step[/yellow]")
     elapsed = time.perf_counter() - started
@@ -391,6 +438,8 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
         "final_train_loss": last_loss,
         "best_valid_loss": state["best_valid_loss"],
         "best_step": state["best_step"],
+        "best_metric": state.get("best"),
+        "select_by": select_by,
         "seconds_this_run": round(elapsed, 2),
         "tokens_per_s": round(tokens_this_run / elapsed, 1) if elapsed > 0 else None,
         "trainable_params": trainable,
@@ -412,6 +461,18 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
         f" -> {out}/final"
     )
     return out
+
+
+def _tensorboard(out: Path, step: int, console: Console) -> Any:
+    """A SummaryWriter on {out}/tensorboard that drops events after `step` (a resumed run's lost tail)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        console.print(
+            "  [yellow]tensorboard is not installed: no TensorBoard events (metrics.jsonl has all)[/]"
+        )
+        return None
+    return SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step else None)
 
 
 def _append_metrics(path: Path, row: dict[str, Any]) -> None:

@@ -55,6 +55,7 @@ class LlamaCppBackend:
         n_threads: int | None = None,
         seed: int = 0,
         n_batch: int = 512,
+        lora_path: str | Path | None = None,
     ) -> None:
         self._lib = _import_llama_cpp()
         path = Path(gguf_path)
@@ -63,6 +64,9 @@ class LlamaCppBackend:
                 f"GGUF file {path} not found; fetch a model pack (`codetune models fetch NAME`)"
             )
         self.gguf_path = str(path)
+        self.lora_path = str(lora_path) if lora_path is not None else None
+        if self.lora_path is not None and not Path(self.lora_path).is_file():
+            raise CodetuneError(f"LoRA GGUF {self.lora_path} not found")
         self.seed = seed
         threads = n_threads or len(os.sched_getaffinity(0))
         self._llm = self._lib.Llama(
@@ -73,6 +77,7 @@ class LlamaCppBackend:
             n_threads_batch=threads,
             seed=seed,
             verbose=False,
+            **({"lora_path": self.lora_path} if self.lora_path else {}),
         )
         self._lock = threading.Lock()  # one generation at a time: the model has a single KV cache
         self._vocab: frozenset[str] | None = None

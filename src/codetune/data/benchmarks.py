@@ -1,0 +1,85 @@
+"""Built-in benchmarks as `prepare` sources (`kind: benchmark`, `path: NAME/SPLIT`) and as
+decontamination sets (`data.decontamination.eval_sets: [NAME/SPLIT]`).
+
+DataFrameBench's `val` and `test` splits are evaluation-only (the package's CANARY.txt): they are refused
+as training sources, and are what training data is decontaminated against.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from codetune.config import SourceConfig
+from codetune.data.records import Example
+from codetune.errors import CodetuneError
+
+BENCHMARKS = ("dataframebench",)
+
+
+def _parse(path: str, where: str) -> tuple[str, str]:
+    name, _, split = path.partition("/")
+    if name not in BENCHMARKS or not split:
+        raise CodetuneError(
+            f"{where}: {path!r} is not a built-in benchmark split; use one of "
+            + ", ".join(f"{b}/train" for b in BENCHMARKS)
+        )
+    return name, split
+
+
+def read_benchmark(src: SourceConfig) -> tuple[list[Example], dict[str, Any]]:
+    """One benchmark split as NL/code pairs: the task prompt (filled for pandas) as the description,
+    the package's verified solution (`training_target`) as the code, its unittest suite in `meta`."""
+    from codetune.eval import dataframebench as dfb
+
+    _name, split = _parse(src.path, "data.sources")
+    if split in dfb.EVAL_ONLY_SPLITS:
+        raise CodetuneError(
+            f"data.sources: {src.path} is evaluation-only (dataframebench's CANARY.txt: never train on "
+            "val or test); use dataframebench/train, and list the others under "
+            "data.decontamination.eval_sets"
+        )
+    wheel = dfb.wheel_path()
+    tasks = dfb.load_tasks(split, "pandas", wheel)
+    examples = [
+        Example(
+            id=t.task_id,
+            nl=t.prompt,
+            code=dfb.training_target(t.reference, t.entry_point),
+            language="python",
+            group=t.seed_id or t.task_id,  # paraphrases of one problem stay in one split
+            source=f"{dfb.WHEEL_NAME}!dataframebench/data/{split}.jsonl:{i}",
+            meta={
+                "tests": t.test,
+                "entry_point": t.entry_point,
+                "category": t.category,
+                "benchmark": src.path,
+            },
+        )
+        for i, t in enumerate(tasks, start=1)
+    ]
+    info = {
+        "path": src.path,
+        "kind": "benchmark",
+        "wheel": dfb.WHEEL_NAME,
+        "sha256": dfb.WHEEL_SHA256,
+        "license": dfb.LICENSE,
+        "rows": len(tasks),
+        "read": len(examples),
+    }
+    return examples, info
+
+
+def load_benchmark_eval_set(path: str) -> Any:
+    """A decontamination loader for `NAME/SPLIT` (prompt + reference of every task)."""
+    from codetune.data.decontam import EvalItem, strip_docstrings
+    from codetune.eval import dataframebench as dfb
+
+    _name, split = _parse(path, "data.decontamination.eval_sets")
+
+    def load(_splits: dict[str, list[Example]]) -> list[EvalItem]:
+        items = []
+        for t in dfb.load_tasks(split):
+            items.append(EvalItem(t.task_id, f"{t.statement}\n{t.reference}", strip_docstrings(t.reference)))
+        return items
+
+    return load

@@ -1,0 +1,255 @@
+"""DataFrameBench plumbing on a fake wheel (same layout, two tiny pandas tasks per split): loading and
+placeholder filling, sha256 pinning, training targets that still pass their tests in the sandbox, the
+prepare source (val/test refused), decontamination, and sample-then-filter selection."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from codetune.config import load_config
+from codetune.errors import CodetuneError
+from codetune.eval import dataframebench as dfb
+from codetune.manifest import read_jsonl, sha256_file, write_jsonl
+
+STUB = '{library_import}\n\ndef task_func(records, column="x"):\n    """Sum a column."""\n'
+REFERENCE = '''import pandas as pd
+
+
+def task_func(records, column="x"):
+    """
+    Sum one column of the records.
+
+    A long docstring, as BigCodeBench solutions have.
+    """
+    df = pd.DataFrame(records)
+    return df, float(df[column].sum()) if len(df) else 0.0
+
+_reference_impl = task_func
+
+def task_func(records, column="x"):
+    df, total = _reference_impl(records, column=column)
+    return total
+'''
+TESTS = """import unittest
+
+
+class TestCases(unittest.TestCase):
+    def test_sum(self):
+        self.assertEqual(task_func([{"x": 1}, {"x": 2.5}]), 3.5)
+
+    def test_empty(self):
+        self.assertEqual(task_func([]), 0.0)
+"""
+
+
+REFERENCE_TEST = REFERENCE.replace(
+    "    df = pd.DataFrame(records)\n    return df, float(df[column].sum()) if len(df) else 0.0",
+    "    values = [float(row[column]) for row in records]\n    total = 0.0\n    for value in values:\n"
+    "        total += value\n    return pd.DataFrame(records), total",
+)
+REFERENCE_OTHER = REFERENCE.replace("float(df[column].sum())", "float(df[column].astype(float).sum())")
+
+
+def _task(task_id: str, seed: str, reference: str = REFERENCE) -> dict[str, Any]:
+    statement = f"Sum the column of the records ({task_id})."
+    return {
+        "task_id": task_id,
+        "category": "aggregation",
+        "entry_point": "task_func",
+        "libs": ["pandas"],
+        "prompt": f"Write code.\n\n{statement}\n\n{{library_instruction}}\n\n```python\n{STUB}```",
+        "test_code": TESTS,
+        "prompt_parts": {"statement": statement, "stub": STUB, "instruction": "{library_instruction}"},
+        "ground_truth": {"pandas": reference, "polars": "import polars as pl\n"},
+        "seed_id": seed,
+    }
+
+
+@pytest.fixture
+def fake_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path / "cache"
+    wheel = cache / "dataframebench" / dfb.WHEEL_NAME
+    wheel.parent.mkdir(parents=True)
+    splits = {
+        "train": [
+            _task("DFB/T0001", "s1"),
+            _task("DFB/T1001", "s1"),
+            _task("DFB/T0002", "s2", REFERENCE_OTHER),
+        ],
+        "val": [_task("DFB/V0001", "s3")],
+        "test": [_task("DFB/B0001", "s4", REFERENCE_TEST), _task("DFB/B0002", "s5", REFERENCE_TEST)],
+    }
+    with zipfile.ZipFile(wheel, "w") as z:
+        for split, rows in splits.items():
+            z.writestr(f"dataframebench/data/{split}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv("CODETUNE_CACHE", str(cache))
+    monkeypatch.setattr(dfb, "WHEEL_SHA256", sha256_file(wheel))
+    monkeypatch.setattr(dfb, "SPLIT_SIZES", {k: len(v) for k, v in splits.items()})
+    return wheel
+
+
+def test_tasks_load_with_both_placeholders_filled(fake_wheel: Path) -> None:
+    tasks = dfb.load_tasks("test")
+    assert [t.task_id for t in tasks] == ["DFB/B0001", "DFB/B0002"]
+    t = tasks[0]
+    assert "{library" not in t.prompt
+    assert "Use pandas as the data processing library in your solution." in t.prompt
+    assert "import pandas as pd\n\ndef task_func" in t.prompt and t.stub.startswith("import pandas as pd")
+    assert t.reference == REFERENCE_TEST and t.seed_id == "s4"
+    polars = dfb.load_tasks("val", "polars")[0]
+    assert "import polars as pl" in polars.prompt and "Use polars" in polars.prompt
+    with pytest.raises(CodetuneError, match="split 'dev'"):
+        dfb.load_tasks("dev")
+
+
+def test_the_wheel_is_pinned_by_sha256(fake_wheel: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dfb, "WHEEL_SHA256", "0" * 64)
+    with pytest.raises(CodetuneError, match="sha256"):
+        dfb.load_tasks("test")
+    fake_wheel.unlink()
+    with pytest.raises(CodetuneError, match="missing"):
+        dfb.wheel_path(download=False)
+
+
+def test_training_target_drops_the_docstring_and_names_the_helper() -> None:
+    target = dfb.training_target(REFERENCE)
+    assert "A long docstring" not in target
+    assert "_reference_impl = task_func" not in target
+    assert "def _reference_impl(records" in target and "def task_func(records" in target
+    # shapes it does not recognise are left alone
+    plain = "def task_func():\n    return 1\n"
+    assert dfb.training_target(plain) == plain
+    recursive = REFERENCE.replace("df = pd.DataFrame(records)", "df = pd.DataFrame(records)\n    task_func")
+    assert dfb.training_target(recursive) == recursive
+
+
+def test_references_and_targets_pass_their_tests_in_the_sandbox(fake_wheel: Path) -> None:
+    tasks = dfb.load_tasks("test")
+    wrong = "def task_func(records, column='x'):\n    return 1.0\n"
+    with dfb.open_pool(workers=1) as pool:
+        verdicts = dfb.score(
+            pool,
+            [tasks[0], tasks[0], tasks[1]],
+            [tasks[0].reference, dfb.training_target(tasks[0].reference), wrong],
+        )
+    assert [v.status for v in verdicts] == ["passed", "passed", "failed"], [v.detail for v in verdicts]
+
+
+def test_prepare_reads_train_and_refuses_evaluation_splits(fake_wheel: Path, tmp_path: Path) -> None:
+    from codetune.data.prepare import prepare
+
+    raw = {
+        "data": {
+            "sources": [{"kind": "benchmark", "path": "dataframebench/train"}],
+            "output_dir": str(tmp_path / "data"),
+            "splits": {"train": 1.0},
+            "decontamination": {"eval_sets": ["dataframebench/test"], "ngram": 50},
+        }
+    }
+    out = prepare(load_config(None, raw))
+    rows = read_jsonl(out / "train.jsonl")
+    # T0001 and T1001 are paraphrases with one solution: exact dedup keeps the first
+    assert sorted(r["id"] for r in rows) == ["DFB/T0001", "DFB/T0002"]
+    first = next(r for r in rows if r["id"] == "DFB/T0001")
+    assert first["meta"]["tests"] == TESTS and first["group"] == "s1"
+    assert first["code"].strip() == dfb.training_target(REFERENCE).strip()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["dropped"]["exact_duplicate"] == 1
+    for split in ("val", "test"):
+        raw["data"]["sources"] = [{"kind": "benchmark", "path": f"dataframebench/{split}"}]
+        with pytest.raises(CodetuneError, match="evaluation-only"):
+            prepare(load_config(None, raw))
+    raw["data"]["sources"] = [{"kind": "benchmark", "path": "humaneval/train"}]
+    with pytest.raises(CodetuneError, match="not a built-in benchmark"):
+        prepare(load_config(None, raw))
+
+
+def test_filter_selects_the_candidate_that_passes_visible_checks(fake_wheel: Path, tmp_path: Path) -> None:
+    from codetune.eval.select import select, visible_checks
+
+    tasks = dfb.load_tasks("test")
+    good = dfb.training_target(REFERENCE)
+    crashes = "import pandas as pd\nDATA = pd.read_csv('missing.csv')\n\n\ndef task_func(records, column='x'):\n    return 0.0\n"
+    broken_syntax = "def task_func(:\n"
+
+    def model(label: str, codes: list[str], statuses: list[str]) -> None:
+        folder = tmp_path / "eval" / label
+        write_jsonl(
+            folder / "samples.jsonl",
+            [
+                {"task_id": t.task_id, "code": c, "raw": c, "finish_reason": "stop"}
+                for t, c in zip(tasks, codes, strict=True)
+            ],
+        )
+        write_jsonl(
+            folder / "results.jsonl",
+            [
+                {"task_id": t.task_id, "n": 1, "c": int(s == "passed"), "verdicts": [{"status": s}]}
+                for t, s in zip(tasks, statuses, strict=True)
+            ],
+        )
+
+    # task 1: base crashes, tuned is right; task 2: base is right, tuned doesn't parse
+    model("base", [crashes, good], ["error", "passed"])
+    model("tuned", [good, broken_syntax], ["passed", "error"])
+    metrics = select(tmp_path / "eval", ["base", "tuned"], tasks, "filter", program_for=dfb.program_for)
+    assert metrics["pass@1"] == 1.0 and metrics["oracle"] == 1.0
+    assert metrics["chosen_from"] == {"base": 1, "tuned": 1}
+    assert metrics["visible_checks"] == {"examples": 0, "smoke": 2}
+    rows = read_jsonl(tmp_path / "eval" / "filter" / "results.jsonl")
+    assert [r["chosen"]["label"] for r in rows] == ["tuned", "base"]
+    # a HumanEval-style prompt with literal examples gets them as checks
+    kind, checks = visible_checks('def f(x):\n    """\n    >>> f(2)\n    4\n    """\n', "f")
+    assert kind == "examples" and checks.strip() == "assert (f(2)) == 4"
+
+
+def test_training_evaluates_pass_at_1_by_execution(
+    fake_wheel: Path, tmp_path: Path, pairs_file: Path
+) -> None:
+    """Every validation also generates for the benchmark subset and scores it in the sandbox; the rows
+    land in metrics.jsonl, TensorBoard and evals/; best/ follows pass@1 (ties: lower valid loss)."""
+    from codetune.data.prepare import prepare
+    from codetune.training.loop import train
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(
+        tmp_path,
+        pairs_file,
+        train={
+            "max_steps": 4,
+            "eval_every": 2,
+            "eval_benchmark": "dataframebench/test",
+            "eval_tasks": 1,
+            "eval_max_new_tokens": 8,
+            "tensorboard": True,
+        },
+    )
+    prepare(cfg)
+    out = train(cfg)
+    rows = [r for r in read_jsonl(out / "metrics.jsonl") if "valid_loss" in r]
+    assert [r["step"] for r in rows] == [2, 4]
+    for r in rows:
+        assert r["valid_tasks"] == 1 and r["valid_passed"] == 0 and r["valid_pass@1"] == 0.0  # random model
+        assert "valid_bleu" in r and r["eval_s"] > 0
+    assert [p.name for p in sorted((out / "evals").iterdir())] == ["step-000002.jsonl", "step-000004.jsonl"]
+    assert read_jsonl(out / "evals" / "step-000002.jsonl")[0]["task_id"] == "DFB/B0001"
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    best = min(rows, key=lambda r: r["valid_loss"])  # pass@1 ties at 0: the lower loss wins
+    assert manifest["summary"]["select_by"] == "pass@1"
+    assert manifest["summary"]["best_step"] == best["step"]
+
+
+def test_selection_prefers_pass_at_1_then_lower_loss() -> None:
+    from codetune.training.exec_eval import better
+
+    assert better({"valid_loss": 2.0, "pass@1": 0.5}, {"valid_loss": 1.0, "pass@1": 0.25}, "pass@1")
+    assert not better({"valid_loss": 1.0, "pass@1": 0.25}, {"valid_loss": 2.0, "pass@1": 0.5}, "pass@1")
+    assert better({"valid_loss": 0.9, "pass@1": 0.5}, {"valid_loss": 1.0, "pass@1": 0.5}, "pass@1")
+    assert not better({"valid_loss": 2.0, "pass@1": 0.5}, {"valid_loss": 1.0, "pass@1": 0.25}, "valid_loss")
+    assert better({"valid_loss": 2.0, "pass@1": None}, None, "pass@1")
