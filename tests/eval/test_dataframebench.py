@@ -121,6 +121,11 @@ def test_training_target_drops_the_docstring_and_names_the_helper() -> None:
     assert "A long docstring" not in target
     assert "_reference_impl = task_func" not in target
     assert "def _reference_impl(records" in target and "def task_func(records" in target
+    assert target.startswith("import pandas as pd\n") and target.count("import pandas") == 1
+    wrapped = REFERENCE.replace(
+        "_reference_impl = task_func\n", "_reference_impl = task_func\nimport pandas as pd\n"
+    )
+    assert dfb.training_target(wrapped) == target  # the adapter's own imports join the block at the top
     # shapes it does not recognise are left alone
     plain = "def task_func():\n    return 1\n"
     assert dfb.training_target(plain) == plain

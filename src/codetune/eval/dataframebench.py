@@ -238,7 +238,36 @@ def training_target(reference: str, entry_point: str = "task_func") -> str:
         ast.parse(text)
     except SyntaxError:
         return reference
-    return text
+    return _imports_first(text)
+
+
+def _imports_first(code: str) -> str:
+    """One import block at the top (each import once), then the other top-level statements in order.
+
+    The package's adapters re-import pandas and typing above the wrapper; a model trained on that learns
+    to emit import blocks after functions, and then to repeat function + imports until out of tokens."""
+    tree = ast.parse(code)
+    lines = code.splitlines()
+    imports: list[str] = []
+    others: list[str] = []
+    for node in tree.body:
+        start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+        text = "\n".join(lines[start - 1 : node.end_lineno])
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            if text not in imports:
+                imports.append(text)
+        else:
+            others.append(text)
+    body = ""
+    for text in others:
+        is_block = text.lstrip().startswith(("def ", "class ", "@", "async def "))
+        body += ("\n\n\n" if is_block and body else "\n" if body else "") + text
+    result = "\n".join(imports) + ("\n\n\n" if imports and body else "") + body + "\n"
+    try:
+        ast.parse(result)
+    except SyntaxError:
+        return code
+    return result
 
 
 # --- scoring -------------------------------------------------------------------------------------

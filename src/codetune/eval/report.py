@@ -445,11 +445,15 @@ def write_report(
     h.append('<h2>Plots</h2><div class="plots">' + "".join(_plots(cmp, train_dir)) + "</div>")
     if train_dir is not None:
         summary = _read_json(train_dir / "manifest.json").get("summary") or {}
-        bits = [
-            f"{k.replace('_', ' ')} {_e(summary[k])}"
-            for k in ("best_step", "best_metric")
-            if summary.get(k) is not None
-        ]
+        bits = [f"best step {_e(summary['best_step'])}"] if summary.get("best_step") is not None else []
+        best = summary.get("best_metric")
+        if isinstance(best, dict):
+            shown = [f"{k} {v:.4g}" for k, v in best.items() if isinstance(v, int | float)]
+            bits.append("best " + _e(", ".join(shown)))
+        elif best is not None:
+            bits.append(f"best metric {_e(best)}")
+        if summary.get("select_by"):
+            bits.append(f"selected by {_e(summary['select_by'])}")
         h.append(f'<p class="muted">training: <code>{_e(train_dir)}</code> {" · ".join(bits)}</p>')
     for x in labels[1:]:
         c = comps[x]
