@@ -56,10 +56,16 @@ def bootstrap_ci(
         raise ValueError("bootstrap_ci needs at least one problem")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1); got {confidence}")
-    per_problem = [pass_at_k(n, c, k) for n, c in counts]
+    return percentile_bootstrap([pass_at_k(n, c, k) for n, c in counts], iterations, confidence, seed)
+
+
+def percentile_bootstrap(
+    values: Sequence[float], iterations: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values`, resampled with replacement (seeded)."""
     rng = random.Random(seed)
-    m = len(per_problem)
-    means = sorted(sum(rng.choices(per_problem, k=m)) / m for _ in range(iterations))
+    m = len(values)
+    means = sorted(sum(rng.choices(values, k=m)) / m for _ in range(iterations))
     alpha = (1.0 - confidence) / 2.0
     lo = means[int(alpha * (iterations - 1))]
     hi = means[int(round((1.0 - alpha) * (iterations - 1)))]

@@ -16,7 +16,6 @@ import base64
 import html
 import io
 import json
-import random
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from codetune.errors import CodetuneError
+from codetune.eval.passk import percentile_bootstrap
 from codetune.manifest import read_jsonl, write_json
 
 ITERATIONS = 2000
@@ -95,13 +95,8 @@ def bootstrap_mean_ci(
         raise ValueError("bootstrap_mean_ci needs at least one value")
     if iterations < 1 or not 0.0 < confidence < 1.0:
         raise ValueError(f"need iterations >= 1 and 0 < confidence < 1; got {iterations}, {confidence}")
-    rng = random.Random(seed)
-    m = len(vals)
-    means = sorted(sum(rng.choices(vals, k=m)) / m for _ in range(iterations))
-    alpha = (1.0 - confidence) / 2.0
-    lo = means[int(alpha * (iterations - 1))]
-    hi = means[int(round((1.0 - alpha) * (iterations - 1)))]
-    return sum(vals) / m, lo, hi
+    lo, hi = percentile_bootstrap(vals, iterations, confidence, seed)
+    return sum(vals) / len(vals), lo, hi
 
 
 def paired_bootstrap(
@@ -340,6 +335,8 @@ def _plots(cmp: dict[str, Any], train_dir: Path | None) -> list[str]:
         if best is not None and float(best) in ps:
             y = 100 * pv[ps.index(float(best))]
             ax.plot([float(best)], [y], "*", ms=14, color="#b3261e", label=f"best step {best}")
+        ax.set_ylim(0, min(100, max(10.0, 100 * max(pv) * 1.25)))
+        ax.set_xlim(0, max(ts + ps) * 1.05 if ts else max(ps) * 1.05 + 1)
         out.append(png(fig, ax, "pass@1 (%)", "validation pass@1", "validation pass@1 vs step"))
     return out
 
