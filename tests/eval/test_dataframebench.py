@@ -122,6 +122,8 @@ def test_training_target_drops_the_docstring_and_names_the_helper() -> None:
     assert "_reference_impl = task_func" not in target
     assert "def _reference_impl(records" in target and "def task_func(records" in target
     assert target.startswith("import pandas as pd\n") and target.count("import pandas") == 1
+    # one top-level function: the helper is defined inside task_func
+    assert target.count("\ndef ") == 1 and "\n    def _reference_impl(records" in target
     wrapped = REFERENCE.replace(
         "_reference_impl = task_func\n", "_reference_impl = task_func\nimport pandas as pd\n"
     )

@@ -238,7 +238,51 @@ def training_target(reference: str, entry_point: str = "task_func") -> str:
         ast.parse(text)
     except SyntaxError:
         return reference
-    return _imports_first(text)
+    return _nest_helper(_imports_first(text), entry_point)
+
+
+def _nest_helper(code: str, entry_point: str) -> str:
+    """`def _reference_impl` + wrapper `def task_func` -> one top-level `task_func` whose first statement
+    defines the helper. Small models trained on two sibling functions learn to repeat the first one
+    (greedy decoding looped on `def _reference_impl` in both training runs here); one function is also
+    the shape the base model answers in. Only when no line of the helper sits inside a multi-line string
+    (indenting would change it); otherwise `code` is returned unchanged."""
+    tree = ast.parse(code)
+    helper = next(
+        (n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_reference_impl"), None
+    )
+    wrapper = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == entry_point), None)
+    if helper is None or wrapper is None or wrapper.lineno < helper.lineno or helper.decorator_list:
+        return code
+    lines = code.splitlines()
+    in_string = {
+        line
+        for node in ast.walk(helper)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.end_lineno != node.lineno
+        for line in range(node.lineno + 1, (node.end_lineno or node.lineno) + 1)
+    }
+    if in_string:
+        return code
+    helper_lines = [
+        "    " + line if line.strip() else "" for line in lines[helper.lineno - 1 : helper.end_lineno]
+    ]
+    body_start = wrapper.body[0].lineno
+    if isinstance(wrapper.body[0], ast.Expr) and isinstance(
+        getattr(wrapper.body[0], "value", None), ast.Constant
+    ):
+        body_start = wrapper.body[1].lineno if len(wrapper.body) > 1 else body_start
+    before = lines[: helper.lineno - 1]
+    between = lines[helper.end_lineno : wrapper.lineno - 1]
+    head = lines[wrapper.lineno - 1 : body_start - 1]
+    rest = lines[body_start - 1 : wrapper.end_lineno]
+    after = lines[wrapper.end_lineno :]
+    out = [*before, *between, *head, *helper_lines, "", *rest, *after]
+    result = re.sub(r"\n{4,}", "\n\n\n", "\n".join(out)).strip() + "\n"
+    try:
+        ast.parse(result)
+    except SyntaxError:
+        return code
+    return result
 
 
 def _imports_first(code: str) -> str:
@@ -395,8 +439,7 @@ def run_dataframebench(
     from dataclasses import asdict
     from importlib import metadata
 
-    from codetune.eval.humaneval import _per_problem_results, _status_counts
-    from codetune.eval.passk import bootstrap_ci, pass_at_k_report
+    from codetune.eval.humaneval import _per_problem_results, sample_metrics
     from codetune.eval.sandbox import sandbox_manifest
     from codetune.manifest import write_json, write_jsonl, write_manifest
     from codetune.models.backends.base import Completion
@@ -470,23 +513,8 @@ def run_dataframebench(
         for j, v in enumerate(verdicts[i * n : (i + 1) * n]):
             row["verdicts"][j]["stderr_tail"] = v.stderr_tail[-1500:]
     write_jsonl(out_dir / "results.jsonl", results)
-    counts = [(r["n"], r["c"]) for r in results]
-    lo, hi = bootstrap_ci(counts, k=1)
-    tokens = sum(c.completion_tokens for _, _, c in samples)
-    metrics: dict[str, Any] = {
-        **pass_at_k_report(counts, (1, 5, 10)),
-        "pass@1_ci95": [lo, hi],
-        "problems": len(tasks),
-        "samples": len(samples),
-        "passed_samples": sum(v.passed for v in verdicts),
-        "statuses": _status_counts(verdicts),
-        "truncated": sum(c.finish_reason == "length" for _, _, c in samples),
-        "reused_generations": reused,
-        "generation_s": round(gen_s, 2),
-        "scoring_s": round(score_s, 2),
-        "completion_tokens": tokens,
-        "tokens_per_s": round(tokens / max(gen_s, 1e-9), 2),
-    }
+    metrics = sample_metrics(results, (1, 5, 10), verdicts, [c for _, _, c in samples], gen_s, score_s)
+    metrics["reused_generations"] = reused
     write_json(out_dir / "metrics.json", metrics)
     versions = {}
     for package in (

@@ -296,26 +296,38 @@ def run_humaneval(
     )
     results = _per_problem_results(problems, n, ks, verdicts)
     write_jsonl(out_dir / "results.jsonl", results)
-    counts = [(r["n"], r["c"]) for r in results]
-    tokens = sum(c.completion_tokens for _, _, c in samples)
-    lo, hi = bootstrap_ci(counts, k=1)
-    metrics: dict[str, Any] = {
-        **pass_at_k_report(counts, ks),
-        "pass@1_ci95": [lo, hi],
-        "problems": len(problems),
-        "samples": len(samples),
-        "passed_samples": sum(v.passed for v in verdicts),
-        "statuses": _status_counts(verdicts),
-        "truncated": sum(c.finish_reason == "length" for _, _, c in samples),
-        "generation_s": round(gen_s, 2),
-        "scoring_s": round(score_s, 2),
-        "wall_s": round(time.perf_counter() - started, 2),
-        "completion_tokens": tokens,
-        "tokens_per_s": round(tokens / max(gen_s, 1e-9), 2),
-    }
+    metrics = sample_metrics(results, ks, verdicts, [c for _, _, c in samples], gen_s, score_s)
+    metrics["wall_s"] = round(time.perf_counter() - started, 2)
     write_json(out_dir / "metrics.json", metrics)
     _write_humaneval_manifest(out_dir, backend, settings, style, data_sha, problems, limits, metrics)
     return metrics
+
+
+def sample_metrics(
+    results: Sequence[dict[str, Any]],
+    ks: Sequence[int],
+    verdicts: Sequence[Verdict],
+    completions: Sequence[Completion],
+    gen_s: float,
+    score_s: float,
+) -> dict[str, Any]:
+    """The metrics.json of an execution benchmark: pass@k, the pass@1 bootstrap CI, counts, timings."""
+    counts = [(r["n"], r["c"]) for r in results]
+    tokens = sum(c.completion_tokens for c in completions)
+    lo, hi = bootstrap_ci(counts, k=1)
+    return {
+        **pass_at_k_report(counts, ks),
+        "pass@1_ci95": [lo, hi],
+        "problems": len(results),
+        "samples": len(completions),
+        "passed_samples": sum(v.passed for v in verdicts),
+        "statuses": _status_counts(verdicts),
+        "truncated": sum(c.finish_reason == "length" for c in completions),
+        "generation_s": round(gen_s, 2),
+        "scoring_s": round(score_s, 2),
+        "completion_tokens": tokens,
+        "tokens_per_s": round(tokens / max(gen_s, 1e-9), 2),
+    }
 
 
 def _generate_in_batches(
