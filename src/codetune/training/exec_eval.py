@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,6 @@ class ExecEval:
     tasks: list[Any]
     references: list[str]
     limits: list[Any] | None = None  # calibrated on the first evaluation
-    backend_name: str = ""
-    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def make_exec_eval(cfg: Config) -> ExecEval | None:
@@ -109,7 +107,6 @@ def run_exec_eval(
             from codetune.models.backends.hf import HFBackend
 
             backend = HFBackend(model, tokenizer, kind, batch_size=cfg.generate.batch_size, label="training")
-        ev.backend_name = backend.name
         stops = (*answer_stops(cfg.prompt), *dfb.REPLY_STOPS)
         settings = SamplingSettings(max_new_tokens=cfg.train.eval_max_new_tokens, temperature=0.0, stop=stops)
         prompts = [build_prompt(t.prompt, cfg.prompt, backend.chat_prompt) for t in ev.tasks]
@@ -145,7 +142,6 @@ def run_exec_eval(
             for t, v, c, r in zip(ev.tasks, verdicts, codes, replies, strict=True)
         ],
     )
-    ev.history.append(row)
     return row
 
 
