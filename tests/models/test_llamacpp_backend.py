@@ -91,6 +91,29 @@ def test_missing_llama_cpp_says_what_to_run(monkeypatch: pytest.MonkeyPatch, tmp
         LlamaCppBackend(tmp_path / "m.gguf")
 
 
+def test_the_lora_buft_notice_is_dropped_and_other_log_lines_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    forwarded: list[tuple[int, bytes]] = []
+    installed: list[Any] = []
+    module = types.ModuleType("llama_cpp")
+    logger = types.ModuleType("llama_cpp._logger")
+    logger.llama_log_callback = lambda level, text, data: forwarded.append((level, text))  # type: ignore[attr-defined]
+    module._logger = logger  # type: ignore[attr-defined]
+    module.llama_log_callback = lambda function: function  # type: ignore[attr-defined]
+    module.llama_log_set = lambda callback, data: installed.append(callback)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "llama_cpp", module)
+    monkeypatch.setitem(sys.modules, "llama_cpp._logger", logger)
+    from codetune.models.backends import llamacpp
+
+    monkeypatch.setattr(llamacpp, "_log_filter", [])
+    llamacpp._import_llama_cpp()
+    llamacpp._import_llama_cpp()  # installed once
+    (callback,) = installed
+    noise = b"llama_adapter_lora_init_impl: lora for 'blk.12.ffn_down.weight' cannot use buft 'CPU_REPACK', fallback to CPU\n"
+    callback(3, noise, None)
+    callback(3, b"llama_model_load: error loading model\n", None)
+    assert forwarded == [(3, b"llama_model_load: error loading model\n")]
+
+
 def test_missing_gguf(fake: tuple[Any, Path], tmp_path: Path) -> None:
     backend_cls, _ = fake
     with pytest.raises(CodetuneError, match="nope.gguf not found"):

@@ -322,8 +322,11 @@ def _plots(cmp: dict[str, Any], train_dir: Path | None) -> list[str]:
             for v in tl:
                 cum.append(cum[-1] + v)
             avg = [(cum[i + 1] - cum[max(0, i + 1 - w)]) / min(w, i + 1) for i in range(len(tl))]
-            ax.plot(ts, tl, lw=0.6, alpha=0.35, color="#3b7dd8", label="train loss")
-            ax.plot(ts, avg, lw=1.6, color="#3b7dd8", label=f"train loss ({w}-step avg)")
+            if w > 1:  # a moving average only where there are enough steps to smooth
+                ax.plot(ts, tl, lw=0.6, alpha=0.35, color="#3b7dd8", label="train loss")
+                ax.plot(ts, avg, lw=1.6, color="#3b7dd8", label=f"train loss ({w}-step avg)")
+            else:
+                ax.plot(ts, tl, "o-", lw=1.2, ms=2, color="#3b7dd8", label="train loss (per step)")
         if vl:
             ax.plot(vs, vl, "o-", lw=1.6, ms=3, color="#d8703b", label="valid loss")
         if best is not None:
@@ -331,10 +334,20 @@ def _plots(cmp: dict[str, Any], train_dir: Path | None) -> list[str]:
         out.append(png(fig, ax, "loss", "training and validation loss", "loss vs step"))
     if pv:
         fig, ax = plt.subplots(figsize=(6, 3.2))
-        ax.plot(ps, [100 * v for v in pv], "o-", lw=1.6, ms=3, color="#17803d", label="valid pass@1")
+        # clip_on=False: a point at 0 % is drawn whole, not cut in half by the axis
+        ax.plot(
+            ps,
+            [100 * v for v in pv],
+            "o-",
+            lw=1.6,
+            ms=4,
+            color="#17803d",
+            label="valid pass@1",
+            clip_on=False,
+        )
         if best is not None and float(best) in ps:
             y = 100 * pv[ps.index(float(best))]
-            ax.plot([float(best)], [y], "*", ms=14, color="#b3261e", label=f"best step {best}")
+            ax.plot([float(best)], [y], "*", ms=14, color="#b3261e", label=f"best step {best}", clip_on=False)
         ax.set_ylim(0, min(100, max(10.0, 100 * max(pv) * 1.25)))
         ax.set_xlim(0, max(ts + ps) * 1.05 if ts else max(ps) * 1.05 + 1)
         out.append(png(fig, ax, "pass@1 (%)", "validation pass@1", "validation pass@1 vs step"))

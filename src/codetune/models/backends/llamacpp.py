@@ -31,7 +31,36 @@ def _import_llama_cpp() -> Any:
             "the llamacpp backend needs llama-cpp-python, which is not installed; run `make llamacpp` "
             "(builds it from source for this CPU, ~15 min) or use generate.backend=hf"
         ) from e
+    _filter_llama_log(llama_cpp)
     return llama_cpp
+
+
+# llama.cpp logs, at error level, one line per adapted tensor when a LoRA is applied over a repacked
+# (Q4_K, CPU) model: "lora for 'blk.12.ffn_down.weight' cannot use buft 'CPU_REPACK', fallback to CPU".
+# It is expected and harmless (the adapter's tensors live in plain CPU memory), so it is dropped; every
+# other message goes to llama-cpp-python's own handler unchanged.
+_LOG_NOISE = (b"cannot use buft 'CPU_REPACK', fallback to CPU",)
+_log_filter: list[Any] = []  # the installed ctypes callback, kept alive for as long as the process
+
+
+def _filter_llama_log(llama_cpp: Any) -> None:
+    if _log_filter:
+        return
+    try:
+        import ctypes
+
+        from llama_cpp import _logger
+    except ImportError:  # another llama-cpp-python layout: leave its logging as it is
+        return
+    forward = _logger.llama_log_callback
+
+    @llama_cpp.llama_log_callback  # type: ignore[misc]
+    def callback(level: int, text: bytes, user_data: Any) -> None:
+        if not any(noise in text for noise in _LOG_NOISE):
+            forward(level, text, user_data)
+
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    _log_filter.append(callback)
 
 
 @dataclass
