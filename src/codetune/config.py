@@ -66,6 +66,9 @@ class SourceConfig:
     include: list[str] = field(default_factory=list)  # empty: by languages (*.py, *.js, ...)
     exclude: list[str] = field(default_factory=lambda: list(DEFAULT_REPO_EXCLUDE))
     languages: list[str] = field(default_factory=lambda: ["python"])
+    # kind: benchmark (dataframebench/train): keep only tasks whose reference reads as one function
+    # (the adapter's helper inlined); the others are skipped and counted in the manifest
+    one_function_only: bool = False
 
 
 @dataclass
@@ -463,6 +466,8 @@ FIELD_HELP: dict[str, str] = {
     "data.sources.include": "repo: globs of files to mine (default: by languages, *.py / *.js)",
     "data.sources.exclude": "repo: globs to skip; 'name/' = a folder at any depth, '*.py' = file names, "
     "'a/b.py' = a path from the root (default: tests, vendored, build, site-packages, generated files)",
+    "data.sources.one_function_only": "benchmark: keep only tasks whose reference reads as one function "
+    "(dataframebench's adapter helper inlined); the rest are skipped and counted",
     "data.sources.languages": "repo: languages to mine: python, javascript",
     "data.split_date": "split_by date: ISO date T; code last committed before T goes to train/valid, "
     "from T on to test (repo sources need a git checkout)",

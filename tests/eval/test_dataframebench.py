@@ -14,6 +14,7 @@ import pytest
 from codetune.config import load_config
 from codetune.errors import CodetuneError
 from codetune.eval import dataframebench as dfb
+from codetune.eval.sandbox import run_tests
 from codetune.manifest import read_jsonl, sha256_file, write_jsonl
 
 STUB = '{library_import}\n\ndef task_func(records, column="x"):\n    """Sum a column."""\n'
@@ -52,7 +53,11 @@ REFERENCE_TEST = REFERENCE.replace(
     "    values = [float(row[column]) for row in records]\n    total = 0.0\n    for value in values:\n"
     "        total += value\n    return pd.DataFrame(records), total",
 )
-REFERENCE_OTHER = REFERENCE.replace("float(df[column].sum())", "float(df[column].astype(float).sum())")
+# a helper that returns early: it can't be inlined into the wrapper, so it is nested inside it
+REFERENCE_OTHER = REFERENCE.replace(
+    "    df = pd.DataFrame(records)\n",
+    "    if not records:\n        return pd.DataFrame(), 0.0\n    df = pd.DataFrame(records)\n",
+)
 
 
 def _task(task_id: str, seed: str, reference: str = REFERENCE) -> dict[str, Any]:
@@ -116,23 +121,85 @@ def test_the_wheel_is_pinned_by_sha256(fake_wheel: Path, monkeypatch: pytest.Mon
         dfb.wheel_path(download=False)
 
 
-def test_training_target_drops_the_docstring_and_names_the_helper() -> None:
-    target = dfb.training_target(REFERENCE)
-    assert "A long docstring" not in target
-    assert "_reference_impl = task_func" not in target
-    assert "def _reference_impl(records" in target and "def task_func(records" in target
-    assert target.startswith("import pandas as pd\n") and target.count("import pandas") == 1
-    # one top-level function: the helper is defined inside task_func
-    assert target.count("\ndef ") == 1 and "\n    def _reference_impl(records" in target
+def test_training_target_drops_the_docstring_and_inlines_the_helper() -> None:
+    target, shape = dfb.shaped_target(REFERENCE)
+    assert shape == "one-function" and dfb.training_target(REFERENCE) == target
+    assert target == (
+        "import pandas as pd\n\n\n"
+        'def task_func(records, column="x"):\n'
+        "    df = pd.DataFrame(records)\n"
+        "    df, total = df, float(df[column].sum()) if len(df) else 0.0\n"
+        "    return total\n"
+    )
     wrapped = REFERENCE.replace(
         "_reference_impl = task_func\n", "_reference_impl = task_func\nimport pandas as pd\n"
     )
     assert dfb.training_target(wrapped) == target  # the adapter's own imports join the block at the top
-    # shapes it does not recognise are left alone
+    # a reference without the adapter idiom is one function already; what it can't rewrite is left alone
     plain = "def task_func():\n    return 1\n"
-    assert dfb.training_target(plain) == plain
+    assert dfb.shaped_target(plain) == (plain, "one-function")
     recursive = REFERENCE.replace("df = pd.DataFrame(records)", "df = pd.DataFrame(records)\n    task_func")
-    assert dfb.training_target(recursive) == recursive
+    assert dfb.shaped_target(recursive) == (recursive, "as-shipped")
+
+
+def test_a_helper_that_returns_early_is_nested_inside_task_func() -> None:
+    target, shape = dfb.shaped_target(REFERENCE_OTHER)
+    assert shape == "nested-helper"
+    assert "A long docstring" not in target and "_reference_impl = task_func" not in target
+    assert target.startswith("import pandas as pd\n") and target.count("import pandas") == 1
+    assert target.count("\ndef ") == 1 and "\n    def _reference_impl(records" in target
+
+
+ADAPTED = """import pandas as pd
+
+
+def task_func(df, n=2, label="top"):
+    \"\"\"The original BigCodeBench function.\"\"\"
+    out = df.head(n)
+    out = out.assign(tag=label)
+    return out
+
+_reference_impl = task_func
+
+def task_func(records, n=2):
+    frame = pd.DataFrame(records)
+    out = _reference_impl(frame, label="first")
+    return out.to_dict("records")
+"""
+
+
+@pytest.mark.parametrize(
+    ("wrapper_tail", "shape"),
+    [
+        ("", "one-function"),
+        # the helper binds `out` and `n`: if the wrapper reads them after the call, inlining would change it
+        ('\n    out = _reference_impl(frame, label="first")\n    return n', "nested-helper"),
+        # a parameter's value may not read another parameter the prelude has already rebound
+        ("\n    df = frame\n    out = _reference_impl(frame, n=df)\n    return out", "nested-helper"),
+    ],
+)
+def test_inlining_binds_arguments_and_refuses_what_would_change_the_meaning(
+    wrapper_tail: str, shape: str
+) -> None:
+    reference = ADAPTED
+    if wrapper_tail:
+        reference = (
+            ADAPTED.split("def task_func(records, n=2):")[0]
+            + "def task_func(records, n=2):\n"
+            + ("    frame = pd.DataFrame(records)" + wrapper_tail + "\n")
+        )
+    target, got = dfb.shaped_target(reference)
+    assert got == shape, target
+    if shape == "one-function":
+        # each argument bound to its parameter: positional (frame -> df), keyword, then default (n)
+        assert '    df = frame\n    label = "first"\n    n = 2\n' in target
+        assert "    out = df.head(n)\n" in target and "_reference_impl" not in target
+        verdict = run_tests(
+            target,
+            "assert task_func([{'a': 1}, {'a': 2}, {'a': 3}]) == "
+            "[{'a': 1, 'tag': 'first'}, {'a': 2, 'tag': 'first'}]\n",
+        )
+        assert verdict.passed, verdict.detail + verdict.stderr_tail
 
 
 def test_references_and_targets_pass_their_tests_in_the_sandbox(fake_wheel: Path) -> None:
@@ -145,6 +212,20 @@ def test_references_and_targets_pass_their_tests_in_the_sandbox(fake_wheel: Path
             [tasks[0].reference, dfb.training_target(tasks[0].reference), wrong],
         )
     assert [v.status for v in verdicts] == ["passed", "passed", "failed"], [v.detail for v in verdicts]
+
+
+def test_one_function_only_skips_the_rest_and_counts_them(fake_wheel: Path, tmp_path: Path) -> None:
+    from codetune.data.prepare import prepare
+
+    source = {"kind": "benchmark", "path": "dataframebench/train", "one_function_only": True}
+    raw = {"data": {"sources": [source], "output_dir": str(tmp_path / "data"), "splits": {"train": 1.0}}}
+    out = prepare(load_config(None, raw))
+    assert [r["id"] for r in read_jsonl(out / "train.jsonl")] == ["DFB/T0001"]  # T1001: its duplicate
+    manifest = json.loads((out / "manifest.json").read_text())
+    (info,) = manifest["inputs"]
+    assert info["target_shapes"] == {"one-function": 2, "nested-helper": 1}
+    assert info["skipped_not_one_function"] == 1 and info["skipped_ids"] == ["DFB/T0002"]
+    assert list(manifest["notes"].values()) == [1] and "one_function_only" in next(iter(manifest["notes"]))
 
 
 def test_prepare_reads_train_and_refuses_evaluation_splits(fake_wheel: Path, tmp_path: Path) -> None:

@@ -40,24 +40,33 @@ def read_benchmark(src: SourceConfig) -> tuple[list[Example], dict[str, Any]]:
         )
     wheel = dfb.wheel_path()
     tasks = dfb.load_tasks(split, "pandas", wheel)
-    examples = [
-        Example(
-            id=t.task_id,
-            nl=t.prompt,
-            code=dfb.training_target(t.reference, t.entry_point),
-            language="python",
-            group=t.seed_id or t.task_id,  # paraphrases of one problem stay in one split
-            source=f"{dfb.WHEEL_NAME}!dataframebench/data/{split}.jsonl:{i}",
-            meta={
-                "tests": t.test,
-                "entry_point": t.entry_point,
-                "category": t.category,
-                "benchmark": src.path,
-            },
+    examples = []
+    shapes: dict[str, int] = {}
+    skipped: list[str] = []
+    for i, t in enumerate(tasks, start=1):
+        code, shape = dfb.shaped_target(t.reference, t.entry_point)
+        shapes[shape] = shapes.get(shape, 0) + 1
+        if src.one_function_only and shape != "one-function":
+            skipped.append(t.task_id)
+            continue
+        examples.append(
+            Example(
+                id=t.task_id,
+                nl=t.prompt,
+                code=code,
+                language="python",
+                group=t.seed_id or t.task_id,  # paraphrases of one problem stay in one split
+                source=f"{dfb.WHEEL_NAME}!dataframebench/data/{split}.jsonl:{i}",
+                meta={
+                    "tests": t.test,
+                    "entry_point": t.entry_point,
+                    "category": t.category,
+                    "benchmark": src.path,
+                    "target_shape": shape,
+                },
+            )
         )
-        for i, t in enumerate(tasks, start=1)
-    ]
-    info = {
+    info: dict[str, Any] = {
         "path": src.path,
         "kind": "benchmark",
         "wheel": dfb.WHEEL_NAME,
@@ -65,7 +74,11 @@ def read_benchmark(src: SourceConfig) -> tuple[list[Example], dict[str, Any]]:
         "license": dfb.LICENSE,
         "rows": len(tasks),
         "read": len(examples),
+        "target_shapes": shapes,
     }
+    if src.one_function_only:
+        info["skipped_not_one_function"] = len(skipped)
+        info["skipped_ids"] = skipped
     return examples, info
 
 

@@ -187,15 +187,22 @@ def load_tasks(split: str, library: str = "pandas", wheel: Path | None = None) -
 
 
 def training_target(reference: str, entry_point: str = "task_func") -> str:
+    """The reference solution shaped as a training answer (see `shaped_target`)."""
+    return shaped_target(reference, entry_point)[0]
+
+
+def shaped_target(reference: str, entry_point: str = "task_func") -> tuple[str, str]:
     """A reference solution shaped as a training answer: the long docstring of the original function is
     dropped (the prompt already states the task), and the package's `_reference_impl = task_func`
     adapter idiom becomes a plainly named helper plus the `task_func` wrapper that converts its
-    DataFrames into the plain values the tests expect. Falls back to `reference` unchanged whenever the
-    shape is not the expected one."""
+    DataFrames into the plain values the tests expect: inlined into one function where that is exactly
+    equivalent (shape "one-function", as is a reference without the idiom), else nested inside it
+    ("nested-helper"). Falls back to `reference` unchanged ("as-shipped") when it does not parse or
+    calls itself, and to two functions ("two-functions") when the helper can't be nested either."""
     try:
         tree = ast.parse(reference)
     except SyntaxError:
-        return reference
+        return reference, "as-shipped"
     lines = reference.splitlines()
     defs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == entry_point]
     alias = [
@@ -214,7 +221,7 @@ def training_target(reference: str, entry_point: str = "task_func") -> str:
         first = defs[0]
         calls_itself = any(isinstance(n, ast.Name) and n.id == entry_point for n in ast.walk(first))
         if calls_itself:
-            return reference
+            return reference, "as-shipped"
         rename_line = first.lineno - 1
         drop.update(range(alias[0].lineno - 1, (alias[0].end_lineno or alias[0].lineno)))
     original = defs[0] if defs else None
@@ -235,8 +242,212 @@ def training_target(reference: str, entry_point: str = "task_func") -> str:
         out.append(line)
     text = re.sub(r"\n{3,}", "\n\n\n", "\n".join(out)).strip() + "\n"
     if not _parses(text):
-        return reference
-    return _nest_helper(_imports_first(text), entry_point)
+        return reference, "as-shipped"
+    hoisted = _imports_first(text)
+    inlined = _inline_helper(hoisted, entry_point)
+    if inlined is not None:
+        return inlined, "one-function"
+    nested = _nest_helper(hoisted, entry_point)
+    if nested != hoisted:
+        return nested, "nested-helper"
+    return hoisted, "two-functions" if "_reference_impl" in hoisted else "one-function"
+
+
+def _inline_helper(code: str, entry_point: str) -> str | None:
+    """`def _reference_impl` + wrapper `def task_func` -> one `task_func` with the helper's body in place of
+    its call: the answer reads as one function that converts the records it gets into a DataFrame, does
+    the work, and converts the result back, which is the shape of answer a user (and the base model)
+    writes. Each call argument is bound to its parameter by an assignment (none when the names are the
+    same) and the helper's final `return X` becomes `<target> = X`.
+
+    Only where that is exactly equivalent; None otherwise (the caller then nests the helper instead):
+    one call, in a statement directly in the wrapper's body (`T = call`, `return call`, or a statement
+    with the call on one line); the helper returns only at its end and has no yield, global, nonlocal,
+    decorator or recursion; no name the helper binds is read by the wrapper after the call, and no global
+    the helper reads is bound by the wrapper."""
+    tree = ast.parse(code)
+    helper = next(
+        (n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_reference_impl"), None
+    )
+    wrapper = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == entry_point), None)
+    if helper is None or wrapper is None or helper.decorator_list or wrapper.lineno < helper.lineno:
+        return None
+    calls = [
+        n
+        for n in ast.walk(wrapper)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "_reference_impl"
+    ]
+    mentions = [n for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == "_reference_impl"]
+    if len(calls) != 1 or len(mentions) != 1:  # called once, and mentioned nowhere else (nor recursively)
+        return None
+    call = calls[0]
+    host_index = next(
+        (i for i, stmt in enumerate(wrapper.body) if any(n is call for n in ast.walk(stmt))), None
+    )
+    if (
+        host_index is None
+        or any(isinstance(a, ast.Starred) for a in call.args)
+        or any(k.arg is None for k in call.keywords)
+    ):
+        return None
+    host = wrapper.body[host_index]
+    if isinstance(host, ast.Assign) and host.value is call and len(host.targets) == 1:
+        how = "assign"
+    elif isinstance(host, ast.Return) and host.value is call:
+        how = "return"
+    elif call.lineno == call.end_lineno:
+        how = "splice"
+    else:
+        return None
+    body = helper.body
+    final = body[-1]
+    if not isinstance(final, ast.Return) or final.value is None:
+        return None
+    own_scope = _own_scope_nodes(helper)
+    if any(isinstance(n, ast.Return) and n is not final for n in own_scope) or any(
+        isinstance(n, ast.Yield | ast.YieldFrom | ast.Global | ast.Nonlocal | ast.Await) for n in own_scope
+    ):
+        return None
+    # bind the call's arguments to the helper's parameters
+    args = helper.args
+    if args.vararg or args.kwarg or args.kwonlyargs or args.posonlyargs:
+        return None
+    params = [a.arg for a in args.args]
+    defaults = dict(zip(params[len(params) - len(args.defaults) :], args.defaults, strict=True))
+    if len(call.args) > len(params):
+        return None
+    bound: dict[str, ast.expr] = dict(zip(params, call.args, strict=False))
+    for keyword in call.keywords:
+        if keyword.arg not in params or keyword.arg in bound:
+            return None
+        bound[keyword.arg] = keyword.value
+    for name in params:
+        if name not in bound:
+            if name not in defaults:
+                return None
+            bound[name] = defaults[name]
+    # scopes: what the helper binds must not be read by the wrapper after the call (or be a wrapper
+    # name the call's arguments still need), and no global the helper reads may be a wrapper local
+    helper_binds = (
+        set(params)
+        | {n.id for n in own_scope if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store | ast.Del)}
+        | {
+            a.asname or a.name.split(".")[0]
+            for n in own_scope
+            if isinstance(n, ast.Import | ast.ImportFrom)
+            for a in n.names
+        }
+    )
+    helper_binds |= {n.name for n in own_scope if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+    helper_reads = {n.id for n in ast.walk(helper) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    wrapper_binds = {a.arg for a in (*wrapper.args.args, *wrapper.args.kwonlyargs, *wrapper.args.posonlyargs)}
+    wrapper_binds |= {a.arg for a in (wrapper.args.vararg, wrapper.args.kwarg) if a is not None}
+    wrapper_binds |= {
+        n.id for n in _own_scope_nodes(wrapper) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+    }
+    if (helper_reads - helper_binds) & wrapper_binds:
+        return None
+    later = {
+        n.id
+        for stmt in wrapper.body[host_index + 1 :]
+        for n in ast.walk(stmt)
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
+    }
+    targets = set()
+    if how == "assign":
+        targets = {n.id for n in ast.walk(host.targets[0]) if isinstance(n, ast.Name)}  # type: ignore[attr-defined]
+    if (helper_binds & later) - targets:
+        return None
+    # the prelude binds parameters one by one: a value may read its own parameter's name (the wrapper's
+    # variable, not yet rebound) but no other parameter's, which an earlier line may have rebound
+    for name, value in bound.items():
+        reads = {n.id for n in ast.walk(value) if isinstance(n, ast.Name)}
+        if (reads - {name}) & set(params):
+            return None
+    # what runs after the inlined body (the rest of the host statement) must not read a helper name
+    rest = [call] if how != "assign" else [call, host.value]  # type: ignore[attr-defined]
+    skipped = {id(m) for node in rest for m in ast.walk(node)}
+    after_reads = {n.id for n in ast.walk(host) if isinstance(n, ast.Name) and id(n) not in skipped}
+    if how == "assign":
+        after_reads -= targets
+        after_reads |= {
+            n.id
+            for n in ast.walk(host.targets[0])  # type: ignore[attr-defined]
+            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
+        }
+    if after_reads & helper_binds:
+        return None
+    lines = code.splitlines()
+    indent = " " * host.col_offset
+    if " " * body[0].col_offset != indent:
+        return None
+
+    def text(node: ast.AST) -> str:
+        return ast.get_source_segment(code, node) or ""
+
+    prelude = [
+        f"{indent}{name} = {text(value)}"
+        for name, value in bound.items()  # positional, keyword, then default
+        if not (isinstance(value, ast.Name) and value.id == name)
+    ]
+    if any("\n" in line for line in prelude):
+        return None
+    inner = lines[body[0].lineno - 1 : final.lineno - 1]
+    ret_first = lines[final.lineno - 1]
+    ret_rest = lines[final.lineno : final.end_lineno]
+    if not ret_first.startswith(indent + "return "):
+        return None
+    value_text = ret_first[len(indent) + len("return ") :]
+    tail: list[str] = []
+    if how == "assign":
+        head_text = text(host.targets[0])  # type: ignore[attr-defined]
+        if "\n" in head_text:
+            return None
+        same = not ret_rest and head_text.replace(" ", "") == value_text.strip().replace(" ", "")
+        result = [] if same else [f"{indent}{head_text} = {value_text}", *ret_rest]  # not `df, ax = df, ax`
+    elif how == "return":
+        result = [ret_first, *ret_rest]
+    else:
+        name = next(
+            n
+            for n in ("result", "_result", "__result")
+            if n not in helper_binds | wrapper_binds | helper_reads | later
+        )
+        host_lines = lines[host.lineno - 1 : host.end_lineno]
+        row = call.lineno - host.lineno
+        line = host_lines[row]
+        host_lines[row] = line[: call.col_offset] + name + line[call.end_col_offset :]
+        result = [f"{indent}{name} = {value_text}", *ret_rest]
+        tail = host_lines
+    start = min([host.lineno] + [d.lineno for d in getattr(host, "decorator_list", [])])
+    out = [
+        *lines[: helper.lineno - 1],
+        *lines[helper.end_lineno : start - 1],
+        *prelude,
+        *inner,
+        *result,
+        *tail,
+        *lines[host.end_lineno :],
+    ]
+    rewritten = re.sub(r"\n{4,}", "\n\n\n", "\n".join(out)).strip() + "\n"
+    return rewritten if _parses(rewritten) else None
+
+
+def _own_scope_nodes(function: ast.FunctionDef) -> list[ast.AST]:
+    """The nodes of `function`'s body that belong to its own scope (not to nested functions, lambdas,
+    classes or comprehensions, whose names and returns are their own)."""
+    found: list[ast.AST] = []
+    stack: list[ast.AST] = list(function.body)
+    while stack:
+        node = stack.pop()
+        found.append(node)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            stack.extend(node.decorator_list)  # the name itself is bound here (seen by the caller)
+            continue
+        if isinstance(node, ast.Lambda | ast.ListComp | ast.SetComp | ast.DictComp | ast.GeneratorExp):
+            continue
+        stack.extend(ast.iter_child_nodes(node))
+    return found
 
 
 def _nest_helper(code: str, entry_point: str) -> str:
