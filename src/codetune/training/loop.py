@@ -455,11 +455,12 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
         summary=summary,
         config=config_to_dict(cfg),
     )
-    console.print(
-        f"  done: {state['step']} steps, final train loss {last_loss:.4f}, best valid loss "
-        f"{state['best_valid_loss'] if state['best_valid_loss'] is None else round(state['best_valid_loss'], 4)}"
-        f" -> {out}/final"
-    )
+    best = "no best/ (no validation)"
+    if state["best_step"] is not None:
+        chosen = state.get("best") or {}
+        by = f"valid pass@1 {chosen['pass@1']:.4f}, " if chosen.get("pass@1") is not None else ""
+        best = f"best/ = step {state['best_step']} ({by}valid loss {state['best_valid_loss']:.4f})"
+    console.print(f"  done: {state['step']} steps, final train loss {last_loss:.4f}; {best} -> {out}/final")
     return out
 
 
