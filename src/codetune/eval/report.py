@@ -269,7 +269,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str) ->
 
 def _name(label: str, m: dict[str, Any]) -> str:
     if m.get("selection") == "filter":
-        cand = f", {m['candidates']} candidates" if m.get("candidates") else ""
+        cand = f", {m['candidates']:g} candidates" if m.get("candidates") else ""
         return f"{label} (sample-then-filter{cand})"
     return label
 
