@@ -176,6 +176,12 @@ def task_func(records, n=2):
         ('\n    out = _reference_impl(frame, label="first")\n    return n', "nested-helper"),
         # a parameter's value may not read another parameter the prelude has already rebound
         ("\n    df = frame\n    out = _reference_impl(frame, n=df)\n    return out", "nested-helper"),
+        # called once per row: the body can't stand in for the call outside the loop
+        (
+            "\n    rows = []\n    for r in records:\n        rows.append(_reference_impl(pd.DataFrame([r])))\n"
+            "    return rows",
+            "nested-helper",
+        ),
     ],
 )
 def test_inlining_binds_arguments_and_refuses_what_would_change_the_meaning(

@@ -261,17 +261,15 @@ def _inline_helper(code: str, entry_point: str) -> str | None:
     same) and the helper's final `return X` becomes `<target> = X`.
 
     Only where that is exactly equivalent; None otherwise (the caller then nests the helper instead):
-    one call, in a statement directly in the wrapper's body (`T = call`, `return call`, or a statement
-    with the call on one line); the helper returns only at its end and has no yield, global, nonlocal,
-    decorator or recursion; no name the helper binds is read by the wrapper after the call, and no global
-    the helper reads is bound by the wrapper."""
+    one call, as a whole statement directly in the wrapper's body (`T = call` or `return call`, so it
+    runs exactly once, after everything before it); the helper returns only at its end and has no
+    yield, global, nonlocal, decorator or recursion; no name the helper binds is read by the wrapper
+    after the call, and no global the helper reads is bound by the wrapper."""
     tree = ast.parse(code)
-    helper = next(
-        (n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_reference_impl"), None
-    )
-    wrapper = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == entry_point), None)
-    if helper is None or wrapper is None or helper.decorator_list or wrapper.lineno < helper.lineno:
+    pair = _helper_and_wrapper(tree, entry_point)
+    if pair is None:
         return None
+    helper, wrapper = pair
     calls = [
         n
         for n in ast.walk(wrapper)
@@ -291,13 +289,12 @@ def _inline_helper(code: str, entry_point: str) -> str | None:
     ):
         return None
     host = wrapper.body[host_index]
+    target: ast.expr | None  # `target = call`; None for `return call`
     if isinstance(host, ast.Assign) and host.value is call and len(host.targets) == 1:
-        how = "assign"
+        target = host.targets[0]
     elif isinstance(host, ast.Return) and host.value is call:
-        how = "return"
-    elif call.lineno == call.end_lineno:
-        how = "splice"
-    else:
+        target = None
+    else:  # inside a loop, a condition, a comprehension or a larger expression: not one plain call
         return None
     body = helper.body
     final = body[-1]
@@ -353,9 +350,7 @@ def _inline_helper(code: str, entry_point: str) -> str | None:
         for n in ast.walk(stmt)
         if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
     }
-    targets = set()
-    if how == "assign":
-        targets = {n.id for n in ast.walk(host.targets[0]) if isinstance(n, ast.Name)}  # type: ignore[attr-defined]
+    targets = set() if target is None else {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
     if (helper_binds & later) - targets:
         return None
     # the prelude binds parameters one by one: a value may read its own parameter's name (the wrapper's
@@ -364,19 +359,13 @@ def _inline_helper(code: str, entry_point: str) -> str | None:
         reads = {n.id for n in ast.walk(value) if isinstance(n, ast.Name)}
         if (reads - {name}) & set(params):
             return None
-    # what runs after the inlined body (the rest of the host statement) must not read a helper name
-    rest = [call] if how != "assign" else [call, host.value]  # type: ignore[attr-defined]
-    skipped = {id(m) for node in rest for m in ast.walk(node)}
-    after_reads = {n.id for n in ast.walk(host) if isinstance(n, ast.Name) and id(n) not in skipped}
-    if how == "assign":
-        after_reads -= targets
-        after_reads |= {
-            n.id
-            for n in ast.walk(host.targets[0])  # type: ignore[attr-defined]
-            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
+    # an assignment target runs after the inlined body: it must not read a name the helper binds
+    if target is not None:
+        target_reads = {
+            n.id for n in ast.walk(target) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
         }
-    if after_reads & helper_binds:
-        return None
+        if target_reads & helper_binds:
+            return None
     lines = code.splitlines()
     indent = " " * host.col_offset
     if " " * body[0].col_offset != indent:
@@ -398,39 +387,35 @@ def _inline_helper(code: str, entry_point: str) -> str | None:
     if not ret_first.startswith(indent + "return "):
         return None
     value_text = ret_first[len(indent) + len("return ") :]
-    tail: list[str] = []
-    if how == "assign":
-        head_text = text(host.targets[0])  # type: ignore[attr-defined]
+    if target is not None:
+        head_text = text(target)
         if "\n" in head_text:
             return None
         same = not ret_rest and head_text.replace(" ", "") == value_text.strip().replace(" ", "")
         result = [] if same else [f"{indent}{head_text} = {value_text}", *ret_rest]  # not `df, ax = df, ax`
-    elif how == "return":
-        result = [ret_first, *ret_rest]
     else:
-        name = next(
-            n
-            for n in ("result", "_result", "__result")
-            if n not in helper_binds | wrapper_binds | helper_reads | later
-        )
-        host_lines = lines[host.lineno - 1 : host.end_lineno]
-        row = call.lineno - host.lineno
-        line = host_lines[row]
-        host_lines[row] = line[: call.col_offset] + name + line[call.end_col_offset :]
-        result = [f"{indent}{name} = {value_text}", *ret_rest]
-        tail = host_lines
-    start = min([host.lineno] + [d.lineno for d in getattr(host, "decorator_list", [])])
+        result = [ret_first, *ret_rest]
     out = [
         *lines[: helper.lineno - 1],
-        *lines[helper.end_lineno : start - 1],
+        *lines[helper.end_lineno : host.lineno - 1],
         *prelude,
         *inner,
         *result,
-        *tail,
         *lines[host.end_lineno :],
     ]
     rewritten = re.sub(r"\n{4,}", "\n\n\n", "\n".join(out)).strip() + "\n"
     return rewritten if _parses(rewritten) else None
+
+
+def _helper_and_wrapper(tree: ast.Module, entry_point: str) -> tuple[ast.FunctionDef, ast.FunctionDef] | None:
+    """The top-level `def _reference_impl` (undecorated) and the `task_func` wrapper after it, if both."""
+    helper = next(
+        (n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_reference_impl"), None
+    )
+    wrapper = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == entry_point), None)
+    if helper is None or wrapper is None or helper.decorator_list or wrapper.lineno < helper.lineno:
+        return None
+    return helper, wrapper
 
 
 def _own_scope_nodes(function: ast.FunctionDef) -> list[ast.AST]:
@@ -456,13 +441,10 @@ def _nest_helper(code: str, entry_point: str) -> str:
     (greedy decoding looped on `def _reference_impl` in both training runs here); one function is also
     the shape the base model answers in. Only when no line of the helper sits inside a multi-line string
     (indenting would change it); otherwise `code` is returned unchanged."""
-    tree = ast.parse(code)
-    helper = next(
-        (n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_reference_impl"), None
-    )
-    wrapper = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == entry_point), None)
-    if helper is None or wrapper is None or wrapper.lineno < helper.lineno or helper.decorator_list:
+    pair = _helper_and_wrapper(ast.parse(code), entry_point)
+    if pair is None:
         return code
+    helper, wrapper = pair
     lines = code.splitlines()
     in_string = {
         line
