@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from codetune.data.clean import python_syntax_error
 from codetune.errors import CodetuneError
 from codetune.eval.sandbox import Limits, SandboxPool, Verdict, calibrated_limits
 from codetune.manifest import sha256_file
@@ -241,7 +242,7 @@ def shaped_target(reference: str, entry_point: str = "task_func") -> tuple[str, 
             line = re.sub(rf"\bdef\s+{re.escape(entry_point)}\b", "def _reference_impl", line, count=1)
         out.append(line)
     text = re.sub(r"\n{3,}", "\n\n\n", "\n".join(out)).strip() + "\n"
-    if not _parses(text):
+    if python_syntax_error(text) is not None:
         return reference, "as-shipped"
     hoisted = _imports_first(text)
     inlined = _inline_helper(hoisted, entry_point)
@@ -404,7 +405,7 @@ def _inline_helper(code: str, entry_point: str) -> str | None:
         *lines[host.end_lineno :],
     ]
     rewritten = re.sub(r"\n{4,}", "\n\n\n", "\n".join(out)).strip() + "\n"
-    return rewritten if _parses(rewritten) else None
+    return rewritten if python_syntax_error(rewritten) is None else None
 
 
 def _helper_and_wrapper(tree: ast.Module, entry_point: str) -> tuple[ast.FunctionDef, ast.FunctionDef] | None:
@@ -495,17 +496,9 @@ def _imports_first(code: str) -> str:
     return _parsed_or("\n".join(imports) + ("\n\n\n" if imports and body else "") + body + "\n", code)
 
 
-def _parses(code: str) -> bool:
-    try:
-        ast.parse(code)
-    except SyntaxError:
-        return False
-    return True
-
-
 def _parsed_or(code: str, fallback: str) -> str:
     """`code` when it parses, else `fallback` (a rewrite that breaks the syntax is not used)."""
-    return code if _parses(code) else fallback
+    return code if python_syntax_error(code) is None else fallback
 
 
 # --- scoring -------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from codetune.data.clean import python_syntax_error
 from codetune.errors import CodetuneError
 from codetune.manifest import read_jsonl, write_json, write_jsonl, write_manifest
 
@@ -61,14 +62,6 @@ def visible_checks(prompt: str, entry_point: str) -> tuple[str, str]:
     if asserts:
         return "examples", "\n".join(asserts) + "\n"
     return "smoke", SMOKE_TEMPLATE.format(entry=entry_point)
-
-
-def _parses(code: str) -> bool:
-    try:
-        ast.parse(code)
-    except (SyntaxError, ValueError):
-        return False
-    return True
 
 
 def select(
@@ -133,7 +126,7 @@ def select(
             elif v.status in ("failed",) and kinds[task.task_id] == "examples":
                 cand["tier"] = 1 if _ran_to_checks(v) else 2
             else:
-                cand["tier"] = 2 if _parses(cand["sample"]["code"]) else 3
+                cand["tier"] = 2 if python_syntax_error(cand["sample"]["code"]) is None else 3
             cand["visible"] = v.status
         best = min(mine, key=lambda c: c["tier"])  # min is stable: the first of the best tier
         tiers[("visible", "runs", "parses", "none")[best["tier"]]] += 1
