@@ -79,6 +79,9 @@ def read_benchmark(src: SourceConfig) -> tuple[list[Example], dict[str, Any]]:
     if src.one_function_only:
         info["skipped_not_one_function"] = len(skipped)
         info["skipped_ids"] = skipped
+        if skipped:
+            note = f"{src.path}: skipped, reference not writable as one function (one_function_only)"
+            info["notes"] = {note: len(skipped)}  # prepare reports and counts it with its own notes
     return examples, info
 
 

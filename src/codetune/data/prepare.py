@@ -110,10 +110,8 @@ def prepare(cfg: Config, console: Console | None = None) -> Path:
         k: [] for k in ("empty_nl", "empty_code", "syntax_error", "exact_duplicate")
     }
     notes: Counter[str] = Counter()
-    for info in inputs:
-        if info.get("skipped_not_one_function"):
-            note = f"{info['path']}: skipped, reference not writable as one function (one_function_only)"
-            notes[note] += info["skipped_not_one_function"]
+    for info in inputs:  # a source's own counted notes (e.g. what a benchmark source skipped)
+        notes.update(info.pop("notes", {}))
     kept = _clean(examples, cfg, drops, notes)
     if not kept:
         raise CodetuneError(
