@@ -69,6 +69,9 @@ class SourceConfig:
     # kind: benchmark (dataframebench/train): keep only tasks whose reference reads as one function
     # (the adapter's helper inlined); the others are skipped and counted in the manifest
     one_function_only: bool = False
+    # kind: benchmark (dataframebench/train): answers begin as the task's starter code does (its
+    # imports, type-hinted def line and docstring), as an answer completing the starter code would
+    keep_starter: bool = False
 
 
 @dataclass
@@ -468,6 +471,8 @@ FIELD_HELP: dict[str, str] = {
     "'a/b.py' = a path from the root (default: tests, vendored, build, site-packages, generated files)",
     "data.sources.one_function_only": "benchmark: keep only tasks whose reference reads as one function "
     "(dataframebench's adapter helper inlined); the rest are skipped and counted",
+    "data.sources.keep_starter": "benchmark: answers begin as the task's starter code does: its imports, "
+    "def line (type hints) and docstring (dataframebench), where exactly equivalent",
     "data.sources.languages": "repo: languages to mine: python, javascript",
     "data.split_date": "split_by date: ISO date T; code last committed before T goes to train/valid, "
     "from T on to test (repo sources need a git checkout)",

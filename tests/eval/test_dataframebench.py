@@ -234,6 +234,58 @@ def test_one_function_only_skips_the_rest_and_counts_them(fake_wheel: Path, tmp_
     assert list(manifest["notes"].values()) == [1] and "one_function_only" in next(iter(manifest["notes"]))
 
 
+STARTER = (
+    "import pandas as pd\nfrom typing import Dict, List\n\n"
+    'def task_func(records: List[Dict], column: str = "x") -> float:\n    """Sum a column."""\n'
+)
+ANSWER = (
+    "import pandas as pd\nimport numpy as np\n\n\n"
+    'def task_func(\n    records,\n    column="x",\n):\n'
+    "    df = pd.DataFrame(records)\n    return float(np.sum(df[column])) if len(df) else 0.0\n"
+)
+
+
+def test_keep_starter_begins_the_answer_as_the_starter_code_does() -> None:
+    assert dfb.with_starter(ANSWER, STARTER) == (
+        "import pandas as pd\nfrom typing import Dict, List\nimport numpy as np\n\n\n"
+        'def task_func(records: List[Dict], column: str = "x") -> float:\n    """Sum a column."""\n'
+        "    df = pd.DataFrame(records)\n    return float(np.sum(df[column])) if len(df) else 0.0\n"
+    )
+    # other parameters (here a default): the answer's own header stays, the docstring still comes first
+    other = dfb.with_starter(ANSWER.replace('column="x"', 'column="y"'), STARTER)
+    assert 'def task_func(\n    records,\n    column="y",\n):\n    """Sum a column."""\n    df =' in other
+    # a function that has a docstring keeps it; one whose body is on the def line is left alone
+    documented = ANSWER.replace("    df = pd", '    """Mine."""\n    df = pd')
+    assert '"""Sum a column."""' not in dfb.with_starter(documented, STARTER)
+    one_line = "def task_func(records, column='x'): return 0.0\n"
+    assert dfb.with_starter(one_line, STARTER) == one_line
+
+
+def test_keep_starter_keeps_the_answers_meaning_where_both_bind_a_name() -> None:
+    starter = 'from datetime import datetime\n\ndef task_func(n: int) -> int:\n    """Year n."""\n'
+    answer = "import datetime\n\n\ndef task_func(n):\n    return datetime.datetime(n, 1, 1).year\n"
+    rewritten = dfb.with_starter(answer, starter)
+    assert rewritten.startswith("from datetime import datetime\nimport datetime\n")
+    namespace: dict[str, Any] = {}
+    exec(compile(rewritten, "<answer>", "exec"), namespace)  # our own fixed text, not generated code
+    assert namespace["task_func"](2020) == 2020
+
+
+def test_prepare_keep_starter_rewrites_and_counts(fake_wheel: Path, tmp_path: Path) -> None:
+    from codetune.data.prepare import prepare
+
+    source = {"kind": "benchmark", "path": "dataframebench/train", "keep_starter": True}
+    raw = {"data": {"sources": [source], "output_dir": str(tmp_path / "data"), "splits": {"train": 1.0}}}
+    out = prepare(load_config(None, raw))
+    codes = {r["id"]: r["code"] for r in read_jsonl(out / "train.jsonl")}
+    assert (
+        'def task_func(records, column="x"):\n    """Sum a column."""\n    df = pd.DataFrame'
+        in codes["DFB/T0001"]
+    )
+    (info,) = json.loads((out / "manifest.json").read_text())["inputs"]
+    assert info["starter_rewritten"] == 3
+
+
 def test_prepare_reads_train_and_refuses_evaluation_splits(fake_wheel: Path, tmp_path: Path) -> None:
     from codetune.data.prepare import prepare
 

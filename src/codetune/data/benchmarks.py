@@ -43,12 +43,16 @@ def read_benchmark(src: SourceConfig) -> tuple[list[Example], dict[str, Any]]:
     examples = []
     shapes: dict[str, int] = {}
     skipped: list[str] = []
+    rewritten = 0
     for i, t in enumerate(tasks, start=1):
         code, shape = dfb.shaped_target(t.reference, t.entry_point)
         shapes[shape] = shapes.get(shape, 0) + 1
         if src.one_function_only and shape != "one-function":
             skipped.append(t.task_id)
             continue
+        if src.keep_starter:
+            shaped, code = code, dfb.with_starter(code, t.stub, t.entry_point)
+            rewritten += code != shaped
         examples.append(
             Example(
                 id=t.task_id,
@@ -76,6 +80,8 @@ def read_benchmark(src: SourceConfig) -> tuple[list[Example], dict[str, Any]]:
         "read": len(examples),
         "target_shapes": shapes,
     }
+    if src.keep_starter:
+        info["starter_rewritten"] = rewritten  # answers changed to begin as the starter code does
     if src.one_function_only:
         info["skipped_not_one_function"] = len(skipped)
         info["skipped_ids"] = skipped

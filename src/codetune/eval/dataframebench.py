@@ -254,6 +254,94 @@ def shaped_target(reference: str, entry_point: str = "task_func") -> tuple[str, 
     return hoisted, "two-functions" if "_reference_impl" in hoisted else "one-function"
 
 
+def with_starter(code: str, stub: str, entry_point: str = "task_func") -> str:
+    """`code` rewritten to begin as the task's starter code does: the starter's imports (then those
+    others the code needs), the starter's `def` header (its type hints) and its one-line docstring, then
+    the code's own body. An answer completing the starter code keeps it, and so does the base model;
+    the package's references often drop the hints and import differently. Exactly equivalent: the
+    header is taken only when the parameters (names, kinds, defaults) are the same, and the code's own
+    imports come after the starter's, so a name both bind keeps the code's meaning."""
+    try:
+        stub_tree, code_tree = ast.parse(stub), ast.parse(code)
+    except SyntaxError:
+        return code
+    stub_def, code_def = _top_level_def(stub_tree, entry_point), _top_level_def(code_tree, entry_point)
+    if stub_def is None or code_def is None or stub_def.decorator_list or code_def.decorator_list:
+        return code
+    lines, stub_lines = code.splitlines(), stub.splitlines()
+    first = code_def.body[0]
+    header_end, stub_header_end = _header_end(lines, code_def), _header_end(stub_lines, stub_def)
+    if first.lineno == code_def.lineno or header_end is None:
+        return code  # body on the def line
+    header = lines[code_def.lineno - 1 : header_end]
+    if stub_header_end is not None and _same_parameters(stub_def.args, code_def.args):
+        header = stub_lines[stub_def.lineno - 1 : stub_header_end]
+    doc = _docstring_node(stub_def)
+    doc_text = ast.get_source_segment(stub, doc) if doc is not None else None
+    if _docstring_node(code_def) is None and doc_text and "\n" not in doc_text:
+        header = [*header, " " * first.col_offset + doc_text]
+    imports = [n for n in stub_tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+    top = [ast.get_source_segment(stub, n) or "" for n in imports]
+    known = {ast.dump(n) for n in imports}
+    skip = set(range(code_def.lineno - 1, header_end))
+    for node in code_tree.body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            skip.update(range(node.lineno - 1, node.end_lineno or node.lineno))
+            if ast.dump(node) not in known:
+                top.append(ast.get_source_segment(code, node) or "")
+    rest: list[str] = []
+    for i, line in enumerate(lines):
+        if i == code_def.lineno - 1:
+            rest.extend(header)
+        if i not in skip:
+            rest.append(line)
+    body = "\n".join(rest).strip("\n")
+    out = re.sub(r"\n{4,}", "\n\n\n", "\n".join(top) + ("\n\n\n" if top else "") + body + "\n")
+    return _parsed_or(out, code)
+
+
+def _header_end(lines: list[str], function: ast.FunctionDef) -> int | None:
+    """Index one past the last line of a top-level function's `def ...:` header."""
+    for end in range(function.lineno, function.body[0].lineno):
+        if python_syntax_error("\n".join(lines[function.lineno - 1 : end]) + "\n    pass\n") is None:
+            return end
+    return None
+
+
+def _same_parameters(a: ast.arguments, b: ast.arguments) -> bool:
+    """The same parameters, names, kinds and defaults alike; annotations aside."""
+
+    def plain(args: ast.arguments) -> str:
+        copy = ast.arguments(
+            posonlyargs=[ast.arg(x.arg) for x in args.posonlyargs],
+            args=[ast.arg(x.arg) for x in args.args],
+            vararg=ast.arg(args.vararg.arg) if args.vararg else None,
+            kwonlyargs=[ast.arg(x.arg) for x in args.kwonlyargs],
+            kw_defaults=args.kw_defaults,
+            kwarg=ast.arg(args.kwarg.arg) if args.kwarg else None,
+            defaults=args.defaults,
+        )
+        return ast.dump(copy)
+
+    return plain(a) == plain(b)
+
+
+def _top_level_def(tree: ast.Module, name: str) -> ast.FunctionDef | None:
+    found = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name]
+    return found[-1] if found else None
+
+
+def _docstring_node(function: ast.FunctionDef) -> ast.Expr | None:
+    first = function.body[0]
+    if (
+        isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Constant)
+        and isinstance(first.value.value, str)
+    ):
+        return first
+    return None
+
+
 def _inline_helper(code: str, entry_point: str) -> str | None:
     """`def _reference_impl` + wrapper `def task_func` -> one `task_func` with the helper's body in place of
     its call: the answer reads as one function that converts the records it gets into a DataFrame, does
