@@ -5,6 +5,7 @@ prepare source (val/test refused), decontamination, and sample-then-filter selec
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -197,14 +198,59 @@ def test_inlining_binds_arguments_and_refuses_what_would_change_the_meaning(
     target, got = dfb.shaped_target(reference)
     assert got == shape, target
     if shape == "one-function":
-        # each argument bound to its parameter: positional (frame -> df), keyword, then default (n)
-        assert '    df = frame\n    label = "first"\n    n = 2\n' in target
-        assert "    out = df.head(n)\n" in target and "_reference_impl" not in target
+        # each argument bound to its parameter: positional (frame, a wrapper variable: the parameter
+        # df is renamed to it), keyword, then default (n)
+        assert '    label = "first"\n    n = 2\n    out = frame.head(n)\n' in target
+        assert "df" not in target and "_reference_impl" not in target
         verdict = run_tests(
             target,
             "assert task_func([{'a': 1}, {'a': 2}, {'a': 3}]) == "
             "[{'a': 1, 'tag': 'first'}, {'a': 2, 'tag': 'first'}]\n",
         )
+        assert verdict.passed, verdict.detail + verdict.stderr_tail
+
+
+RENAMING = """import pandas as pd
+
+
+def task_func(df):
+    df = df.head(2)
+    result = df.assign(size=BODY)
+    return result
+
+_reference_impl = task_func
+
+def task_func(records):
+    frame = pd.DataFrame(records)
+    out = _reference_impl(frame)
+    return TAIL
+"""
+
+
+@pytest.mark.parametrize(
+    ("body", "tail", "aliases", "expected"),
+    [
+        # plain: `df = frame` and `out = result` become renames, no alias line is left
+        ("len(df)", 'out.to_dict("records")', [], "[{'a': 1, 'size': 2}, {'a': 2, 'size': 2}]"),
+        # the wrapper reads `frame` after the call: the body's `df = df.head(2)` must not rebind it
+        ("len(df)", "len(frame)", ["df = frame"], "3"),
+        # `df` in a lambda (it may run later) or in an f-string (not a plain name token): left alone
+        ("df.a.map(lambda v: len(df))", 'out.to_dict("records")', ["df = frame"], None),
+        ('f"{len(df)}"', 'out.to_dict("records")', ["df = frame"], None),
+    ],
+)
+def test_inlining_renames_instead_of_alias_lines_where_exact(
+    body: str, tail: str, aliases: list[str], expected: str | None
+) -> None:
+    reference = RENAMING.replace("BODY", body).replace("TAIL", tail)
+    target, shape = dfb.shaped_target(reference)
+    assert shape == "one-function" and "_reference_impl" not in target
+    found = [line.strip() for line in target.splitlines() if re.fullmatch(r"\s*\w+ = \w+", line)]
+    assert found == aliases, target
+    records = "[{'a': 1}, {'a': 2}, {'a': 3}]"
+    check = f"assert task_func({records}) == {expected}\n" if expected else f"task_func({records})\n"
+    for program in (reference, target):
+        verdict = run_tests(program, check)
         assert verdict.passed, verdict.detail + verdict.stderr_tail
 
 

@@ -463,19 +463,46 @@ def _inline_helper(code: str, entry_point: str) -> str | None:
     def text(node: ast.AST) -> str:
         return ast.get_source_segment(code, node) or ""
 
-    prelude = [
-        f"{indent}{name} = {text(value)}"
-        for name, value in bound.items()  # positional, keyword, then default
-        if not (isinstance(value, ast.Name) and value.id == name)
-    ]
-    if any("\n" in line for line in prelude):
-        return None
     inner = lines[body[0].lineno - 1 : final.lineno - 1]
     ret_first = lines[final.lineno - 1]
     ret_rest = lines[final.lineno : final.end_lineno]
     if not ret_first.startswith(indent + "return "):
         return None
     value_text = ret_first[len(indent) + len("return ") :]
+    # An argument that is a plain wrapper variable is not bound by an alias line (`df = data`): the
+    # helper's parameter is renamed to it instead, where exact (see `_renamed`); nor is a plain returned
+    # variable (`df = report_df`): it is renamed to the call's target. Trained on, the alias lines made
+    # greedy decoding write `df = df` over and over.
+    bound_after = {
+        n.id
+        for stmt in wrapper.body[host_index + 1 :]
+        for n in ast.walk(stmt)
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store | ast.Del)
+    }
+    prelude = []
+    for name, value in bound.items():  # positional, keyword, then default
+        if isinstance(value, ast.Name) and value.id == name:
+            continue
+        if isinstance(value, ast.Name) and value.id in wrapper_binds - later - targets - bound_after:
+            renamed = _renamed([*inner, ret_first, *ret_rest], name, value.id, bound_here=False)
+            if renamed is not None:
+                inner, ret_first, ret_rest = (
+                    renamed[: len(inner)],
+                    renamed[len(inner)],
+                    renamed[len(inner) + 1 :],
+                )
+                value_text = ret_first[len(indent) + len("return ") :]
+                continue
+        prelude.append(f"{indent}{name} = {text(value)}")
+    if any("\n" in line for line in prelude):
+        return None
+    returned = value_text.strip()
+    if isinstance(target, ast.Name) and returned.isidentifier() and returned != target.id and not ret_rest:
+        renamed = _renamed([*prelude, *inner, ret_first], returned, target.id, bound_here=True)
+        if renamed is not None:
+            prelude, inner = renamed[: len(prelude)], renamed[len(prelude) : -1]
+            ret_first = renamed[-1]
+            value_text = ret_first[len(indent) + len("return ") :]
     if target is not None:
         head_text = text(target)
         if "\n" in head_text:
@@ -494,6 +521,67 @@ def _inline_helper(code: str, entry_point: str) -> str | None:
     ]
     rewritten = re.sub(r"\n{4,}", "\n\n\n", "\n".join(out)).strip() + "\n"
     return rewritten if python_syntax_error(rewritten) is None else None
+
+
+def _renamed(lines: list[str], old: str, new: str, *, bound_here: bool) -> list[str] | None:
+    """`lines` (statements of one function body) with the variable `old` renamed to `new`, or None
+    where that might not mean the same: `new` already occurs; `old` is also a parameter, attribute,
+    keyword, import or nested definition's name, is used in a lambda, def or generator (which may run
+    later, when `new` holds something else), or is not bound in `lines` although `bound_here` says it
+    must be (else it is a global); or a use of it is not a plain name token (an f-string)."""
+    import io
+    import textwrap
+    import tokenize
+
+    source = "\n".join(lines) + "\n"
+    try:
+        wrapped = ast.parse("def _f():\n" + textwrap.indent(textwrap.dedent(source), "    "))
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (SyntaxError, tokenize.TokenError, IndentationError):
+        return None
+    tree = ast.Module(body=wrapped.body[0].body, type_ignores=[])  # type: ignore[attr-defined]
+    uses = [n for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == old]
+    clashes = [
+        n
+        for n in ast.walk(tree)
+        if (isinstance(n, ast.Name) and n.id == new)
+        or (isinstance(n, ast.arg) and n.arg in (old, new))
+        or (isinstance(n, ast.alias) and (n.asname or n.name.split(".")[0]) in (old, new))
+        or (isinstance(n, ast.FunctionDef | ast.ClassDef | ast.AsyncFunctionDef) and n.name in (old, new))
+        or (isinstance(n, ast.Global | ast.Nonlocal) and (old in n.names or new in n.names))
+    ]
+    deferred = [
+        n
+        for scope in ast.walk(tree)
+        if isinstance(scope, ast.Lambda | ast.FunctionDef | ast.AsyncFunctionDef | ast.GeneratorExp)
+        for n in ast.walk(scope)
+        if isinstance(n, ast.Name) and n.id == old
+    ]
+    stored = any(isinstance(n.ctx, ast.Store) for n in uses)
+    if not uses or clashes or deferred or (bound_here and not stored):
+        return None
+    spots = []
+    significant = [t for t in tokens if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT)]
+    depth = 0  # brackets open: `name=` inside them is a keyword argument, outside an assignment
+    for i, tok in enumerate(significant):
+        if tok.type == tokenize.OP and tok.string in "([{":
+            depth += 1
+        elif tok.type == tokenize.OP and tok.string in ")]}":
+            depth -= 1
+        if tok.type != tokenize.NAME or tok.string != old:
+            continue
+        before = significant[i - 1].string if i else ""
+        after = significant[i + 1].string if i + 1 < len(significant) else ""
+        if before == "." or (after == "=" and depth > 0):  # an attribute, or a keyword argument
+            return None
+        spots.append(tok.start)
+    if len(spots) != len(uses):  # a use the tokens don't show (inside an f-string) or the reverse
+        return None
+    out = list(lines)
+    for row, col in reversed(spots):
+        line = out[row - 1]
+        out[row - 1] = line[:col] + new + line[col + len(old) :]
+    return out
 
 
 def _helper_and_wrapper(tree: ast.Module, entry_point: str) -> tuple[ast.FunctionDef, ast.FunctionDef] | None:
