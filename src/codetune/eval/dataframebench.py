@@ -227,12 +227,8 @@ def shaped_target(reference: str, entry_point: str = "task_func") -> tuple[str, 
         drop.update(range(alias[0].lineno - 1, (alias[0].end_lineno or alias[0].lineno)))
     original = defs[0] if defs else None
     if original is not None and len(original.body) > 1:
-        doc = original.body[0]
-        if (
-            isinstance(doc, ast.Expr)
-            and isinstance(doc.value, ast.Constant)
-            and isinstance(doc.value.value, str)
-        ):
+        doc = _docstring_node(original)
+        if doc is not None:
             drop.update(range(doc.lineno - 1, doc.end_lineno or doc.lineno))
     out = []
     for i, line in enumerate(lines):
