@@ -23,6 +23,7 @@ import pytest
 from codetune.errors import CodetuneError
 from codetune.eval.sandbox import (
     _SANDBOX_UID_BASE,
+    _SLOT_UID_STRIDE,
     STATUSES,
     Limits,
     SandboxPool,
@@ -41,9 +42,11 @@ CHECK_ADD_ONE = (
 )
 
 
-@pytest.fixture(scope="module")
-def pool():
-    with SandboxPool(workers=2, limits=FAST) as sandbox:
+@pytest.fixture(scope="module", params=[False, True], ids=["fork-per-job", "fork-ahead"])
+def pool(request: pytest.FixtureRequest):
+    """Every pool test runs both ways a worker can start its samples: forked when the job comes, or
+    forked and set up during the previous job (the spare waits for the job on a pipe)."""
+    with SandboxPool(workers=2, limits=FAST, fork_ahead=request.param) as sandbox:
         yield sandbox
 
 
@@ -53,13 +56,14 @@ def marker() -> str:
 
 
 def leftovers(pool: SandboxPool, marker: str | None = None) -> list[str]:
-    """Processes a sample left behind: children of the workers, anything running as a worker's
-    sandbox uid, or anything whose command line carries `marker`."""
+    """Processes a sample left behind: children of the workers, anything running as one of a worker's
+    two sandbox uids, or anything whose command line carries `marker`. Not a leftover: the one spare
+    per worker (namespaces mode) that waits for the next job, as the worker last reported it."""
     workers = set(pool.worker_pids)
-    sandbox_uids = {_SANDBOX_UID_BASE + pid for pid in workers}
+    sandbox_uids = {_SANDBOX_UID_BASE + pid + slot * _SLOT_UID_STRIDE for pid in workers for slot in (0, 1)}
     found = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
+        if not entry.isdigit() or int(entry) in {os.getpid(), *pool.spare_pids}:
             continue
         try:
             status = Path(f"/proc/{entry}/status").read_text()
@@ -425,6 +429,11 @@ def test_printing_a_fake_completion_is_not_a_pass(pool: SandboxPool) -> None:
 
 
 ASSERT_FALSE = "assert 1 == 2"
+# the sandbox's own runner module, found the way a program could: whatever module holds its functions
+FIND_RUNNER = (
+    "import sys\n"
+    "runner = next(m for m in list(sys.modules.values()) if hasattr(m, '_report') and hasattr(m, '_classify'))\n"
+)
 FAILING_TESTCASE = (
     "import unittest\nclass T(unittest.TestCase):\n    def test_it(self):\n        self.assertEqual(1, 2)\n"
 )
@@ -444,9 +453,9 @@ FAILING_TESTCASE = (
         ),
         ("import unittest\nunittest.TestCase.assertEqual = lambda *a, **k: None\n", FAILING_TESTCASE),
         ("import unittest\nunittest.TestResult.wasSuccessful = lambda self: True\n", FAILING_TESTCASE),
-        ("import sys\nsys.modules['__main__']._classify = lambda *a: ('passed', None, '')\n", ASSERT_FALSE),
+        (FIND_RUNNER + "runner._classify = lambda *a: ('passed', None, '')\n", ASSERT_FALSE),
         (
-            "import sys\nrunner = sys.modules['__main__']\nold = runner._report\n"
+            FIND_RUNNER + "old = runner._report\n"
             "runner._report = lambda token, result, elapsed: old(token, ('passed', None, ''), elapsed)\n",
             ASSERT_FALSE,
         ),
@@ -490,6 +499,52 @@ def test_map_takes_one_limits_per_job(pool: SandboxPool) -> None:
     assert [v.status for v in verdicts] == ["timeout", "passed"]
     with pytest.raises(CodetuneError, match="2 jobs but 1 limits"):
         pool.map(jobs, [Limits()])
+
+
+SPARE_ATTACK = """
+import os, signal, time
+here = os.getcwd()  # /tmp/sample-0 or /tmp/sample-1: the worker's two slots
+other = here[:-1] + ("0" if here.endswith("1") else "1")
+deadline = time.monotonic() + 2
+while not os.path.isdir(other) and time.monotonic() < deadline:
+    time.sleep(0.01)  # the next job's spare, and its work dir, appear while this sample runs
+seen_other = os.path.isdir(other)
+try:
+    with open(os.path.join(other, "planted.txt"), "w") as handle:
+        handle.write("left for the next sample")
+    planted = True
+except OSError:
+    planted = False
+try:
+    os.kill(-1, signal.SIGKILL)  # every process it may signal
+except OSError:
+    pass
+"""
+
+
+def test_a_sample_cannot_reach_the_spare_that_runs_the_next_job() -> None:
+    with SandboxPool(workers=1, limits=FAST, fork_ahead=True) as solo:
+        namespaces_only(solo)
+        verdict = solo.run(SPARE_ATTACK, "assert seen_other and not planted, (seen_other, planted)")
+        assert verdict.status == "passed", verdict
+        (spare,) = solo.spare_pids  # forked while the attacker ran; alive, and on the other slot
+        assert Path(f"/proc/{spare}").exists()
+        clean = solo.run("import os\nfound = os.listdir('.')\n", "assert found == [], found")
+        assert clean.status == "passed", clean  # ran in that spare, in a work dir nobody touched
+        assert solo.spare_pids != (spare,)
+        assert leftovers(solo) == []
+
+
+def test_fork_ahead_is_on_only_when_there_are_fewer_workers_than_cpus() -> None:
+    cpus = len(os.sched_getaffinity(0))
+    with SandboxPool(workers=cpus, limits=FAST) as full:
+        namespaces_only(full)
+        full.run(ADD_ONE, CHECK_ADD_ONE)
+        assert full.spare_pids == ()
+    if cpus > 1:
+        with SandboxPool(workers=1, limits=FAST) as solo:
+            solo.run(ADD_ONE, CHECK_ADD_ONE)
+            assert len(solo.spare_pids) == 1
 
 
 def test_run_tests_is_the_one_shot_entry_point() -> None:
