@@ -1080,15 +1080,10 @@ def _execute(
     if spare is not None:
         job, pid, reads = spare
     else:
-        token = os.urandom(16).hex()
         uid, workdir = ahead.next_slot() if ahead is not None else (isolation.uid, None)
-        workdir = _make_workdir(isolation, uid, workdir)
-        job = _Job(message["program"], message["tests"], limits, token, workdir, os.getpid(), uid)
-        try:
-            pid, reads, _ = _start_sample(job, isolation, snapshot)
-        except BaseException:
-            _remove_workdir(isolation, workdir)
-            raise
+        job, pid, reads, _ = _spawn(
+            isolation, snapshot, uid, workdir, message["program"], message["tests"], limits
+        )
     supervised = False
     try:
         if ahead is not None:
@@ -1116,6 +1111,27 @@ def _execute(
             os.close(fd)
         _remove_workdir(isolation, job.workdir)
     return _decide(job, limits, tails, timed_out, status, cpu_s, duration)
+
+
+def _spawn(
+    isolation: _Isolation,
+    snapshot: _Snapshot,
+    uid: int | None,
+    workdir: str | None,
+    program: str,
+    tests: str,
+    limits: Limits | None,
+) -> tuple[_Job, int, dict[str, int], int]:
+    """Make the work dir (see `_make_workdir`) and start a sample there with a fresh token (a spare
+    when `limits` is None); return its job and what `_start_sample` returns. No work dir is left
+    behind when the fork fails."""
+    workdir = _make_workdir(isolation, uid, workdir)
+    job = _Job(program, tests, limits, os.urandom(16).hex(), workdir, os.getpid(), uid)
+    try:
+        return (job, *_start_sample(job, isolation, snapshot))
+    except BaseException:
+        _remove_workdir(isolation, workdir)
+        raise
 
 
 def _start_sample(job: _Job, isolation: _Isolation, snapshot: _Snapshot) -> tuple[int, dict[str, int], int]:
@@ -1166,17 +1182,8 @@ class _Ahead:
         return self.isolation.uid + self.slot * _SLOT_UID_STRIDE, f"{_PRIVATE_WORKDIR}-{self.slot}"
 
     def refill(self) -> None:
-        if self.spare is not None:
-            return
-        uid, workdir = self.next_slot()
-        job = _Job("", "", None, os.urandom(16).hex(), workdir, os.getpid(), uid)
-        _make_workdir(self.isolation, uid, workdir)
-        try:
-            pid, reads, job_fd = _start_sample(job, self.isolation, self.snapshot)
-        except BaseException:
-            _remove_workdir(self.isolation, workdir)
-            raise
-        self.spare = (job, pid, reads, job_fd)
+        if self.spare is None:
+            self.spare = _spawn(self.isolation, self.snapshot, *self.next_slot(), "", "", None)
 
     def take(self, message: dict[str, Any], limits: Limits) -> tuple[_Job, int, dict[str, int]] | None:
         """Hand the job to the spare; None (and no spare) if there is none, the job needs the host
