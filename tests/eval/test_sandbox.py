@@ -535,6 +535,37 @@ def test_a_sample_cannot_reach_the_spare_that_runs_the_next_job() -> None:
         assert leftovers(solo) == []
 
 
+LINGER = """
+import os, sys, time
+print(time.time(), flush=True)
+os.closerange(0, 1 << 20)  # every pipe to the worker closed, as after a report: but still running
+time.sleep({sleep})
+"""
+STARTED = "import time\nprint(time.time())\n"
+
+
+def test_the_next_job_starts_while_a_sample_that_closed_its_pipes_still_runs() -> None:
+    with SandboxPool(workers=1, limits=FAST, fork_ahead=True) as solo:
+        namespaces_only(solo)
+        jobs = [(LINGER.format(sleep=1.0), "pass"), (STARTED, "pass"), (ADD_ONE, CHECK_ADD_ONE)]
+        lingering, following, last = solo.map(jobs, Limits(timeout_s=5.0))
+        # no completion record (its result pipe was closed), and its verdict waited for its end
+        assert lingering.status == "error" and lingering.duration_s >= 1.0, lingering
+        assert following.passed and last.passed, (following, last)
+        started = float(lingering.stdout_tail), float(following.stdout_tail)
+        assert started[1] - started[0] < 0.9  # the second started before the first was gone
+        assert leftovers(solo) == []
+
+
+def test_a_sample_that_closes_its_pipes_and_loops_costs_the_next_job_nothing() -> None:
+    with SandboxPool(workers=1, limits=FAST, fork_ahead=True) as solo:
+        namespaces_only(solo)
+        jobs = [(LINGER.format(sleep=60), "pass"), (STARTED, "pass"), (ADD_ONE, CHECK_ADD_ONE)]
+        verdicts = solo.map(jobs, Limits(timeout_s=1.5))
+        assert [v.status for v in verdicts] == ["timeout", "passed", "passed"], verdicts
+        assert leftovers(solo) == []
+
+
 def test_fork_ahead_is_on_only_when_there_are_fewer_workers_than_cpus() -> None:
     cpus = len(os.sched_getaffinity(0))
     with SandboxPool(workers=cpus, limits=FAST) as full:

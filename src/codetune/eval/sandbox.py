@@ -143,7 +143,8 @@ _WORKER_ENV = {
 }
 _HELLO_TIMEOUT_S = 120.0  # a worker that preloads pandas on a busy machine takes a while
 _REPLY_GRACE_S = 30.0  # beyond a job's own timeout, before the evaluator gives up on a worker
-_PIPELINE_BYTES = 32_768  # a queued job this small fits in the worker's (64 KiB) stdin pipe
+_PIPELINE_BYTES = 32_768  # queued jobs this small in all fit in the worker's (64 KiB) stdin pipe
+_PIPELINE_DEPTH = 3  # jobs sent to a worker before its first reply: with fork ahead, it starts one early
 _CALIBRATION: dict[str, Any] | None = None
 
 
@@ -258,22 +259,24 @@ class SandboxPool:
         return [verdict for verdict in verdicts if verdict is not None]
 
     def _drive(self, work: list[tuple[int, str, str, Limits]], verdicts: list[Verdict | None]) -> None:
-        """Feed one worker from `work`. While it runs a job, the next one already waits in its pipe
-        (if small enough not to block there), so the worker doesn't idle between samples."""
+        """Feed one worker from `work`. While it runs a job, the next two already wait in its pipe
+        (if small enough not to block there), so the worker doesn't idle between samples and, forking
+        ahead, can start the next before the last one is reaped."""
         worker = self._idle.get()
         in_flight: list[tuple[int, bytes, Limits]] = []  # sent, reply pending
         ready: tuple[int, bytes, Limits] | None = None  # taken from `work`, not sent yet
         try:
             while True:
-                while len(in_flight) < 2:
+                while len(in_flight) < _PIPELINE_DEPTH:
                     if ready is None:
                         try:
                             index, program, tests, limits = work.pop()  # atomic: no lock needed
                         except IndexError:
                             break
                         ready = (index, _encode_job(program, tests, limits), limits)
-                    if in_flight and len(ready[1]) > _PIPELINE_BYTES:
-                        break  # sent after the reply ahead of it: it could fill the pipe
+                    queued = sum(len(message) for _, message, _ in in_flight[1:]) + len(ready[1])
+                    if in_flight and queued > _PIPELINE_BYTES:
+                        break  # sent after a reply ahead of it: it could fill the pipe
                     worker.send(ready[1])
                     in_flight.append(ready)
                     ready = None
@@ -883,19 +886,92 @@ def _worker_main(preload: Sequence[str], requested: str, tmp_mb: int, fork_ahead
         _restore_interpreter(snapshot)
     ahead = _Ahead(isolation, snapshot) if fork_ahead and isolation.own_pidns_fd is not None else None
     if ahead is not None:
-        with contextlib.suppress(OSError, _SetupError):
-            ahead.refill()
+        ahead.try_refill()
     hello = {"mode": isolation.mode, "features": sorted(isolation.features), "preload_errors": failed}
     _send_message(1, {**hello, "spare_pid": ahead.spare_pid if ahead is not None else None})
-    while (message := _receive_message(0, None)) is not None:
-        started = time.monotonic()
-        try:
-            reply = _execute(message, isolation, snapshot, ahead)
-        except Exception as exc:  # the worker must answer, whatever happened
-            reply = asdict(_sandbox_error(f"worker: {type(exc).__name__}: {exc}", time.monotonic() - started))
-        _send_message(1, {**reply, "spare_pid": ahead.spare_pid if ahead is not None else None})
-    if ahead is not None:
+    if ahead is None:
+        while (message := _receive_message(0, None)) is not None:
+            _send_message(
+                1, {**_answer(functools.partial(_execute, message, isolation, snapshot)), "spare_pid": None}
+            )
+    else:
+        _serve_ahead(isolation, snapshot, ahead)
         ahead.close()
+
+
+def _answer(run: Any) -> dict[str, Any]:
+    """`run()`'s verdict dict, or sandbox-error: the worker must answer, whatever happened."""
+    started = time.monotonic()
+    try:
+        return dict(run())
+    except Exception as exc:
+        return asdict(_sandbox_error(f"worker: {type(exc).__name__}: {exc}", time.monotonic() - started))
+
+
+def _serve_ahead(isolation: _Isolation, snapshot: _Snapshot, ahead: _Ahead) -> None:
+    """Serve jobs with a spare forked ahead, and start the next job early: once a sample has reported
+    and closed its pipes, the job queued behind it goes to the spare while the kernel tears the
+    finished sample down (~2 ms of freeing its memory) and the worker reaps it, removes its work dir
+    and answers. Each verdict is still sent only after its sample was reaped; the two samples are on
+    different slots, as a spare and a running sample always are (see `_Ahead`)."""
+    inbox = _Inbox()
+    current: _Started | None = None
+    while True:
+        if current is None:
+            message = inbox.next()
+            if message is None:
+                return
+            try:
+                current = _begin(message, isolation, snapshot, ahead)
+            except Exception as exc:
+                error = _sandbox_error(f"worker: {type(exc).__name__}: {exc}")
+                _send_message(1, {**asdict(error), "spare_pid": ahead.spare_pid})
+                continue
+            ahead.try_refill()
+        following: list[_Started] = []
+        on_done = functools.partial(_start_early, inbox, ahead, following)
+        reply = _answer(functools.partial(_finish, current, isolation, on_done))
+        current = following[0] if following else None
+        if current is not None:
+            ahead.try_refill()  # on the slot the finished sample left
+        _send_message(1, {**reply, "spare_pid": ahead.spare_pid})
+
+
+class _Inbox:
+    """The evaluator's jobs on stdin; one can be read ahead and kept."""
+
+    def __init__(self) -> None:
+        self.kept: dict[str, Any] | None = None
+        self.closed = False  # EOF seen
+
+    def next(self) -> dict[str, Any] | None:
+        """The next job, waiting for it; None at EOF."""
+        message, self.kept = self.kept, None
+        if message is None and not self.closed:
+            message = _receive_message(0, None)
+            self.closed = message is None
+        return message
+
+    def waiting(self) -> dict[str, Any] | None:
+        """The next job if the evaluator already sent it, else None (without waiting)."""
+        if self.kept is not None or self.closed or not select.select([0], [], [], 0)[0]:
+            return None
+        return self.next()
+
+
+def _start_early(inbox: _Inbox, ahead: _Ahead, following: list[_Started]) -> None:
+    """Hand the job queued on stdin (if any) to the spare (if any); a job the spare can't take is kept
+    and started the usual way once the slot of the sample before it is free."""
+    if ahead.spare is None or (message := inbox.waiting()) is None:
+        return
+    try:
+        taken = ahead.take(message, Limits(**message["limits"]))
+    except Exception:  # a bad job: the usual way reports it
+        taken = None
+    if taken is None:
+        inbox.kept = message
+    else:
+        following.append(_Started(*taken, early=True))
 
 
 def _isolate_worker(requested: str, tmp_mb: int, proc_fd: int, snapshot: _Snapshot) -> _Isolation:
@@ -1066,6 +1142,19 @@ def _make_dirs_searchable(path: str) -> None:
         os.chmod(directory, 0o755)
 
 
+@dataclass
+class _Started:
+    """A sample that has its job: `started` when it got it; `early` when it got it while the sample
+    before it was being torn down (see `_serve_ahead`)."""
+
+    job: _Job
+    pid: int
+    reads: dict[str, int]
+    limits: Limits
+    started: float = field(default_factory=time.monotonic)
+    early: bool = False
+
+
 def _execute(
     message: dict[str, Any], isolation: _Isolation, snapshot: _Snapshot, ahead: _Ahead | None = None
 ) -> dict[str, Any]:
@@ -1074,31 +1163,46 @@ def _execute(
     With `ahead`, the sample is the spare forked during the previous job (it only needs the job), and
     the next spare is forked while this one runs.
     """
+    started = _begin(message, isolation, snapshot, ahead)
+    if ahead is not None:
+        ahead.try_refill()
+    return _finish(started, isolation)
+
+
+def _begin(
+    message: dict[str, Any], isolation: _Isolation, snapshot: _Snapshot, ahead: _Ahead | None
+) -> _Started:
+    """Start the job: hand it to the spare, or (none, or the job needs the host network) fork it."""
     limits = Limits(**message["limits"])
     started = time.monotonic()
     spare = ahead.take(message, limits) if ahead is not None else None
     if spare is not None:
-        job, pid, reads = spare
-    else:
-        uid, workdir = ahead.next_slot() if ahead is not None else (isolation.uid, None)
-        job, pid, reads, _ = _spawn(
-            isolation, snapshot, uid, workdir, message["program"], message["tests"], limits
-        )
+        return _Started(*spare, started=started)
+    uid, workdir = ahead.next_slot() if ahead is not None else (isolation.uid, None)
+    job, pid, reads, _ = _spawn(
+        isolation, snapshot, uid, workdir, message["program"], message["tests"], limits
+    )
+    return _Started(job, pid, reads, limits, started)
+
+
+def _finish(sample: _Started, isolation: _Isolation, on_done: Any = None) -> dict[str, Any]:
+    """Supervise the sample to its end (or its deadline), reap it, remove its work dir; the verdict.
+
+    `on_done` is called once, if the sample closes all its pipes while it is still alive (as it does
+    right after reporting, before exiting)."""
+    job, pid, reads, limits = sample.job, sample.pid, sample.reads, sample.limits
     supervised = False
     try:
-        if ahead is not None:
-            with contextlib.suppress(OSError, _SetupError):  # no spare then: the next job forks its own
-                ahead.refill()  # its fork and set-up overlap this sample's run
         tails = {
             name: _Tail(limits.output_bytes if name in ("stdout", "stderr") else _RECORD_LIMIT)
             for name in reads
         }
         readers = {reads[name]: tails[name] for name in reads}
-        watched = [reads["stdout"], reads["stderr"]]
-        deadline = started + limits.timeout_s
+        # an early sample's clock runs from when it is watched: until then its output was not read
+        deadline = (time.monotonic() if sample.early else sample.started) + limits.timeout_s
         sweep = isolation.own_pidns_fd is None
-        timed_out, status, cpu_s = _supervise(pid, readers, watched, deadline, isolation.proc_fd, sweep)
-        duration = time.monotonic() - started
+        timed_out, status, cpu_s = _supervise(pid, readers, deadline, isolation.proc_fd, sweep, on_done)
+        duration = time.monotonic() - sample.started
         supervised = True
     finally:
         if not supervised:
@@ -1185,7 +1289,13 @@ class _Ahead:
         if self.spare is None:
             self.spare = _spawn(self.isolation, self.snapshot, *self.next_slot(), "", "", None)
 
-    def take(self, message: dict[str, Any], limits: Limits) -> tuple[_Job, int, dict[str, int]] | None:
+    def try_refill(self) -> None:
+        with contextlib.suppress(OSError, _SetupError):  # no spare then: the next job forks its own
+            self.refill()
+
+    def take(
+        self, message: dict[str, Any], limits: Limits
+    ) -> tuple[_Job, int, dict[str, int], Limits] | None:
         """Hand the job to the spare; None (and no spare) if there is none, the job needs the host
         network, or the spare is gone."""
         if self.spare is None:
@@ -1199,7 +1309,7 @@ class _Ahead:
                 handed = True
         os.close(job_fd)  # a spare that was not handed a job reads EOF and exits
         if handed:
-            return replace(job, program=message["program"], tests=message["tests"]), pid, reads
+            return replace(job, program=message["program"], tests=message["tests"]), pid, reads, limits
         self._discard(job, pid, reads)
         return None
 
@@ -1306,15 +1416,21 @@ class _Tail:
 
 
 def _supervise(
-    pid: int, readers: dict[int, _Tail], watched: list[int], deadline: float, proc_fd: int, sweep: bool
+    pid: int,
+    readers: dict[int, _Tail],
+    deadline: float,
+    proc_fd: int,
+    sweep: bool,
+    on_done: Any = None,
 ) -> tuple[bool, int, float]:
     """Collect output until the sample exits or the deadline passes (then kill it); return
-    (timed_out, its wait status, CPU seconds of it and of what it reaped). Only the `watched` pipes
-    (stdout, stderr) are read while it runs; the small record pipes are read after it exits."""
+    (timed_out, its wait status, CPU seconds of it and of what it reaped). `on_done` is called once
+    if every pipe reaches EOF while the sample is still alive (it reported and closed them)."""
     pidfd = os.pidfd_open(pid)
     poller = select.poll()
-    for fd in (*watched, pidfd):
+    for fd in (*readers, pidfd):
         poller.register(fd, select.POLLIN)
+    open_pipes = len(readers)
     timed_out = False
     try:
         while True:
@@ -1329,6 +1445,10 @@ def _supervise(
             for fd, _ in events:
                 if not _read_into(fd, readers[fd]):
                     poller.unregister(fd)
+                    open_pipes -= 1
+            if not open_pipes and on_done is not None:
+                on_done()
+                on_done = None
     finally:
         os.close(pidfd)
     _, status, usage = os.wait4(pid, 0)
@@ -1548,6 +1668,7 @@ def _run_sample(program: str, tests: str, token: str, snapshot: _Snapshot) -> No
         isinstance,
     )
     restore, classify, report, memory_error = _restore_interpreter, _classify, _report, MemoryError
+    close_all = os.closerange
     me = getpid()
     program_ns = _module_namespace("__sandbox__", "<program>", program)
     tests_ns = _module_namespace("__sandbox_tests__", "<tests>", tests)
@@ -1579,6 +1700,7 @@ def _run_sample(program: str, tests: str, token: str, snapshot: _Snapshot) -> No
         result = classify(error, phase)
         error = None
     report(token, result, elapsed)
+    close_all(0, 2**31 - 1)  # EOF on every pipe now: the worker can start the next job (see _serve_ahead)
     exit_now(0)
 
 
