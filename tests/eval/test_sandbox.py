@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from codetune.errors import CodetuneError
+from codetune.eval import sandbox as sandbox_module
 from codetune.eval.sandbox import (
     _SANDBOX_UID_BASE,
     _SLOT_UID_STRIDE,
@@ -576,6 +577,13 @@ def test_fork_ahead_is_on_only_when_there_are_fewer_workers_than_cpus() -> None:
         with SandboxPool(workers=1, limits=FAST) as solo:
             solo.run(ADD_ONE, CHECK_ADD_ONE)
             assert len(solo.spare_pids) == 1
+
+
+def test_a_worker_from_a_file_changed_since_import_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    # as if sandbox.py had been edited or upgraded on disk after this process imported it
+    monkeypatch.setattr(sandbox_module, "_SOURCE_STAMP", "0:0")
+    with pytest.raises(CodetuneError, match="changed after the evaluator loaded it.*restart"):
+        SandboxPool(workers=1, limits=FAST)
 
 
 def test_run_tests_is_the_one_shot_entry_point() -> None:

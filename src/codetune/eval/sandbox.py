@@ -311,7 +311,7 @@ class _Worker:
         tmp_mb: int = 64,
         fork_ahead: bool = False,
     ) -> None:
-        self.args = [",".join(preload), isolation, str(tmp_mb), str(int(fork_ahead))]
+        self.args = [_SOURCE_STAMP, ",".join(preload), isolation, str(tmp_mb), str(int(fork_ahead))]
         self.mode = ""
         self.features: frozenset[str] = frozenset()
         self.spare_pid: int | None = None  # the sample it forked ahead, waiting for the next job
@@ -335,6 +335,11 @@ class _Worker:
         if hello is None:
             self.kill()
             raise RuntimeError(f"sandbox worker {self.pid} did not start")
+        if "error" in hello:
+            from codetune.errors import CodetuneError
+
+            self.kill()
+            raise CodetuneError(f"sandbox worker {self.pid}: {hello['error']}")
         self.mode, self.features = hello["mode"], frozenset(hello["features"])
         self.spare_pid = hello["spare_pid"]
         if hello["preload_errors"]:
@@ -1802,7 +1807,25 @@ def _report(
         _write_all(_RESULT_FD, f"{token} {record}\n".encode("utf-8", "backslashreplace"))
 
 
+def _source_stamp() -> str:
+    """This file's size and modification time: a worker started from a file edited (or upgraded)
+    after the evaluator imported it would run other code than the evaluator speaks to."""
+    stat_result = os.stat(__file__)
+    return f"{stat_result.st_size}:{stat_result.st_mtime_ns}"
+
+
+_SOURCE_STAMP = _source_stamp()  # when this process loaded the module
+
+
 def _worker_entry(argv: list[str]) -> None:
-    """What `_WORKER_BOOTSTRAP` calls in a fresh interpreter, with the worker's arguments."""
-    preload, requested, tmp_mb, fork_ahead = argv
+    """What `_WORKER_BOOTSTRAP` calls in a fresh interpreter, with the worker's arguments (the first:
+    the evaluator's `_SOURCE_STAMP`, checked before the others are read)."""
+    if not argv or argv[0] != _SOURCE_STAMP:
+        message = (
+            f"{__file__} changed after the evaluator loaded it (e.g. edited or upgraded while a job ran):"
+            " restart the evaluation"
+        )
+        _send_message(1, {"error": message})
+        sys.exit(2)
+    preload, requested, tmp_mb, fork_ahead = argv[1:]
     _worker_main([name for name in preload.split(",") if name], requested, int(tmp_mb), fork_ahead == "1")
