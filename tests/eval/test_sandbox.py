@@ -579,6 +579,24 @@ def test_fork_ahead_is_on_only_when_there_are_fewer_workers_than_cpus() -> None:
             assert len(solo.spare_pids) == 1
 
 
+def test_queued_jobs_keep_their_own_network_setting() -> None:
+    # queued behind a running job, a job with the host network can't go to the spare forked without
+    # it (it is forked afresh), and the job after it is back to no network
+    with SandboxPool(workers=1, limits=FAST, fork_ahead=True) as solo:
+        namespaces_only(solo)
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            port = listener.getsockname()[1]
+            connect = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+            jobs = [(ADD_ONE, CHECK_ADD_ONE), (connect, "pass"), (connect, "pass"), (ADD_ONE, CHECK_ADD_ONE)]
+            offline, online = Limits(timeout_s=5.0), Limits(timeout_s=5.0, network=True)
+            verdicts = solo.map(jobs, [offline, online, offline, offline])
+            listener.accept()[0].close()
+        assert verdicts[0].passed and verdicts[1].passed and verdicts[3].passed, verdicts
+        assert (verdicts[2].status, verdicts[2].error_type) == ("error", "OSError"), verdicts[2]
+        assert "Network is unreachable" in verdicts[2].detail
+        assert leftovers(solo) == []
+
+
 def test_a_worker_from_a_file_changed_since_import_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     # as if sandbox.py had been edited or upgraded on disk after this process imported it
     monkeypatch.setattr(sandbox_module, "_SOURCE_STAMP", "0:0")
