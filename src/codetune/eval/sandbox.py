@@ -144,7 +144,10 @@ _WORKER_ENV = {
 _HELLO_TIMEOUT_S = 120.0  # a worker that preloads pandas on a busy machine takes a while
 _REPLY_GRACE_S = 30.0  # beyond a job's own timeout, before the evaluator gives up on a worker
 _PIPELINE_BYTES = 32_768  # queued jobs this small in all fit in the worker's (64 KiB) stdin pipe
-_PIPELINE_DEPTH = 3  # jobs sent to a worker before its first reply: with fork ahead, it starts one early
+# jobs sent to a worker ahead of its replies: one queued behind the running job, so the worker doesn't
+# idle between samples; forking ahead, two, so it can start one early (see _serve_ahead). No more: a
+# job queued behind a long one waits even when another worker is free.
+_PIPELINE_DEPTH, _PIPELINE_DEPTH_AHEAD = 2, 3
 _CALIBRATION: dict[str, Any] | None = None
 
 
@@ -259,15 +262,15 @@ class SandboxPool:
         return [verdict for verdict in verdicts if verdict is not None]
 
     def _drive(self, work: list[tuple[int, str, str, Limits]], verdicts: list[Verdict | None]) -> None:
-        """Feed one worker from `work`. While it runs a job, the next two already wait in its pipe
-        (if small enough not to block there), so the worker doesn't idle between samples and, forking
-        ahead, can start the next before the last one is reaped."""
+        """Feed one worker from `work`, keeping jobs queued in its pipe (see _PIPELINE_DEPTH) when they
+        are small enough not to block there."""
         worker = self._idle.get()
+        depth = _PIPELINE_DEPTH_AHEAD if worker.forks_ahead else _PIPELINE_DEPTH
         in_flight: list[tuple[int, bytes, Limits]] = []  # sent, reply pending
         ready: tuple[int, bytes, Limits] | None = None  # taken from `work`, not sent yet
         try:
             while True:
-                while len(in_flight) < _PIPELINE_DEPTH:
+                while len(in_flight) < depth:
                     if ready is None:
                         try:
                             index, program, tests, limits = work.pop()  # atomic: no lock needed
@@ -312,6 +315,7 @@ class _Worker:
         fork_ahead: bool = False,
     ) -> None:
         self.args = [_SOURCE_STAMP, ",".join(preload), isolation, str(tmp_mb), str(int(fork_ahead))]
+        self.fork_ahead = fork_ahead
         self.mode = ""
         self.features: frozenset[str] = frozenset()
         self.spare_pid: int | None = None  # the sample it forked ahead, waiting for the next job
@@ -371,6 +375,10 @@ class _Worker:
             return _sandbox_error("the sandbox worker died or stopped answering", time.monotonic() - started)
         self.spare_pid = reply.pop("spare_pid", None)
         return Verdict(**reply)
+
+    @property
+    def forks_ahead(self) -> bool:
+        return self.fork_ahead and self.mode == "namespaces"  # the only mode with spares
 
     @property
     def alive(self) -> bool:
