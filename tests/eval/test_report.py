@@ -241,3 +241,27 @@ def test_write_report_without_training_and_filter_row(tmp_path: Path) -> None:
     assert "filtered (sample-then-filter, 5 candidates)" in text
     assert "(no samples.jsonl row)" in text
     assert "Worst regressions: filtered vs base" in text and "Worst regressions: tuned vs base" in text
+
+
+def test_the_report_takes_its_curves_from_the_run_the_evaluated_model_was_trained_in(tmp_path: Path) -> None:
+    from codetune.config import Config
+    from codetune.eval.evaluate import curves_dir, training_run_of
+
+    default, other = tmp_path / "train", tmp_path / "train-v2"
+    make_train_dir(default)
+    make_train_dir(other)
+    for folder in (other / "best", other / "checkpoints" / "step-000040", default / "final"):
+        folder.mkdir(parents=True)
+    cfg = Config()
+    cfg.train.output_dir = str(default)
+    assert training_run_of(str(other / "best")) == other
+    assert training_run_of(str(other / "checkpoints" / "step-000040")) == other
+    assert training_run_of("Qwen/Qwen2.5-Coder-0.5B-Instruct") is None  # a hub id: no run
+    # `-m tuned=.../train-v2/best` with a config whose train.output_dir is another run: that run's curves
+    assert curves_dir(cfg, ["Qwen/Qwen2.5-Coder-0.5B-Instruct", str(other / "best")]) == other
+    assert curves_dir(cfg, [str(default / "final")]) == default
+    assert curves_dir(cfg, []) == default
+    # models from two runs: no single run to show, so the configured one
+    assert curves_dir(cfg, [str(other / "best"), str(default / "final")]) == default
+    cfg.train.output_dir = str(tmp_path / "nothing-trained")
+    assert curves_dir(cfg, []) is None

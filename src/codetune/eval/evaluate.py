@@ -207,21 +207,48 @@ def _dataframebench(cfg: Config, out: Path, console: Console) -> Report:
     write_json(out / "summary.json", {"models": report.models, "metrics": report.metrics})
     _print_table(console, report)
     if cfg.eval.report:
-        write_benchmark_report(cfg, out, console)
+        write_benchmark_report(cfg, out, console, curves_dir(cfg, list(report.models.values())))
     return report
 
 
-def write_benchmark_report(cfg: Config, out: Path, console: Console) -> Path | None:
-    """compare.json + report.html over every model folder in `out` (with 2+ models and a shared task set)."""
+def training_run_of(model: str) -> Path | None:
+    """The training run a model folder comes from (its `best/`, `final/` or `checkpoints/step-N/`):
+    the nearest folder above it with a metrics.jsonl; None for anything else (e.g. a hub id)."""
+    path = Path(model)
+    if not path.is_dir():
+        return None
+    for run in (path.parent, path.parent.parent):
+        if (run / "metrics.jsonl").is_file():
+            return run
+    return None
+
+
+def curves_dir(cfg: Config, models: list[str]) -> Path | None:
+    """Where the report's training curves come from: the run the evaluated models were trained in,
+    when that is one run (e.g. `-m tuned=runs/x/best`), else train.output_dir (if it has metrics)."""
+    runs = {run for model in models if (run := training_run_of(model)) is not None}
+    if len(runs) == 1:
+        return runs.pop()
+    default = Path(cfg.train.output_dir)
+    return default if (default / "metrics.jsonl").is_file() else None
+
+
+def write_benchmark_report(
+    cfg: Config, out: Path, console: Console, train_dir: Path | None = None
+) -> Path | None:
+    """compare.json + report.html over every model folder in `out` (with 2+ models and a shared task
+    set); the training curves from `train_dir`, by default train.output_dir (if it has metrics)."""
     from codetune.eval.report import write_report
 
     labels = sorted(p.parent.name for p in out.glob("*/results.jsonl"))
     if not labels:
         return None
-    train_dir = Path(cfg.train.output_dir)
+    train_dir = train_dir if train_dir is not None else curves_dir(cfg, [])
+    if train_dir is not None:
+        console.print(f"  training curves from {train_dir}")
     path = write_report(
         out,
-        train_dir if (train_dir / "metrics.jsonl").is_file() else None,
+        train_dir,
         title=f"codetune: {cfg.eval.benchmark} ({cfg.eval.split})",
         baseline=cfg.eval.baseline if cfg.eval.baseline in labels else None,
         allow_subset=True,
