@@ -1818,7 +1818,10 @@ def _report(
 def _source_stamp() -> str:
     """This file's size and modification time: a worker started from a file edited (or upgraded)
     after the evaluator imported it would run other code than the evaluator speaks to."""
-    stat_result = os.stat(__file__)
+    try:
+        stat_result = os.stat(__file__)
+    except OSError:  # not a plain file (e.g. inside a zip): nothing to compare
+        return "unknown"
     return f"{stat_result.st_size}:{stat_result.st_mtime_ns}"
 
 
