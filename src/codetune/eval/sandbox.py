@@ -924,8 +924,8 @@ def _answer(run: Any) -> dict[str, Any]:
 def _serve_ahead(isolation: _Isolation, snapshot: _Snapshot, ahead: _Ahead) -> None:
     """Serve jobs with a spare forked ahead, and start the next job early: once a sample has reported
     and closed its pipes, the job queued behind it goes to the spare while the kernel tears the
-    finished sample down (~2 ms of freeing its memory) and the worker reaps it, removes its work dir
-    and answers. Each verdict is still sent only after its sample was reaped; the two samples are on
+    finished sample down (its exit and reap took ~2 ms here) and the worker reaps it, removes its
+    work dir and answers. Each verdict is still sent only after its sample was reaped; the two samples are on
     different slots, as a spare and a running sample always are (see `_Ahead`)."""
     inbox = _Inbox()
     current: _Started | None = None
@@ -1168,18 +1168,9 @@ class _Started:
     early: bool = False
 
 
-def _execute(
-    message: dict[str, Any], isolation: _Isolation, snapshot: _Snapshot, ahead: _Ahead | None = None
-) -> dict[str, Any]:
-    """Run one sample, supervise it, clean up, and return the verdict as a dict.
-
-    With `ahead`, the sample is the spare forked during the previous job (it only needs the job), and
-    the next spare is forked while this one runs.
-    """
-    started = _begin(message, isolation, snapshot, ahead)
-    if ahead is not None:
-        ahead.try_refill()
-    return _finish(started, isolation)
+def _execute(message: dict[str, Any], isolation: _Isolation, snapshot: _Snapshot) -> dict[str, Any]:
+    """Fork one sample for the job, supervise it, clean up; the verdict as a dict (no fork ahead)."""
+    return _finish(_begin(message, isolation, snapshot, None), isolation)
 
 
 def _begin(
