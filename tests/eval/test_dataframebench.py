@@ -445,3 +445,35 @@ def test_selection_prefers_pass_at_1_then_lower_loss() -> None:
     assert better({"valid_loss": 0.9, "pass@1": 0.5}, {"valid_loss": 1.0, "pass@1": 0.5}, "pass@1")
     assert not better({"valid_loss": 2.0, "pass@1": 0.5}, {"valid_loss": 1.0, "pass@1": 0.25}, "valid_loss")
     assert better({"valid_loss": 2.0, "pass@1": None}, None, "pass@1")
+
+
+def test_a_re_score_from_cached_generations_reports_no_generation_speed(
+    fake_wheel: Path, tmp_path: Path
+) -> None:
+    from codetune.generation import SamplingSettings
+    from codetune.models.backends.base import Completion
+
+    class Fixed:
+        name = "fixed"
+
+        def generate(self, prompts: list[str], settings: SamplingSettings) -> list[list[Completion]]:
+            return [[Completion("def task_func():\n    return 1\n", "stop", 10, 7)] for _ in prompts]
+
+    def run() -> dict:
+        return dfb.run_dataframebench(
+            Fixed(),
+            SamplingSettings(),
+            prompt_for=str,
+            out_dir=tmp_path / "out",
+            split="test",
+            limit=2,
+            workers=1,
+        )
+
+    first = run()
+    assert (
+        first["reused_generations"] == 0 and first["tokens_per_s"] > 0 and first["generation_s"] is not None
+    )
+    again = run()  # every answer from generations.jsonl: a tokens/s over ~0 s would be nonsense
+    assert again["reused_generations"] == 2
+    assert again["generation_s"] is None and again["tokens_per_s"] is None

@@ -815,7 +815,7 @@ def run_dataframebench(
                     cached[row["key"]] = row["completions"]
     started = time.perf_counter()
     outputs: list[list[Completion]] = []
-    reused = 0
+    reused = fresh_tokens = 0
     with open(cache_path, "a", encoding="utf-8") as log:
         for i, (task, prompt, key) in enumerate(zip(tasks, prompts, keys, strict=True)):
             if key in cached:
@@ -823,6 +823,7 @@ def run_dataframebench(
                 reused += 1
             else:
                 row = backend.generate([prompt], settings)[0]
+                fresh_tokens += sum(c.completion_tokens for c in row)
                 outputs.append(row)
                 log.write(
                     json.dumps({"key": key, "task_id": task.task_id, "completions": [asdict(c) for c in row]})
@@ -865,6 +866,10 @@ def run_dataframebench(
     write_jsonl(out_dir / "results.jsonl", results)
     metrics = sample_metrics(results, (1, 5, 10), verdicts, [c for _, _, c in samples], gen_s, score_s)
     metrics["reused_generations"] = reused
+    # the speed of what was generated in this run; none when every answer came from the cache
+    fresh = reused < len(tasks)
+    metrics["generation_s"] = round(gen_s, 2) if fresh else None
+    metrics["tokens_per_s"] = round(fresh_tokens / max(gen_s, 1e-9), 2) if fresh else None
     write_json(out_dir / "metrics.json", metrics)
     versions = {}
     for package in (
