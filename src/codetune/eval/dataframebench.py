@@ -864,12 +864,17 @@ def run_dataframebench(
         for j, v in enumerate(verdicts[i * n : (i + 1) * n]):
             row["verdicts"][j]["stderr_tail"] = v.stderr_tail[-1500:]
     write_jsonl(out_dir / "results.jsonl", results)
-    metrics = sample_metrics(results, (1, 5, 10), verdicts, [c for _, _, c in samples], gen_s, score_s)
-    metrics["reused_generations"] = reused
     # the speed of what was generated in this run; none when every answer came from the cache
-    fresh = reused < len(tasks)
-    metrics["generation_s"] = round(gen_s, 2) if fresh else None
-    metrics["tokens_per_s"] = round(fresh_tokens / max(gen_s, 1e-9), 2) if fresh else None
+    metrics = sample_metrics(
+        results,
+        (1, 5, 10),
+        verdicts,
+        [c for _, _, c in samples],
+        gen_s if reused < len(tasks) else None,
+        score_s,
+        generated_tokens=fresh_tokens,
+    )
+    metrics["reused_generations"] = reused
     write_json(out_dir / "metrics.json", metrics)
     versions = {}
     for package in (

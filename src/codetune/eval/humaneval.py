@@ -308,12 +308,17 @@ def sample_metrics(
     ks: Sequence[int],
     verdicts: Sequence[Verdict],
     completions: Sequence[Completion],
-    gen_s: float,
+    gen_s: float | None,
     score_s: float,
+    generated_tokens: int | None = None,
 ) -> dict[str, Any]:
-    """The metrics.json of an execution benchmark: pass@k, the pass@1 bootstrap CI, counts, timings."""
+    """The metrics.json of an execution benchmark: pass@k, the pass@1 bootstrap CI, counts, timings.
+
+    `gen_s` is None when nothing was generated (every answer from a cache): no generation speed then.
+    `generated_tokens`: the tokens generated in `gen_s`, by default all of `completions`'."""
     counts = [(r["n"], r["c"]) for r in results]
     tokens = sum(c.completion_tokens for c in completions)
+    generated = tokens if generated_tokens is None else generated_tokens
     lo, hi = bootstrap_ci(counts, k=1)
     return {
         **pass_at_k_report(counts, ks),
@@ -323,10 +328,10 @@ def sample_metrics(
         "passed_samples": sum(v.passed for v in verdicts),
         "statuses": _status_counts(verdicts),
         "truncated": sum(c.finish_reason == "length" for c in completions),
-        "generation_s": round(gen_s, 2),
+        "generation_s": round(gen_s, 2) if gen_s is not None else None,
         "scoring_s": round(score_s, 2),
         "completion_tokens": tokens,
-        "tokens_per_s": round(tokens / max(gen_s, 1e-9), 2),
+        "tokens_per_s": round(generated / max(gen_s, 1e-9), 2) if gen_s is not None else None,
     }
 
 
