@@ -926,7 +926,11 @@ def _answer(run: Any) -> dict[str, Any]:
     try:
         return dict(run())
     except Exception as exc:
-        return asdict(_sandbox_error(f"worker: {type(exc).__name__}: {exc}", time.monotonic() - started))
+        return _worker_error(exc, started)
+
+
+def _worker_error(exc: Exception, started: float) -> dict[str, Any]:
+    return asdict(_sandbox_error(f"worker: {type(exc).__name__}: {exc}", time.monotonic() - started))
 
 
 def _serve_ahead(isolation: _Isolation, snapshot: _Snapshot, ahead: _Ahead) -> None:
@@ -942,11 +946,11 @@ def _serve_ahead(isolation: _Isolation, snapshot: _Snapshot, ahead: _Ahead) -> N
             message = inbox.next()
             if message is None:
                 return
+            started = time.monotonic()
             try:
                 current = _begin(message, isolation, snapshot, ahead)
             except Exception as exc:
-                error = _sandbox_error(f"worker: {type(exc).__name__}: {exc}")
-                _send_message(1, {**asdict(error), "spare_pid": ahead.spare_pid})
+                _send_message(1, {**_worker_error(exc, started), "spare_pid": ahead.spare_pid})
                 continue
             ahead.try_refill()
         following: list[_Started] = []
