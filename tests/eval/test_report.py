@@ -265,3 +265,39 @@ def test_the_report_takes_its_curves_from_the_run_the_evaluated_model_was_traine
     assert curves_dir(cfg, [str(other / "best"), str(default / "final")]) == default
     cfg.train.output_dir = str(tmp_path / "nothing-trained")
     assert curves_dir(cfg, []) is None
+
+
+def test_the_report_names_what_each_row_evaluated_in_natural_order(tmp_path: Path) -> None:
+    from codetune.manifest import write_manifest
+
+    make_model(
+        tmp_path,
+        "base",
+        [int(i < 8) for i in range(20)],
+        metrics={"generation_s": 7896.4, "tokens_per_s": 3.48},
+    )
+    for label in ("tuned-v10", "tuned-v8", "tuned-v9"):
+        make_model(tmp_path, label, [int(3 <= i <= 12) for i in range(20)])
+    make_model(
+        tmp_path, "filter", [int(i < 12) for i in range(20)], metrics={"selection": "filter", "candidates": 2}
+    )
+    write_json(tmp_path / "tuned-v10" / "metrics.json", {"reused_generations": 20, "generation_s": None})
+    write_manifest(
+        tmp_path / "base", "evaluate-dataframebench", backend={"name": "llamacpp", "model": "/m/q4.gguf"}
+    )
+    write_manifest(
+        tmp_path / "tuned-v9",
+        "evaluate-dataframebench",
+        backend={"name": "llamacpp", "model": "/m/q4.gguf", "lora": "runs/x/best/adapter.gguf"},
+    )
+    write_manifest(tmp_path / "filter", "select", candidates_from=["base", "tuned-v9"])
+    assert compare(tmp_path)["labels"] == ["base", "filter", "tuned-v8", "tuned-v9", "tuned-v10"]
+    text = write_report(tmp_path).read_text()
+    models = text.split("<h2>Before / after</h2>")[0]
+    assert "<code>/m/q4.gguf</code> · answers in" in models
+    assert "generated in 2 h 12 min at 3.5 tokens/s" in models
+    assert "<code>/m/q4.gguf + LoRA runs/x/best/adapter.gguf</code>" in models
+    assert "chosen among the answers of base, tuned-v9" in models
+    assert "re-scored from its saved generations" in models.split("<b>tuned-v10</b>")[1].split("</li>")[0]
+    table = text.split("<h2>Before / after</h2>")[1].split("</table>")[0]
+    assert table.index(">tuned-v8<") < table.index(">tuned-v9<") < table.index(">tuned-v10<")

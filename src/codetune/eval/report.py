@@ -16,6 +16,7 @@ import base64
 import html
 import io
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -164,8 +165,30 @@ def _summarise(
             k: {"pass@1": sum(v) / len(v), "tasks": len(v)} for k, v in sorted(categories.items())
         },
         "truncated": truncated if samples else metrics.get("truncated"),
-        **{k: metrics.get(k) for k in ("selection", "candidates", "generation_s", "tokens_per_s")},
+        "model": _evaluated_model(_read_json(folder / "manifest.json")),
+        **{
+            k: metrics.get(k)
+            for k in ("selection", "candidates", "generation_s", "tokens_per_s", "reused_generations")
+        },
     }
+
+
+def _evaluated_model(manifest: dict[str, Any]) -> str | None:
+    """What a folder's answers came from, as its manifest records it: the model file (and the LoRA
+    adapter applied to it), or the models a sample-then-filter row chose among."""
+    if manifest.get("candidates_from"):
+        return "chosen among the answers of " + ", ".join(map(str, manifest["candidates_from"]))
+    backend = manifest.get("backend")
+    model = backend.get("model") if isinstance(backend, dict) else manifest.get("model")
+    if not model:
+        return None
+    lora = backend.get("lora") if isinstance(backend, dict) else None
+    return f"{model} + LoRA {lora}" if lora else str(model)
+
+
+def _natural_key(label: str) -> list[Any]:
+    """`tuned-v8` before `tuned-v10`: runs of digits compare as numbers."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", label)]
 
 
 def compare(
@@ -185,7 +208,7 @@ def compare(
     eval_dir = Path(eval_dir)
     if labels is None:
         subs = sorted(eval_dir.iterdir()) if eval_dir.is_dir() else []
-        labels = [p.name for p in subs if (p / "results.jsonl").is_file()]
+        labels = sorted((p.name for p in subs if (p / "results.jsonl").is_file()), key=_natural_key)
         if not labels:
             raise CodetuneError(
                 f"{eval_dir}: no sub-folder holds a results.jsonl; is it an evaluation folder?"
@@ -265,6 +288,14 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str) ->
         "<tr>" + "".join(f"<td{c}>{v}</td>" for v, c in zip(r, cls, strict=True)) + "</tr>" for r in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _duration(seconds: float) -> str:
+    """7896.4 -> '2 h 12 min', 1270.6 -> '21 min', 48.2 -> '48 s'."""
+    minutes = round(seconds / 60)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
 
 
 def _name(label: str, m: dict[str, Any]) -> str:
@@ -423,10 +454,14 @@ def write_report(
     h.append(f" · baseline <b>{_e(base)}</b></p><ul>")
     for x in labels:
         m = models[x]
-        extra = [f"{m['generation_s']} s generation" if m.get("generation_s") is not None else ""]
-        extra.append(f"{m['tokens_per_s']} tokens/s" if m.get("tokens_per_s") is not None else "")
-        more = ", ".join(e for e in extra if e)
-        h.append(f"<li><b>{_e(_name(x, m))}</b>: <code>{_e(m['folder'])}</code> {_e(more)}</li>")
+        parts = [f"<code>{_e(m['model'])}</code>"] if m.get("model") else []
+        parts.append(f"answers in <code>{_e(m['folder'])}</code>")
+        if m.get("generation_s") is not None:
+            speed = f" at {m['tokens_per_s']:.1f} tokens/s" if m.get("tokens_per_s") is not None else ""
+            parts.append(f"generated in {_e(_duration(m['generation_s']))}{speed}")
+        elif m.get("reused_generations"):
+            parts.append("re-scored from its saved generations (no generation time)")
+        h.append(f"<li><b>{_e(_name(x, m))}</b>: {' · '.join(parts)}</li>")
     h.append("</ul><h2>Before / after</h2>")
     rows = []
     for x in labels:
