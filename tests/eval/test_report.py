@@ -282,6 +282,9 @@ def test_the_report_names_what_each_row_evaluated_in_natural_order(tmp_path: Pat
         tmp_path, "filter", [int(i < 12) for i in range(20)], metrics={"selection": "filter", "candidates": 2}
     )
     write_json(tmp_path / "tuned-v10" / "metrics.json", {"reused_generations": 20, "generation_s": None})
+    write_json(
+        tmp_path / "tuned-v8" / "metrics.json", {"generation_s": "?", "tokens_per_s": "fast"}
+    )  # not numbers
     write_manifest(
         tmp_path / "base", "evaluate-dataframebench", backend={"name": "llamacpp", "model": "/m/q4.gguf"}
     )
@@ -299,5 +302,6 @@ def test_the_report_names_what_each_row_evaluated_in_natural_order(tmp_path: Pat
     assert "<code>/m/q4.gguf + LoRA runs/x/best/adapter.gguf</code>" in models
     assert "chosen among the answers of base, tuned-v9" in models
     assert "re-scored from its saved generations" in models.split("<b>tuned-v10</b>")[1].split("</li>")[0]
+    assert "generated in" not in models.split("<b>tuned-v8</b>")[1].split("</li>")[0]
     table = text.split("<h2>Before / after</h2>")[1].split("</table>")[0]
     assert table.index(">tuned-v8<") < table.index(">tuned-v9<") < table.index(">tuned-v10<")

@@ -456,9 +456,10 @@ def write_report(
         m = models[x]
         parts = [f"<code>{_e(m['model'])}</code>"] if m.get("model") else []
         parts.append(f"answers in <code>{_e(m['folder'])}</code>")
-        if m.get("generation_s") is not None:
-            speed = f" at {m['tokens_per_s']:.1f} tokens/s" if m.get("tokens_per_s") is not None else ""
-            parts.append(f"generated in {_e(_duration(m['generation_s']))}{speed}")
+        seconds, speed = m.get("generation_s"), m.get("tokens_per_s")
+        if isinstance(seconds, int | float):
+            rate = f" at {speed:.1f} tokens/s" if isinstance(speed, int | float) else ""
+            parts.append(f"generated in {_e(_duration(seconds))}{rate}")
         elif m.get("reused_generations"):
             parts.append("re-scored from its saved generations (no generation time)")
         h.append(f"<li><b>{_e(_name(x, m))}</b>: {' · '.join(parts)}</li>")
