@@ -54,10 +54,12 @@ REFERENCE_TEST = REFERENCE.replace(
     "    values = [float(row[column]) for row in records]\n    total = 0.0\n    for value in values:\n"
     "        total += value\n    return pd.DataFrame(records), total",
 )
-# a helper that returns early: it can't be inlined into the wrapper, so it is nested inside it
+# a helper that returns early from inside a loop: it can't be inlined into the wrapper, so it is
+# nested inside it
 REFERENCE_OTHER = REFERENCE.replace(
     "    df = pd.DataFrame(records)\n",
-    "    if not records:\n        return pd.DataFrame(), 0.0\n    df = pd.DataFrame(records)\n",
+    "    for row in records:\n        if column not in row:\n            return pd.DataFrame(), 0.0\n"
+    "    df = pd.DataFrame(records)\n",
 )
 
 
@@ -149,6 +151,80 @@ def test_a_helper_that_returns_early_is_nested_inside_task_func() -> None:
     assert "A long docstring" not in target and "_reference_impl = task_func" not in target
     assert target.startswith("import pandas as pd\n") and target.count("import pandas") == 1
     assert target.count("\ndef ") == 1 and "\n    def _reference_impl(records" in target
+
+
+GUARDED = """import pandas as pd
+
+
+def task_func(records, column="x", scale=1.0):
+    \"\"\"The original BigCodeBench function.\"\"\"
+    if not records:
+        # nothing to sum
+        return pd.DataFrame(), 0.0
+    if scale == 0:
+        return pd.DataFrame(records), None
+    df = pd.DataFrame(records)
+
+    if column not in df:
+        df = df.assign(**{column: 0.0})
+        return df, -1.0
+    total = float(df[column].sum()) * scale
+    return df, total
+
+_reference_impl = task_func
+
+def task_func(records, column="x", scale=1.0):
+    TARGET = _reference_impl(records, column, scale)
+    return TAIL
+"""
+
+
+@pytest.mark.parametrize(
+    ("target", "tail"),
+    [("df, total", "[total, len(df), len(records)]"), ("out", "[out[1], len(out[0]), len(records)]")],
+)
+def test_a_helper_with_guard_clauses_becomes_branches_of_one_function(target: str, tail: str) -> None:
+    reference = GUARDED.replace("TARGET", target).replace("TAIL", tail)
+    shaped, shape = dfb.shaped_target(reference)
+    assert shape == "one-function" and "_reference_impl" not in shaped, shaped
+    # each guard's return assigns what the wrapper assigns the call to; a guard right after another
+    # is its `elif`; the rest sits under the last `else:` (no blank line after it)
+    first_branch = f"    if not records:\n        # nothing to sum\n        {target} = pd.DataFrame(), 0.0\n"
+    assert first_branch in shaped
+    assert (
+        f"    elif scale == 0:\n        {target} = pd.DataFrame(records), None\n    else:\n        df = "
+        in shaped
+    )
+    assert f"            {target} = df, -1.0\n        else:\n" in shaped
+    assert shaped.count("return") == 1  # one exit: the wrapper's
+    if target == "df, total":
+        assert "df, total = df, total" not in shaped and "            total = " in shaped
+    cases = [
+        ("[]", "'x'", "1.0", [0.0, 0, 0]),
+        ("[{'x': 1}, {'x': 2}]", "'x'", "0", [None, 2, 2]),
+        ("[{'x': 1}, {'x': 2}]", "'y'", "1.0", [-1.0, 2, 2]),
+        ("[{'x': 1}, {'x': 2}]", "'x'", "2.0", [6.0, 2, 2]),
+    ]
+    check = "".join(f"assert task_func({r}, {c}, {k}) == {e!r}\n" for r, c, k, e in cases)
+    for program in (reference, shaped):
+        verdict = run_tests(program, check)
+        assert verdict.passed, verdict.detail + verdict.stderr_tail
+
+
+def test_guard_clauses_of_a_helper_whose_call_is_returned_assign_a_fresh_result() -> None:
+    reference = GUARDED.replace(
+        "    TARGET = _reference_impl(records, column, scale)\n    return TAIL",
+        "    return _reference_impl(records, column, scale)",
+    )
+    shaped, shape = dfb.shaped_target(reference)
+    assert shape == "one-function" and "        result = pd.DataFrame(), 0.0\n" in shaped, shaped
+    assert shaped.rstrip().endswith("\n    return result")
+    taken = reference.replace('scale=1.0):\n    """', 'scale=1.0):\n    result = _result = 0\n    """')
+    assert dfb.shaped_target(taken)[1] == "nested-helper"  # no free name for it: nested instead
+    check = "assert task_func([{'x': 1}], 'y', 1.0)[1] == -1.0\nassert task_func([], 'x', 1.0)[1] == 0.0\n"
+    for program in (reference, shaped):
+        verdict = run_tests(program, check)
+        assert verdict.passed, verdict.detail + verdict.stderr_tail
 
 
 ADAPTED = """import pandas as pd

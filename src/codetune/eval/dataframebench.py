@@ -242,6 +242,9 @@ def shaped_target(reference: str, entry_point: str = "task_func") -> tuple[str, 
         return reference, "as-shipped"
     hoisted = _imports_first(text)
     inlined = _inline_helper(hoisted, entry_point)
+    if inlined is None:
+        single_exit = _guards_as_branches(hoisted, entry_point)
+        inlined = _inline_helper(single_exit, entry_point) if single_exit is not None else None
     if inlined is not None:
         return inlined, "one-function"
     nested = _nest_helper(hoisted, entry_point)
@@ -349,7 +352,9 @@ def _inline_helper(code: str, entry_point: str) -> str | None:
     one call, as a whole statement directly in the wrapper's body (`T = call` or `return call`, so it
     runs exactly once, after everything before it); the helper returns only at its end and has no
     yield, global, nonlocal, decorator or recursion; no name the helper binds is read by the wrapper
-    after the call, and no global the helper reads is bound by the wrapper."""
+    after the call (a parameter given the wrapper's variable of the same name, and never rebound, binds
+    nothing new), and no global the helper reads is bound by the wrapper. Where this refuses a helper
+    with guard clauses, `shaped_target` tries again on `_guards_as_branches` of it."""
     tree = ast.parse(code)
     pair = _helper_and_wrapper(tree, entry_point)
     if pair is None:
@@ -421,6 +426,14 @@ def _inline_helper(code: str, entry_point: str) -> str | None:
         }
     )
     helper_binds |= {n.name for n in own_scope if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+    # a parameter that gets the wrapper's variable of the same name and is never rebound in the helper
+    # binds nothing new: the wrapper may read it after the call
+    stored = {n.id for n in own_scope if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store | ast.Del)}
+    shared = {
+        name
+        for name, value in bound.items()
+        if isinstance(value, ast.Name) and value.id == name and name not in stored
+    }
     helper_reads = {n.id for n in ast.walk(helper) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
     wrapper_binds = {a.arg for a in (*wrapper.args.args, *wrapper.args.kwonlyargs, *wrapper.args.posonlyargs)}
     wrapper_binds |= {a.arg for a in (wrapper.args.vararg, wrapper.args.kwarg) if a is not None}
@@ -436,7 +449,7 @@ def _inline_helper(code: str, entry_point: str) -> str | None:
         if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
     }
     targets = set() if target is None else {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
-    if (helper_binds & later) - targets:
+    if (helper_binds & later) - targets - shared:
         return None
     # the prelude binds parameters one by one: a value may read its own parameter's name (the wrapper's
     # variable, not yet rebound) but no other parameter's, which an earlier line may have rebound
@@ -516,6 +529,127 @@ def _inline_helper(code: str, entry_point: str) -> str | None:
         *lines[host.end_lineno :],
     ]
     rewritten = re.sub(r"\n{4,}", "\n\n\n", "\n".join(out)).strip() + "\n"
+    return rewritten if python_syntax_error(rewritten) is None else None
+
+
+def _guards_as_branches(code: str, entry_point: str) -> str | None:
+    """The helper's guard clauses as branches, so that it returns only at its end and can be inlined:
+
+        if not records:                   if not records:
+            return pd.DataFrame(), 0  ->       df, n = pd.DataFrame(), 0
+        df = pd.DataFrame(records)         else:
+        return df, len(df)                     df = pd.DataFrame(records)
+                                               df, n = df, len(df)
+                                           return df, n
+
+    (a guard right after another becomes its `elif`). Exactly equivalent, and only attempted when every
+    early return is the last statement of an `if` (without `else`) in the helper's own body, the `if`
+    holds no other return and its body starts on a line of its own, and no line of the helper's body
+    lies inside a multi-line string. None otherwise. Each branch ends by assigning the variables that the
+    wrapper assigns the call to (`df, ax = _reference_impl(...)`): nothing in the helper runs after
+    that; where the wrapper returns the call, a `result` (or `_result`) that occurs nowhere in `code`."""
+    tree = ast.parse(code)
+    pair = _helper_and_wrapper(tree, entry_point)
+    if pair is None:
+        return None
+    helper, wrapper = pair
+    final = helper.body[-1]
+    returns = [n for n in _own_scope_nodes(helper) if isinstance(n, ast.Return)]
+    if not isinstance(final, ast.Return) or final.value is None or len(returns) < 2:
+        return None
+    guards = [
+        s
+        for s in helper.body
+        if isinstance(s, ast.If)
+        and not s.orelse
+        and isinstance(s.body[-1], ast.Return)
+        and s.body[0].lineno > s.lineno
+        and s.body[-1].lineno > s.lineno
+    ]
+    guard_returns = {id(g.body[-1]) for g in guards}
+    if any(id(r) not in guard_returns and r is not final for r in returns):
+        return None
+    words = set(re.findall(r"\w+", code))
+    var = next((v for v in ("result", "_result") if v not in words), None)
+    hosts = [
+        s
+        for s in wrapper.body
+        if isinstance(s, ast.Assign)
+        and len(s.targets) == 1
+        and isinstance(s.value, ast.Call)
+        and isinstance(s.value.func, ast.Name)
+        and s.value.func.id == "_reference_impl"
+    ]
+    if hosts:  # `df, ax = _reference_impl(...)`: each branch ends in `df, ax = ...` (nothing runs after it)
+        target = hosts[0].targets[0]
+        elements = target.elts if isinstance(target, ast.Tuple) else [target]
+        if all(isinstance(e, ast.Name) for e in elements):
+            var = ast.get_source_segment(code, target) or var
+    if var is None or "\n" in var:
+        return None
+    lines = code.splitlines()
+    start, end = helper.body[0].lineno, final.end_lineno or final.lineno  # 1-based, inclusive
+    multiline_string = {
+        line
+        for node in ast.walk(helper)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.end_lineno != node.lineno
+        for line in range(node.lineno + 1, (node.end_lineno or node.lineno) + 1)
+    }
+    if any(line in multiline_string for line in range(start, end + 1)):
+        return None
+    indent = " " * helper.body[0].col_offset
+
+    def assigned(ret: ast.Return, extra: str) -> list[str]:
+        first = ret.lineno - 1
+        text = lines[first][ret.col_offset :]
+        value = text[len("return") :].lstrip() if ret.value is not None else "None"
+        head = lines[first][: ret.col_offset]
+        rest = lines[first + 1 : ret.end_lineno or ret.lineno]
+        if not rest and value.replace(" ", "") == var.replace(" ", ""):
+            return []  # not `df, ax = df, ax`
+        return [extra + f"{head}{var} = {value}", *(extra + line if line.strip() else "" for line in rest)]
+
+    def shifted(first: int, last: int, extra: str) -> list[str]:  # 1-based line range, inclusive
+        return [extra + line if line.strip() else "" for line in lines[first - 1 : last]]
+
+    out: list[str] = []
+    else_lines: list[int] = []  # where in `out` each `else:` is
+    depth = ""  # the indentation added so far
+    cursor = start  # the next line of the helper's body to copy
+    follows_guard = False  # the previous statement was a guard: a guard right after it is its `elif`
+    for statement in helper.body:
+        if statement is final:
+            out += shifted(cursor, statement.lineno - 1, depth) + assigned(final, depth)
+            break
+        if statement not in guards:
+            out += shifted(cursor, statement.end_lineno or statement.lineno, depth)
+            cursor = (statement.end_lineno or statement.lineno) + 1
+            follows_guard = False
+            continue
+        ret = statement.body[-1]
+        assert isinstance(ret, ast.Return)  # what makes it a guard
+        before = shifted(cursor, statement.lineno - 1, depth)  # blank lines and comments
+        header = shifted(statement.lineno, statement.body[0].lineno - 1, depth)
+        if follows_guard:  # `else:` + `if c:` one level deeper -> `elif c:` in place of the `else:`
+            depth = depth[4:]
+            out.pop()
+            else_lines.pop()
+            before = [line.removeprefix("    ") for line in before]
+            header = [line.removeprefix("    ") for line in header]
+            header[0] = re.sub(r"^(\s*)if\b", r"\1elif", header[0], count=1)
+        out += before + header
+        out += shifted(statement.body[0].lineno, ret.lineno - 1, depth)
+        out += assigned(ret, depth)
+        else_lines.append(len(out))
+        out.append(f"{depth}{indent}else:")
+        depth += "    "
+        cursor = (statement.end_lineno or statement.lineno) + 1
+        follows_guard = True
+    body = [*out, f"{indent}return {var}"]
+    for at in reversed(else_lines):  # no blank line right after an `else:`
+        while at + 1 < len(body) and not body[at + 1].strip():
+            del body[at + 1]
+    rewritten = "\n".join([*lines[: start - 1], *body, *lines[end:]]) + "\n"
     return rewritten if python_syntax_error(rewritten) is None else None
 
 
