@@ -227,6 +227,20 @@ def test_guard_clauses_of_a_helper_whose_call_is_returned_assign_a_fresh_result(
         assert verdict.passed, verdict.detail + verdict.stderr_tail
 
 
+def test_a_wrapper_variable_named_like_a_global_the_helper_reads_keeps_two_functions() -> None:
+    reference = (
+        'import pandas as pd\n\nLIMIT = 3\n\n\ndef task_func(records):\n    """Doc."""\n'
+        "    if not records:\n        return LIMIT\n    return [len(records) + LIMIT for _ in records][0]\n\n"
+        "_reference_impl = task_func\n\ndef task_func(records):\n"
+        "    LIMIT = _reference_impl(records)\n    return LIMIT\n"
+    )
+    # inlined or nested, the helper's `LIMIT` would be the wrapper's, still unbound when it is read
+    shaped, shape = dfb.shaped_target(reference)
+    assert shape == "two-functions", shaped
+    verdict = run_tests(shaped, "assert task_func([]) == 3\nassert task_func([1, 2]) == 5\n")
+    assert verdict.passed, verdict.detail + verdict.stderr_tail
+
+
 ADAPTED = """import pandas as pd
 
 

@@ -583,7 +583,9 @@ def _guards_as_branches(code: str, entry_point: str) -> str | None:
     if hosts:  # `df, ax = _reference_impl(...)`: each branch ends in `df, ax = ...` (nothing runs after it)
         target = hosts[0].targets[0]
         elements = target.elts if isinstance(target, ast.Tuple) else [target]
-        if all(isinstance(e, ast.Name) for e in elements):
+        # not a global the helper uses: assigning it in the helper would make it a local there
+        globals_used = _global_names(code, "_reference_impl")
+        if all(isinstance(e, ast.Name) and e.id not in globals_used for e in elements):
             var = ast.get_source_segment(code, target) or var
     if var is None or "\n" in var:
         return None
@@ -747,11 +749,19 @@ def _nest_helper(code: str, entry_point: str) -> str:
     defines the helper. Small models trained on two sibling functions learn to repeat the first one
     (greedy decoding looped on `def _reference_impl` in both training runs here); one function is also
     the shape the base model answers in. Only when no line of the helper sits inside a multi-line string
-    (indenting would change it); otherwise `code` is returned unchanged."""
+    (indenting would change it) and the wrapper binds no name that the helper reads as a global (nested,
+    the helper would read the wrapper's variable); otherwise `code` is returned unchanged."""
     pair = _helper_and_wrapper(ast.parse(code), entry_point)
     if pair is None:
         return code
     helper, wrapper = pair
+    wrapper_binds = {a.arg for a in ast.walk(wrapper.args) if isinstance(a, ast.arg)} | {
+        n.id
+        for n in _own_scope_nodes(wrapper)
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store | ast.Del)
+    }
+    if _global_names(code, "_reference_impl") & wrapper_binds:
+        return code
     lines = code.splitlines()
     in_string = {
         line
@@ -776,6 +786,24 @@ def _nest_helper(code: str, entry_point: str) -> str:
     after = lines[wrapper.end_lineno :]
     out = [*before, *between, *head, *helper_lines, "", *rest, *after]
     return _parsed_or(re.sub(r"\n{4,}", "\n\n\n", "\n".join(out)).strip() + "\n", code)
+
+
+def _global_names(code: str, function: str) -> set[str]:
+    """The global names that the top-level `function` in `code` uses, its comprehensions, lambdas and
+    nested functions included (Python's own scoping, from `symtable`)."""
+    import symtable
+
+    table = next(
+        (t for t in symtable.symtable(code, "<code>", "exec").get_children() if t.get_name() == function),
+        None,
+    )
+    found: set[str] = set()
+    stack = [table] if table is not None else []
+    while stack:
+        scope = stack.pop()
+        found |= {s.get_name() for s in scope.get_symbols() if s.is_global()}
+        stack.extend(scope.get_children())
+    return found
 
 
 def _imports_first(code: str) -> str:
