@@ -435,11 +435,7 @@ def _inline_helper(code: str, entry_point: str) -> str | None:
         if isinstance(value, ast.Name) and value.id == name and name not in stored
     }
     helper_reads = {n.id for n in ast.walk(helper) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-    wrapper_binds = {a.arg for a in (*wrapper.args.args, *wrapper.args.kwonlyargs, *wrapper.args.posonlyargs)}
-    wrapper_binds |= {a.arg for a in (wrapper.args.vararg, wrapper.args.kwarg) if a is not None}
-    wrapper_binds |= {
-        n.id for n in _own_scope_nodes(wrapper) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
-    }
+    wrapper_binds = _local_names(wrapper)
     if (helper_reads - helper_binds) & wrapper_binds:
         return None
     later = {
@@ -591,12 +587,7 @@ def _guards_as_branches(code: str, entry_point: str) -> str | None:
         return None
     lines = code.splitlines()
     start, end = helper.body[0].lineno, final.end_lineno or final.lineno  # 1-based, inclusive
-    multiline_string = {
-        line
-        for node in ast.walk(helper)
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.end_lineno != node.lineno
-        for line in range(node.lineno + 1, (node.end_lineno or node.lineno) + 1)
-    }
+    multiline_string = _lines_inside_strings(helper)
     if any(line in multiline_string for line in range(start, end + 1)):
         return None
     indent = " " * helper.body[0].col_offset
@@ -755,22 +746,9 @@ def _nest_helper(code: str, entry_point: str) -> str:
     if pair is None:
         return code
     helper, wrapper = pair
-    wrapper_binds = {a.arg for a in ast.walk(wrapper.args) if isinstance(a, ast.arg)} | {
-        n.id
-        for n in _own_scope_nodes(wrapper)
-        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store | ast.Del)
-    }
-    if _global_names(code, "_reference_impl") & wrapper_binds:
+    if _global_names(code, "_reference_impl") & _local_names(wrapper) or _lines_inside_strings(helper):
         return code
     lines = code.splitlines()
-    in_string = {
-        line
-        for node in ast.walk(helper)
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.end_lineno != node.lineno
-        for line in range(node.lineno + 1, (node.end_lineno or node.lineno) + 1)
-    }
-    if in_string:
-        return code
     helper_lines = [
         "    " + line if line.strip() else "" for line in lines[helper.lineno - 1 : helper.end_lineno]
     ]
@@ -786,6 +764,29 @@ def _nest_helper(code: str, entry_point: str) -> str:
     after = lines[wrapper.end_lineno :]
     out = [*before, *between, *head, *helper_lines, "", *rest, *after]
     return _parsed_or(re.sub(r"\n{4,}", "\n\n\n", "\n".join(out)).strip() + "\n", code)
+
+
+def _local_names(function: ast.FunctionDef) -> set[str]:
+    """The names local to `function`: its parameters of every kind and what its own scope assigns or
+    deletes (not its nested functions', lambdas' or comprehensions')."""
+    args = function.args
+    params = [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]
+    return {a.arg for a in params if a is not None} | {
+        n.id
+        for n in _own_scope_nodes(function)
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store | ast.Del)
+    }
+
+
+def _lines_inside_strings(node: ast.AST) -> set[int]:
+    """The lines (1-based) of `node` that lie inside a multi-line string literal, after its first line:
+    indenting them would change the string."""
+    return {
+        line
+        for n in ast.walk(node)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.end_lineno != n.lineno
+        for line in range(n.lineno + 1, (n.end_lineno or n.lineno) + 1)
+    }
 
 
 def _global_names(code: str, function: str) -> set[str]:
