@@ -23,3 +23,31 @@ def test_evaluate_scores_base_and_final(trained_run: Config) -> None:
     assert "transformers" in manifest["versions"]
     # a trained model beats its random initialisation on this easy data
     assert report.metrics["final"]["edit_similarity"] > report.metrics["base"]["edit_similarity"]
+
+
+def test_the_results_table_never_cuts_a_figure_to_fit_the_terminal() -> None:
+    import io
+
+    from rich.console import Console
+
+    from codetune.eval.evaluate import Report, _print_table
+
+    metrics = {
+        "bleu": 6.4516,
+        "codexglue_bleu": 1.0801,
+        "edit_similarity": 23.8632,
+        "syntax_validity": 100.0,
+        "examples": 16,
+        "seconds": 278.24,
+    }
+    labels = ["base", "final", "tuned-lr2e-4-step32", "tuned-lr2e-4-step64"]
+    report = Report(Path("runs/x/eval"), {label: dict(metrics) for label in labels})
+    for width in (80, 50, 20):  # a log file or pipe is 80 columns to rich; 20 fits no model at all
+        out = io.StringIO()
+        _print_table(Console(file=out, width=width), report)
+        text = out.getvalue()
+        assert "…" not in text
+        for figure in ("6.45", "1.08", "23.86", "100.00", "16", "278.24", *labels, *metrics):
+            assert f" {figure} " in text, (width, figure)
+        if width >= 50:  # wide enough for the metric column and one model: every line fits
+            assert max(map(len, text.splitlines())) <= width

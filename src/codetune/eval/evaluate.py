@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from codetune.config import Config, config_to_dict, save_config
@@ -258,15 +259,50 @@ def write_benchmark_report(
 
 
 def _print_table(console: Console, report: Report) -> None:
+    """One row per metric, one column per model; never a figure cut short.
+
+    rich fits a table to the console (80 columns when the output is a file or a pipe) by ending cells
+    with "…", which turned 100.00 into "100.…" in logs. The models are split over as many tables as
+    it takes for each to fit, and a table that can't fit even with one model is printed at its full
+    width.
+    """
     keys: list[str] = []
     for m in report.metrics.values():
         keys.extend(k for k, v in m.items() if isinstance(v, int | float) and k not in keys)
-    table = Table(title=f"evaluate -> {report.output_dir}")
-    table.add_column("model")
-    for k in keys:
-        table.add_column(k, justify="right")
-    for label, m in report.metrics.items():
-        table.add_row(
-            label, *[f"{m[k]:.2f}" if isinstance(m.get(k), float) else str(m.get(k, "")) for k in keys]
-        )
-    console.print(table)
+
+    def cell(value: Any) -> str:
+        return f"{value:.2f}" if isinstance(value, float) else str("" if value is None else value)
+
+    def build(labels: list[str], title: str | None) -> Table:
+        table = Table(title=title)
+        table.add_column("metric", no_wrap=True)
+        for label in labels:
+            table.add_column(label, justify="right", no_wrap=True)
+        for k in keys:
+            table.add_row(k, *[cell(report.metrics[label].get(k)) for label in labels])
+        return table
+
+    def width(table: Table) -> int:
+        return Measurement.get(console, console.options.update_width(1 << 16), table).maximum
+
+    def emit(table: Table) -> None:
+        needed = width(table)
+        if needed <= console.width:
+            console.print(table)
+        else:  # not even one model fits: print it whole and let the terminal wrap the lines
+            narrow = console.width
+            console.width = needed  # print(width=...) is capped at the console's own width
+            try:
+                console.print(table, crop=False)
+            finally:
+                console.width = narrow
+
+    title: str | None = f"evaluate -> {report.output_dir}"
+    chunk: list[str] = []
+    for label in report.metrics:
+        if chunk and width(build([*chunk, label], title)) > console.width:
+            emit(build(chunk, title))
+            chunk, title = [], None
+        chunk.append(label)
+    if chunk:
+        emit(build(chunk, title))
