@@ -7,8 +7,11 @@ a fine-tuned model is always prompted the way it was trained.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import warnings
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -188,6 +191,17 @@ def load_for_training(cfg: ModelConfig, texts: list[str]) -> tuple[Any, Any, Kin
     return model, tok, kind, source
 
 
+@contextlib.contextmanager
+def _peft_quietly() -> Iterator[None]:
+    """peft reads `model.is_gradient_checkpointing`, which transformers 5 deprecates with a FutureWarning
+    on every adapter load: nothing a user can act on, so it is kept off their screen (only that one)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
+
+
 def apply_lora(model: Any, lora: LoraSettings, kind: Kind) -> Any:
     from peft import LoraConfig, TaskType, get_peft_model
 
@@ -210,7 +224,8 @@ def apply_lora(model: Any, lora: LoraSettings, kind: Kind) -> Any:
         task_type=TaskType.SEQ_2_SEQ_LM if kind == "seq2seq" else TaskType.CAUSAL_LM,
         **layers,
     )
-    return get_peft_model(model, config)
+    with _peft_quietly():
+        return get_peft_model(model, config)
 
 
 def _linear_names(model: Any) -> list[str]:
@@ -269,7 +284,8 @@ def load_for_inference(name: str) -> tuple[Any, Any, Kind, dict[str, Any]]:
         if fmt == "lora":
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+            with _peft_quietly():
+                model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
         else:
             if meta.get("lora"):
                 model = apply_lora(model, LoraSettings(**meta["lora"]), kind)
