@@ -143,4 +143,4 @@ def test_loss_on_label_positions_only_equals_the_full_computation(trained_run) -
         logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="sum"
     )
     assert n == int((target != -100).sum()) and n > 0
-    assert float(loss) == pytest.approx(float(full), rel=1e-5)
+    assert loss.item() == pytest.approx(full.item(), rel=1e-5)
