@@ -331,3 +331,39 @@ def test_run_humaneval_writes_results(problems: dict[str, dict], tmp_path: Path)
 def test_run_humaneval_refuses_identical_greedy_samples(tmp_path: Path) -> None:
     with pytest.raises(CodetuneError, match="n=3 greedy samples would be identical"):
         he.run_humaneval(ScriptedBackend({}), SamplingSettings(), style="base", n=3, out_dir=tmp_path)
+
+
+def test_evaluate_on_humaneval_writes_the_html_report_with_each_models_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from codetune.config import load_config
+    from codetune.eval import evaluate as ev
+
+    right = "def has_close_elements(numbers, threshold):\n    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for b in numbers[i + 1 :])\n"
+    wrong = "def has_close_elements(numbers, threshold):\n    return False  # the tuned model's regression\n"
+    give_up = "def separate_paren_groups(paren_string):\n    return []\n"
+    replies = {
+        "base-model": {"def has_close_elements": [right], "def separate_paren_groups": [give_up]},
+        "tuned-model": {"def has_close_elements": [wrong], "def separate_paren_groups": [give_up]},
+    }
+    monkeypatch.setattr(ev, "load_backend", lambda generate, path: ScriptedBackend(replies[path]))
+    out = tmp_path / "eval"
+    cfg = load_config(
+        None,
+        {
+            "prompt": {"style": "chat"},
+            "train": {"output_dir": str(tmp_path / "train")},
+            "eval": {
+                "benchmark": "humaneval",
+                "models": ["base=base-model", "tuned=tuned-model"],
+                "max_examples": 2,
+                "output_dir": str(out),
+            },
+        },
+    )
+    report = ev.evaluate(cfg)
+    assert report.metrics["base"]["pass@1"] == 0.5 and report.metrics["tuned"]["pass@1"] == 0.0
+    compared = json.loads((out / "compare.json").read_text())
+    assert compared["comparisons"]["tuned"]["broken"] == ["HumanEval/0"]
+    html = (out / "report.html").read_text()
+    assert "HumanEval/0" in html and "the tuned model&#x27;s regression" in html

@@ -163,6 +163,8 @@ def _benchmark(cfg: Config, out: Path, console: Console) -> Report:
         report.metrics[label] = metrics
     write_json(out / "summary.json", {"models": report.models, "metrics": report.metrics})
     _print_table(console, report)
+    if cfg.eval.report:
+        write_benchmark_report(cfg, out, console, curves_dir(cfg, list(report.models.values())))
     return report
 
 

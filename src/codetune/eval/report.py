@@ -404,7 +404,12 @@ def _case(tid: str, left: Side, right: Side, short: bool) -> str:
     for (label, row, samples), (_, other, _) in ((left, right), (right, left)):
         ok = task_pass1(row) > task_pass1(other)
         i, v = _pick(row, passed=ok)
-        code = samples[i].get("code", "") if i < len(samples) else "(no samples.jsonl row)"
+        # DataFrameBench keeps the program as "code", HumanEval the model's part as "completion"
+        code = (
+            str(samples[i].get("code", samples[i].get("completion", "")))
+            if i < len(samples)
+            else "(no samples.jsonl row)"
+        )
         what = (
             "passed" if v.get("status") == "passed" else f"{v.get('status', '?')} {v.get('error_type') or ''}"
         )
