@@ -121,16 +121,19 @@ def report(
     ctx: typer.Context,
     config: ConfigArg,
 ) -> None:
-    """Compare every model evaluated in eval.output_dir: compare.json and a static report.html (with the
-    training curves of train.output_dir when present)."""
+    """Compare every model evaluated in eval.output_dir in a static report.html (with the training curves
+    of train.output_dir when present); for a benchmark also compare.json."""
     from rich.console import Console
 
-    from codetune.eval.evaluate import write_benchmark_report
+    from codetune.eval.evaluate import write_benchmark_report, write_split_report
 
     cfg = _config(config, ctx)
-    path = write_benchmark_report(cfg, Path(cfg.eval.output_dir), Console(stderr=True))
+    out, console = Path(cfg.eval.output_dir), Console(stderr=True)
+    path = write_benchmark_report(cfg, out, console) or write_split_report(cfg, out, console)
     if path is None:
-        raise CodetuneError(f"{cfg.eval.output_dir} has no evaluated models (*/results.jsonl)")
+        raise CodetuneError(
+            f"{out} has no evaluated models (*/results.jsonl of a benchmark, or */predictions.jsonl)"
+        )
     print(path)
 
 

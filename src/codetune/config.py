@@ -252,7 +252,9 @@ class EvalConfig:
     benchmark: str | None = None  # e.g. "humaneval"; None scores the prepared split
     select_from: list[str] = field(default_factory=list)  # labels pooled by sample-then-filter (row "filter")
     baseline: str | None = None  # the label others are compared with (default: base, else the first)
-    report: bool = True  # write compare.json and report.html over every model in output_dir
+    report: bool = (
+        True  # write report.html (and, for a benchmark, compare.json) over every model in output_dir
+    )
 
 
 @dataclass
@@ -575,8 +577,8 @@ FIELD_HELP: dict[str, str] = {
     "eval.select_from": "dataframebench: labels of evaluated models whose answers are pooled; per task the "
     "first candidate that passes visible checks (examples, else a smoke call) is kept: row 'filter'",
     "eval.baseline": "label the others are compared with in compare.json and report.html (default: base)",
-    "eval.report": "after a benchmark, write compare.json (paired bootstrap CIs, fixed/broken tasks) and "
-    "report.html over every model folder in output_dir",
+    "eval.report": "write report.html over every model folder in output_dir (bootstrap CIs, the largest "
+    "changes against eval.baseline); after a benchmark also compare.json (fixed/broken tasks)",
     "serve.host": "address to bind (127.0.0.1: this machine only; 0.0.0.0 exposes the server: set API keys)",
     "serve.port": "TCP port",
     "serve.models": "models to serve as name=path (or a {name: path} mapping); a path is a model folder, "

@@ -23,6 +23,10 @@ def test_evaluate_scores_base_and_final(trained_run: Config) -> None:
     assert "transformers" in manifest["versions"]
     # a trained model beats its random initialisation on this easy data
     assert report.metrics["final"]["edit_similarity"] > report.metrics["base"]["edit_similarity"]
+    html = (out / "report.html").read_text()
+    n = len(test_rows)
+    assert f"{n} examples" in html and "Largest drops: final vs base" in html
+    assert 'alt="loss vs step"' in html  # the curves of the run the final model was trained in
 
 
 def test_the_results_table_never_cuts_a_figure_to_fit_the_terminal() -> None:

@@ -86,6 +86,8 @@ def evaluate(cfg: Config, console: Console | None = None) -> Report:
         config=config_to_dict(cfg),
     )
     _print_table(console, report)
+    if cfg.eval.report:
+        write_split_report(cfg, out, console, curves_dir(cfg, list(report.models.values())))
     return report
 
 
@@ -256,6 +258,22 @@ def write_benchmark_report(
         baseline=cfg.eval.baseline if cfg.eval.baseline in labels else None,
         allow_subset=True,
     )
+    console.print(f"  report: {path}")
+    return path
+
+
+def write_split_report(
+    cfg: Config, out: Path, console: Console, train_dir: Path | None = None
+) -> Path | None:
+    """report.html over every model folder in `out` with a predictions.jsonl (a split evaluation);
+    the training curves from `train_dir`, by default train.output_dir (if it has metrics)."""
+    from codetune.eval.text_report import write_text_report
+
+    if not any(out.glob("*/predictions.jsonl")):
+        return None
+    train_dir = train_dir if train_dir is not None else curves_dir(cfg, [])
+    title = f"codetune: {cfg.eval.split} split of {cfg.eval_data_dir}"
+    path = write_text_report(out, train_dir, title=title, baseline=cfg.eval.baseline)
     console.print(f"  report: {path}")
     return path
 

@@ -305,28 +305,34 @@ def _name(label: str, m: dict[str, Any]) -> str:
     return label
 
 
-def _plots(cmp: dict[str, Any], train_dir: Path | None) -> list[str]:
+def _png(fig: Any, ax: Any, ylabel: str, title: str, alt: str, xlabel: str | None = "step") -> str:
+    """The figure as an inline base64 PNG <img>; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def png(fig: Any, ax: Any, ylabel: str, title: str, alt: str) -> str:
-        if alt != "pass@1 per model":
-            ax.set_xlabel("step")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-        plt.close(fig)
-        return (
-            f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
-        )
+    return plt
 
-    out = []
+
+def _plots(cmp: dict[str, Any], train_dir: Path | None) -> list[str]:
+    plt = _pyplot()
     labels, models = cmp["labels"], cmp["models"]
     fig, ax = plt.subplots(figsize=(max(3.5, 1.1 * len(labels) + 1.5), 3.2))
     ys = [100 * models[x]["pass@1"] for x in labels]
@@ -334,9 +340,17 @@ def _plots(cmp: dict[str, Any], train_dir: Path | None) -> list[str]:
     err.append([max(0.0, 100 * models[x]["ci95"][1] - y) for x, y in zip(labels, ys, strict=True)])
     ax.bar(range(len(labels)), ys, yerr=err, capsize=4, color=["#9aa5b1", *["#3b7dd8"] * (len(labels) - 1)])
     ax.set_xticks(range(len(labels)), [_name(x, models[x]).replace(" (", "\n(") for x in labels], fontsize=8)
-    out.append(png(fig, ax, "pass@1 (%)", "pass@1 with 95% CI", "pass@1 per model"))
+    bar = _png(fig, ax, "pass@1 (%)", "pass@1 with 95% CI", "pass@1 per model", xlabel=None)
+    return [bar, *training_plots(train_dir)]
+
+
+def training_plots(train_dir: Path | None) -> list[str]:
+    """Training and validation loss, and validation pass@1 when it was measured, from a training run's
+    metrics.jsonl (the best step marked): inline PNG <img> tags, none without a run."""
     if train_dir is None:
-        return out
+        return []
+    plt = _pyplot()
+    out = []
     rows = _read_rows(train_dir / "metrics.jsonl") if (train_dir / "metrics.jsonl").is_file() else []
     best = (_read_json(train_dir / "manifest.json").get("summary") or {}).get("best_step")
 
@@ -362,7 +376,7 @@ def _plots(cmp: dict[str, Any], train_dir: Path | None) -> list[str]:
             ax.plot(vs, vl, "o-", lw=1.6, ms=3, color="#d8703b", label="valid loss")
         if best is not None:
             ax.axvline(float(best), ls="--", lw=0.8, color="#555", label=f"best step {best}")
-        out.append(png(fig, ax, "loss", "training and validation loss", "loss vs step"))
+        out.append(_png(fig, ax, "loss", "training and validation loss", "loss vs step"))
     if pv:
         fig, ax = plt.subplots(figsize=(6, 3.2))
         # clip_on=False: a point at 0 % is drawn whole, not cut in half by the axis
@@ -381,7 +395,7 @@ def _plots(cmp: dict[str, Any], train_dir: Path | None) -> list[str]:
             ax.plot([float(best)], [y], "*", ms=14, color="#b3261e", label=f"best step {best}", clip_on=False)
         ax.set_ylim(0, min(100, max(10.0, 100 * max(pv) * 1.25)))
         ax.set_xlim(0, max(ts + ps) * 1.05 if ts else max(ps) * 1.05 + 1)
-        out.append(png(fig, ax, "pass@1 (%)", "validation pass@1", "validation pass@1 vs step"))
+        out.append(_png(fig, ax, "pass@1 (%)", "validation pass@1", "validation pass@1 vs step"))
     return out
 
 
