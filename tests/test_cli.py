@@ -89,6 +89,11 @@ def test_cli_runs_the_stages(tmp_path: Path) -> None:
         r = _cli(stage, str(cfg), cwd=tmp_path)
         assert r.returncode == 0, r.stderr
     assert (tmp_path / "eval" / "final" / "metrics.json").is_file()
+    report = tmp_path / "eval" / "report.html"
+    report.unlink()  # evaluate wrote it; `report` writes it again from the folders alone
+    r = _cli("report", str(cfg), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(report) and "Largest drops: final vs base" in report.read_text()
     r = _cli(
         "generate",
         "Return the sum of a and b.",

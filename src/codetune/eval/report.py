@@ -466,8 +466,7 @@ def write_report(
     def side(label: str, t: str) -> Side:
         return label, results[label][t], samples[label].get(t, [])
 
-    h = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"]
-    h.append(f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>")
+    h = _page_head(title)
     h.append(f'<p class="muted">generated {_e(time.strftime("%Y-%m-%d %H:%M:%S %z"))} · {cmp["tasks"]} tasks')
     h.append(f" ({cmp['dropped_tasks']} dropped: not in every folder)" if cmp["dropped_tasks"] else "")
     h.append(f" · baseline <b>{_e(base)}</b></p><ul>")
@@ -539,11 +538,30 @@ def write_report(
     statuses = sorted({s for x in labels for s in models[x]["statuses"]}, key=lambda s: (s != "passed", s))
     rows = [[_e(x), *[str(models[x]["statuses"].get(s, 0)) for s in statuses]] for x in labels]
     h.append(_table(["model (samples)", *statuses], rows, "l" + "r" * len(statuses)))
+    note = (
+        "numbers also in compare.json. pass@1 is the mean over tasks of c/n; a task is fixed (broken) "
+        f"when its pass@1 rose (fell) against {_e(base)}. Confidence intervals: {CI_METHOD}."
+    )
+    return _finish_page(h, eval_dir, labels, train_dir, note, out)
+
+
+def _page_head(title: str) -> list[str]:
+    """The start of a self-contained report page: head, style, title."""
+    return [
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>",
+        f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>",
+    ]
+
+
+def _finish_page(
+    h: list[str], eval_dir: Path, labels: list[str], train_dir: Path | None, note: str, out: Path | None
+) -> Path:
+    """Close the page with a footer naming its data (`note`: HTML), and write it (default
+    `eval_dir/report.html`)."""
     h.append(
         f"<footer>Data: <code>{_e(eval_dir)}</code> ({', '.join(_e(x) for x in labels)})"
         + (f" and <code>{_e(train_dir)}</code>" if train_dir is not None else "")
-        + "; numbers also in compare.json. pass@1 is the mean over tasks of c/n; a task is fixed (broken) "
-        + f"when its pass@1 rose (fell) against {_e(base)}. Confidence intervals: {CI_METHOD}.</footer></body></html>"
+        + f"; {note}</footer></body></html>"
     )
     path = Path(out) if out is not None else eval_dir / "report.html"
     path.parent.mkdir(parents=True, exist_ok=True)

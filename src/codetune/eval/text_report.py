@@ -19,10 +19,11 @@ from typing import Any
 from codetune.errors import CodetuneError
 from codetune.eval.metrics import edit_similarity, exact_match
 from codetune.eval.report import (
-    _CSS,
     CI_METHOD,
     _duration,
     _e,
+    _finish_page,
+    _page_head,
     _read_json,
     _read_rows,
     _table,
@@ -100,8 +101,7 @@ def write_text_report(
     metrics = {x: _read_json(eval_dir / x / "metrics.json") for x in labels}
     manifests = {x: _read_json(eval_dir / x / "manifest.json") for x in labels}
 
-    h = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"]
-    h.append(f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>")
+    h = _page_head(title)
     h.append(f'<p class="muted">generated {_e(time.strftime("%Y-%m-%d %H:%M:%S %z"))} · {len(ids)} examples')
     h.append(f" ({left_out} left out: not evaluated by every model)" if left_out else "")
     h.append(f" · baseline <b>{_e(base)}</b></p><ul>")
@@ -133,17 +133,11 @@ def write_text_report(
             h.append(f"<h3>Largest gains of {_e(x)}</h3>")
         for i in gains[:SHOWN_GAINS]:
             h.append(_case(i, {y: preds[y][i] for y in (base, x)}, {y: scores[y][i][0] for y in (base, x)}))
-    h.append(
-        f"<footer>Data: <code>{_e(eval_dir)}</code> ({', '.join(_e(x) for x in labels)})"
-        + (f" and <code>{_e(train_dir)}</code>" if train_dir is not None and plots else "")
-        + "; per-model numbers also in each folder's metrics.json. Edit similarity is 1 - Levenshtein"
-        + " distance / the longer length, per example. Confidence intervals: "
-        + f"{CI_METHOD.replace('tasks', 'examples')}.</footer></body></html>"
+    note = (
+        "per-model numbers also in each folder's metrics.json. Edit similarity is 1 - Levenshtein distance"
+        f" / the longer length, per example. Confidence intervals: {CI_METHOD.replace('tasks', 'examples')}."
     )
-    path = Path(out) if out is not None else eval_dir / "report.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(h), encoding="utf-8")
-    return path
+    return _finish_page(h, eval_dir, labels, train_dir if plots else None, note, out)
 
 
 def _scores_table(
