@@ -252,9 +252,7 @@ class EvalConfig:
     benchmark: str | None = None  # e.g. "humaneval"; None scores the prepared split
     select_from: list[str] = field(default_factory=list)  # labels pooled by sample-then-filter (row "filter")
     baseline: str | None = None  # the label others are compared with (default: base, else the first)
-    report: bool = (
-        True  # write report.html (and, for a benchmark, compare.json) over every model in output_dir
-    )
+    report: bool = True  # write report.html (a benchmark: also compare.json) over output_dir's models
 
 
 @dataclass

@@ -55,3 +55,27 @@ def test_the_results_table_never_cuts_a_figure_to_fit_the_terminal() -> None:
             assert f" {figure} " in text, (width, figure)
         if width >= 50:  # wide enough for the metric column and one model: every line fits
             assert max(map(len, text.splitlines())) <= width
+
+
+def test_a_report_that_cannot_be_made_is_said_and_the_evaluation_still_returns(
+    trained_run: Config, tmp_path: Path
+) -> None:
+    import dataclasses
+    import io
+
+    from rich.console import Console
+
+    out = tmp_path / "eval"
+    stale = out / "older-run"  # from another split: shares no example id with this one
+    stale.mkdir(parents=True)
+    (stale / "predictions.jsonl").write_text(
+        json.dumps({"id": "not-in-this-split", "prediction": "x", "reference": "y"}) + "\n"
+    )
+    cfg = dataclasses.replace(
+        trained_run, eval=dataclasses.replace(trained_run.eval, output_dir=str(out), max_examples=2)
+    )
+    said = io.StringIO()
+    report = evaluate(cfg, Console(file=said, width=200))
+    assert set(report.metrics) == {"base", "final"} and (out / "final" / "metrics.json").is_file()
+    assert not (out / "report.html").exists()
+    assert "report.html not written" in said.getvalue() and "share no example id" in said.getvalue()

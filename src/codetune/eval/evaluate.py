@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -87,7 +88,7 @@ def evaluate(cfg: Config, console: Console | None = None) -> Report:
     )
     _print_table(console, report)
     if cfg.eval.report:
-        write_split_report(cfg, out, console, curves_dir(cfg, list(report.models.values())))
+        _report_or_say_why(console, write_split_report, cfg, out, list(report.models.values()))
     return report
 
 
@@ -166,7 +167,7 @@ def _benchmark(cfg: Config, out: Path, console: Console) -> Report:
     write_json(out / "summary.json", {"models": report.models, "metrics": report.metrics})
     _print_table(console, report)
     if cfg.eval.report:
-        write_benchmark_report(cfg, out, console, curves_dir(cfg, list(report.models.values())))
+        _report_or_say_why(console, write_benchmark_report, cfg, out, list(report.models.values()))
     return report
 
 
@@ -212,8 +213,20 @@ def _dataframebench(cfg: Config, out: Path, console: Console) -> Report:
     write_json(out / "summary.json", {"models": report.models, "metrics": report.metrics})
     _print_table(console, report)
     if cfg.eval.report:
-        write_benchmark_report(cfg, out, console, curves_dir(cfg, list(report.models.values())))
+        _report_or_say_why(console, write_benchmark_report, cfg, out, list(report.models.values()))
     return report
+
+
+def _report_or_say_why(
+    console: Console, write: Callable[..., Path | None], cfg: Config, out: Path, models: list[str]
+) -> None:
+    """The report over every model folder in `out`; one that can't be made (e.g. an older folder there
+    from another split) is said, not raised: the evaluation itself is written by then."""
+    try:
+        write(cfg, out, console, curves_dir(cfg, models))
+    except CodetuneError as e:
+        console.print(f"[yellow]report.html not written[/yellow]: {e}")
+        console.print("  move the folders that don't belong aside, then run `codetune report CONFIG`")
 
 
 def training_run_of(model: str) -> Path | None:
