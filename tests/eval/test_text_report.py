@@ -24,7 +24,7 @@ def test_example_scores_are_edit_similarity_and_exact_match_per_example() -> Non
     assert scores["a"][0] == pytest.approx(100 * (1 - 2 / 10))  # exact match ignores whitespace, edits don't
 
 
-def _folder(root: Path, label: str, predictions: dict[str, str], model: str) -> None:
+def _folder(root: Path, label: str, predictions: dict[str, str], model: str, prompt: str = "task") -> None:
     folder = root / label
     folder.mkdir(parents=True)
     refs = {
@@ -34,7 +34,7 @@ def _folder(root: Path, label: str, predictions: dict[str, str], model: str) -> 
         "e9": "y",
     }
     rows = [
-        {"id": i, "prompt": f"task {i}", "reference": refs[i], "prediction": p, "finish_reason": "stop"}
+        {"id": i, "prompt": f"{prompt} {i}", "reference": refs[i], "prediction": p, "finish_reason": "stop"}
         for i, p in predictions.items()
     ]
     (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -54,6 +54,7 @@ def test_the_report_ranks_the_examples_that_moved_and_escapes_code(tmp_path: Pat
         "tuned",
         {"e1": "def f():\n    return 2\n", "e2": "def g(x):\n    return x < 2\n", "e3": "x = 3\n", "e9": "?"},
         "runs/x/final",
+        prompt="### task",
     )
     html = write_text_report(tmp_path, title="t").read_text()
     assert "3 examples (1 left out: not evaluated by every model)" in html
@@ -72,6 +73,8 @@ def test_the_report_ranks_the_examples_that_moved_and_escapes_code(tmp_path: Pat
         r"<td class=\"n\">2/3</td>",
         html,
     )
+    # the models were prompted differently: the prompt shown is said to be the baseline's
+    assert 'prompt (base&#x27;s)</div><pre class="short">task e1</pre>' in html
     assert "<code>runs/x/final</code>" in html and "generated in 30 s at 4.0 tokens/s" in html
 
 

@@ -62,9 +62,12 @@ def _load(folder: Path) -> dict[str, dict[str, Any]]:
 
 
 def _case(eid: str, rows: dict[str, dict[str, Any]], scores: dict[str, float]) -> str:
-    first = next(iter(rows.values()))
+    (first_label, first), *others = rows.items()
+    prompt = first.get("prompt", "")
+    # each model is prompted in its own format (chat template or not): say whose prompt is shown
+    whose = "" if all(r.get("prompt", "") == prompt for _, r in others) else f" ({first_label}'s)"
     out = [f'<div class="case"><h4><code>{_e(eid)}</code></h4>']
-    out.append(f'<div class="cap">prompt</div><pre class="short">{_e(first.get("prompt", ""))}</pre>')
+    out.append(f'<div class="cap">prompt{_e(whose)}</div><pre class="short">{_e(prompt)}</pre>')
     out.append(f'<div class="cap">reference</div><pre class="short">{_e(first.get("reference", ""))}</pre>')
     out.append('<div class="pair">')
     for label, row in rows.items():
