@@ -58,6 +58,7 @@ def test_the_report_ranks_the_examples_that_moved_and_escapes_code(tmp_path: Pat
     )
     html = write_text_report(tmp_path, title="t").read_text()
     assert "3 examples (1 left out: not evaluated by every model)" in html
+    assert "as each model measured them, over all of its own examples" in html
     assert "edit similarity fell on 1 examples, rose on 1, was equal on 1" in html
     drops = html[html.index("Largest drops") : html.index("Largest gains")]
     gains = html[html.index("Largest gains") :]

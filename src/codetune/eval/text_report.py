@@ -118,6 +118,9 @@ def write_text_report(
         h.append(f"<li><b>{_e(x)}</b>: {' · '.join(parts)}</li>")
     h.append("</ul><h2>Scores</h2>")
     h.append(_scores_table(labels, base, ids, scores, metrics))
+    if left_out:
+        h.append('<p class="muted">BLEU and the other corpus scores are as each model measured them, over')
+        h.append(" all of its own examples; the other columns are over the shared ones.</p>")
     plots = training_plots(train_dir)
     if plots:
         h.append(f'<h2>Training</h2><div class="plots">{"".join(plots)}</div>')
