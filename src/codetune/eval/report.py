@@ -5,6 +5,7 @@
     paired_bootstrap(a, b)      (mean(b) - mean(a), lo, hi): both resampled with the same task indices
     compare(eval_dir)           per-model pass@1 + CI, delta vs a baseline, fixed/broken tasks -> compare.json
     write_report(eval_dir)      report.html: tables, base64 PNG plots, regressions side by side
+    training_plots(train_dir)   a training run's loss (and validation pass@1) curves as inline PNGs
 
 Per-task pass@1 is c/n (the row's "pass@1" when present); a task is "fixed" when its pass@1 rose over the
 baseline's and "broken" when it fell.
