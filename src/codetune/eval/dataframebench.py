@@ -415,9 +415,10 @@ def _inline_helper(code: str, entry_point: str) -> str | None:
             bound[name] = defaults[name]
     # scopes: what the helper binds must not be read by the wrapper after the call (or be a wrapper
     # name the call's arguments still need), and no global the helper reads may be a wrapper local
+    stored = {n.id for n in own_scope if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store | ast.Del)}
     helper_binds = (
         set(params)
-        | {n.id for n in own_scope if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store | ast.Del)}
+        | stored
         | {
             a.asname or a.name.split(".")[0]
             for n in own_scope
@@ -428,7 +429,6 @@ def _inline_helper(code: str, entry_point: str) -> str | None:
     helper_binds |= {n.name for n in own_scope if isinstance(n, ast.FunctionDef | ast.ClassDef)}
     # a parameter that gets the wrapper's variable of the same name and is never rebound in the helper
     # binds nothing new: the wrapper may read it after the call
-    stored = {n.id for n in own_scope if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store | ast.Del)}
     shared = {
         name
         for name, value in bound.items()
@@ -592,18 +592,18 @@ def _guards_as_branches(code: str, entry_point: str) -> str | None:
         return None
     indent = " " * helper.body[0].col_offset
 
+    def shifted(first: int, last: int, extra: str) -> list[str]:  # 1-based line range, inclusive
+        return [extra + line if line.strip() else "" for line in lines[first - 1 : last]]
+
     def assigned(ret: ast.Return, extra: str) -> list[str]:
         first = ret.lineno - 1
         text = lines[first][ret.col_offset :]
         value = text[len("return") :].lstrip() if ret.value is not None else "None"
         head = lines[first][: ret.col_offset]
-        rest = lines[first + 1 : ret.end_lineno or ret.lineno]
+        rest = shifted(ret.lineno + 1, ret.end_lineno or ret.lineno, extra)
         if not rest and value.replace(" ", "") == var.replace(" ", ""):
             return []  # not `df, ax = df, ax`
-        return [extra + f"{head}{var} = {value}", *(extra + line if line.strip() else "" for line in rest)]
-
-    def shifted(first: int, last: int, extra: str) -> list[str]:  # 1-based line range, inclusive
-        return [extra + line if line.strip() else "" for line in lines[first - 1 : last]]
+        return [extra + f"{head}{var} = {value}", *rest]
 
     out: list[str] = []
     else_lines: list[int] = []  # where in `out` each `else:` is
