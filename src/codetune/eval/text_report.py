@@ -25,7 +25,7 @@ from codetune.eval.report import (
     _finish_page,
     _page_head,
     _read_json,
-    _read_rows,
+    _rows_by,
     _table,
     bootstrap_mean_ci,
     paired_bootstrap,
@@ -48,16 +48,6 @@ def example_scores(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[float, flo
     for row in rows:
         pred, ref = [str(row.get("prediction", ""))], [str(row.get("reference", ""))]
         out[str(row["id"])] = (edit_similarity(pred, ref), exact_match(pred, ref) / 100.0)
-    return out
-
-
-def _load(folder: Path) -> dict[str, dict[str, Any]]:
-    path = folder / "predictions.jsonl"
-    out = {}
-    for i, row in enumerate(_read_rows(path), 1):
-        if "id" not in row:
-            raise CodetuneError(f"{path} row {i}: no id")
-        out[str(row["id"])] = row
     return out
 
 
@@ -95,7 +85,7 @@ def write_text_report(
         raise CodetuneError(f"{eval_dir}: no sub-folder holds a predictions.jsonl; evaluate first")
     base = baseline if baseline in labels else ("base" if "base" in labels else labels[0])
     labels = [base, *[x for x in labels if x != base]]
-    preds = {x: _load(eval_dir / x) for x in labels}
+    preds = {x: _rows_by(eval_dir / x / "predictions.jsonl", "id") for x in labels}
     ids = [i for i in preds[base] if all(i in preds[x] for x in labels)]
     if not ids:
         raise CodetuneError(f"{eval_dir}: the models share no example id; were they evaluated on one split?")
