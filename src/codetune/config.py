@@ -166,6 +166,9 @@ class ModelConfig:
     revision: str | None = None
     dropout: float | None = None  # overrides the model config's dropout when set
     trust_remote_code: bool = False
+    # auto: flash_attention_2 on CUDA in bf16/fp16 where the flash-attn package is installed, else PyTorch
+    # SDPA where the model supports it, else eager
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = "auto"
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
 
 
@@ -220,6 +223,9 @@ class TrainConfig:
     eval_backend: Literal["auto", "hf", "llamacpp"] = "auto"
     select_by: Literal["auto", "valid_loss", "pass@1"] = "auto"  # auto: pass@1 when eval_benchmark is set
     tensorboard: bool = True  # write {output_dir}/tensorboard (needs the tensorboard package)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: cuda, else mps, else cpu
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 / fp16 on GPUs, fp32 on CPU
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory)
     lora: LoraSettings = field(default_factory=LoraSettings)
 
 
@@ -238,6 +244,8 @@ class GenerateConfig:
     stop: list[str] = field(default_factory=list)
     batch_size: int = 8
     threads: int | None = None
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # transformers backend; auto: cuda, mps, cpu
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # weights' dtype; auto: bf16/fp16 on GPUs
 
 
 @dataclass
@@ -253,6 +261,7 @@ class EvalConfig:
     select_from: list[str] = field(default_factory=list)  # labels pooled by sample-then-filter (row "filter")
     baseline: str | None = None  # the label others are compared with (default: base, else the first)
     report: bool = True  # write report.html (a benchmark: also compare.json) over output_dir's models
+    workers: int = 1  # generation processes on this machine (each loads the model); results merge by id
 
 
 @dataclass
@@ -517,6 +526,8 @@ FIELD_HELP: dict[str, str] = {
     "model.revision": "hub revision",
     "model.dropout": "override the model's dropout",
     "model.trust_remote_code": "allow model code from the hub",
+    "model.attn_implementation": "auto | sdpa | flash_attention_2 | eager (auto: flash attention on a GPU "
+    "in bf16/fp16 where flash-attn is installed, else PyTorch SDPA where the model has it, else eager)",
     "model.tiny": "sizes of the tiny presets: vocab_size, hidden_size, num_layers, num_heads, ...",
     "prompt.style": "plain (template text) or chat (the model's chat template around the template)",
     "prompt.template": "prompt text with {nl} for the description",
@@ -552,6 +563,13 @@ FIELD_HELP: dict[str, str] = {
     "train.tensorboard": "write TensorBoard event files to {output_dir}/tensorboard",
     "train.resume": "continue from the latest checkpoint in output_dir",
     "train.max_valid_examples": "cap on validation examples",
+    "train.device": "auto | cpu | cuda | mps (auto: cuda, else mps, else cpu); under accelerate launch or "
+    "torchrun each process takes its own GPU",
+    "train.precision": "auto | fp32 | bf16 | fp16: mixed precision (autocast; trainable weights stay fp32, a "
+    "LoRA's frozen base is loaded in the 16-bit type). auto: bf16 on GPUs that have it, fp16 with loss "
+    "scaling on older GPUs, fp32 on CPU and MPS",
+    "train.gradient_checkpointing": "recompute activations during the backward pass: less memory, ~30% "
+    "more compute",
     "train.lora": "LoRA: {enabled, r, alpha, dropout, target_modules, top_layers (adapt only the last N blocks: "
     "backpropagation stops below them)}",
     "generate.backend": "hf (transformers) or llamacpp (GGUF)",
@@ -565,6 +583,9 @@ FIELD_HELP: dict[str, str] = {
     "generate.stop": "stop sequences",
     "generate.batch_size": "prompts per batch (greedy)",
     "generate.threads": "CPU threads (llamacpp)",
+    "generate.device": "transformers backend: auto | cpu | cuda | mps (auto: cuda, else mps, else cpu)",
+    "generate.precision": "transformers backend: auto | fp32 | bf16 | fp16, the weights' dtype "
+    "(auto: bf16 on GPUs that have it, else fp16; fp32 on CPU and MPS)",
     "eval.models": "models to compare, as label=path or path (default: the trained base and final)",
     "eval.output_dir": "predictions, metrics, summary.json and manifest.json",
     "eval.data_dir": "prepared data folder (default: data.output_dir)",
@@ -577,6 +598,9 @@ FIELD_HELP: dict[str, str] = {
     "eval.baseline": "label the others are compared with in compare.json and report.html (default: base)",
     "eval.report": "write report.html over every model folder in output_dir (bootstrap CIs, the largest "
     "changes against eval.baseline); after a benchmark also compare.json (fixed/broken tasks)",
+    "eval.workers": "generation processes on this machine, each with its own copy of the model; prompts "
+    "go out in fixed batches and results merge in order, so 1, 2 or 4 workers give the same results. "
+    "Under accelerate launch / torchrun the ranks share the batches instead",
     "serve.host": "address to bind (127.0.0.1: this machine only; 0.0.0.0 exposes the server: set API keys)",
     "serve.port": "TCP port",
     "serve.models": "models to serve as name=path (or a {name: path} mapping); a path is a model folder, "

@@ -95,15 +95,33 @@ def _set_dropout(model: Any, p: float) -> None:
 
 
 def load_pretrained(
-    source: str, kind: Kind, revision: str | None = None, trust_remote_code: bool = False
+    source: str,
+    kind: Kind,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str | None = None,
 ) -> Any:
+    """Weights loaded straight into `dtype`. `attn_implementation` sdpa falls back to eager (with a
+    note) for a model that has no SDPA path; flash_attention_2 or eager asked for explicitly must work."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     cls = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
+    kwargs: dict[str, Any] = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        return cls.from_pretrained(
-            source, revision=revision, dtype=torch.float32, trust_remote_code=trust_remote_code
-        )
+        try:
+            return cls.from_pretrained(
+                source, revision=revision, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs
+            )
+        except ValueError as e:
+            if attn_implementation != "sdpa" or "sdpa" not in str(e).lower():
+                raise CodetuneError(
+                    f"model {source!r}: attn_implementation={attn_implementation}: {str(e).splitlines()[0]}"
+                ) from e
+            warnings.warn(f"model {source!r} has no SDPA attention; using eager attention", stacklevel=2)
+            return cls.from_pretrained(
+                source, revision=revision, dtype=dtype, trust_remote_code=trust_remote_code
+            )
     except OSError as e:
         raise CodetuneError(f"model {source!r}: cannot load weights ({str(e).splitlines()[0]})") from e
 
@@ -160,8 +178,15 @@ def build_encoder_decoder(
     return model, tok
 
 
-def load_for_training(cfg: ModelConfig, texts: list[str]) -> tuple[Any, Any, Kind, str]:
+def load_for_training(
+    cfg: ModelConfig,
+    texts: list[str],
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str | None = None,
+) -> tuple[Any, Any, Kind, str]:
     """Model, tokenizer, kind and a reference to the base (name/folder; "" for presets, saved later).
+
+    A pretrained model's weights load straight into `dtype`; presets are built in fp32.
 
     Presets train their tokenizer on `texts`. `encoder-decoder:<encoder>` warm-starts a seq2seq model
     from an encoder-only one (its random cross-attention makes it a new base, saved like a preset).
@@ -184,7 +209,7 @@ def load_for_training(cfg: ModelConfig, texts: list[str]) -> tuple[Any, Any, Kin
         return build_tiny_model(cfg.name, tok, cfg.tiny, cfg.dropout), tok, preset_kind, ""
     source = resolve_source(cfg.name)
     kind: Kind = _auto_kind(source, cfg.revision, cfg.trust_remote_code) if cfg.kind == "auto" else cfg.kind
-    model = load_pretrained(source, kind, cfg.revision, cfg.trust_remote_code)
+    model = load_pretrained(source, kind, cfg.revision, cfg.trust_remote_code, dtype, attn_implementation)
     if cfg.dropout is not None:
         _set_dropout(model, cfg.dropout)
     tok = load_tokenizer(source, cfg.revision, cfg.trust_remote_code)
@@ -268,8 +293,11 @@ def load_trainable(model: Any, folder: Path) -> None:
             params[k].copy_(v)
 
 
-def load_for_inference(name: str) -> tuple[Any, Any, Kind, dict[str, Any]]:
-    """Model (eval mode), tokenizer, kind and meta for a trained folder, checkpoint, pack or hub name."""
+def load_for_inference(
+    name: str, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None
+) -> tuple[Any, Any, Kind, dict[str, Any]]:
+    """Model (eval mode, in `dtype`, on the CPU), tokenizer, kind and meta for a trained folder,
+    checkpoint, pack or hub name. A LoRA adapter is merged into its base."""
     quiet_transformers()
     folder = Path(name)
     meta = read_meta(folder) if folder.is_dir() else {}
@@ -279,7 +307,7 @@ def load_for_inference(name: str) -> tuple[Any, Any, Kind, dict[str, Any]]:
         if not base:
             raise CodetuneError(f"{folder}/{META_FILE}: no base_model recorded; cannot load this adapter")
         kind: Kind = meta.get("kind", "causal")
-        model = load_pretrained(resolve_source(base), kind)
+        model = load_pretrained(resolve_source(base), kind, dtype=dtype, attn_implementation=attn_implementation)
         tok = load_tokenizer(str(folder) if (folder / "tokenizer_config.json").is_file() else base)
         if fmt == "lora":
             from peft import PeftModel
@@ -295,7 +323,7 @@ def load_for_inference(name: str) -> tuple[Any, Any, Kind, dict[str, Any]]:
     else:
         source = resolve_source(name)
         kind = meta.get("kind") or _auto_kind(source, None, False)
-        model = load_pretrained(source, kind)
+        model = load_pretrained(source, kind, dtype=dtype, attn_implementation=attn_implementation)
         tok = load_tokenizer(source)
     model.eval()
     return model, tok, kind, meta
