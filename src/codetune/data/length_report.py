@@ -141,7 +141,7 @@ def load_report_tokenizer(name: str, cfg: Config, texts: list[str]) -> Any:
 
 def length_report(splits: dict[str, list[Example]], cfg: Config, tokenizer: Any) -> dict[str, Any]:
     """Per split: distributions of prompt / completion / total tokens, a histogram, policy costs."""
-    from codetune.training.loop import chat_renderer
+    from codetune.training.batches import chat_renderer
 
     render = chat_renderer(tokenizer)
     max_length = cfg.data.length_report.max_length or cfg.train.max_length

@@ -307,7 +307,9 @@ def load_for_inference(
         if not base:
             raise CodetuneError(f"{folder}/{META_FILE}: no base_model recorded; cannot load this adapter")
         kind: Kind = meta.get("kind", "causal")
-        model = load_pretrained(resolve_source(base), kind, dtype=dtype, attn_implementation=attn_implementation)
+        model = load_pretrained(
+            resolve_source(base), kind, dtype=dtype, attn_implementation=attn_implementation
+        )
         tok = load_tokenizer(str(folder) if (folder / "tokenizer_config.json").is_file() else base)
         if fmt == "lora":
             from peft import PeftModel

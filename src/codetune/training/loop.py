@@ -1,4 +1,11 @@
-"""The `train` stage: fine-tune on the prepared train split, validate, checkpoint, resume exactly."""
+"""The `train` stage: fine-tune on the prepared train split, validate, checkpoint, resume exactly.
+
+The loop runs on Accelerate's `Accelerator`, so the same `codetune train CONFIG` runs on a CPU, a GPU,
+and under `accelerate launch` / `torchrun` on several GPUs or machines (DDP, FSDP, DeepSpeed). Each
+process takes `train.batch_size` examples of every global micro-batch (`batch_size` x processes), and
+an optimizer step's loss is normalised by the label tokens of the whole global step, so a step's loss
+and update are the same whatever the number of processes. Only the main process writes files.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,82 +23,47 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from codetune.config import Config, config_to_dict, save_config
-from codetune.data.fim import FimEncoder
-from codetune.data.format import (
-    IGNORE_INDEX,
-    Encoded,
-    LengthAudit,
-    audit_lengths,
-    build_answer,
-    build_prompt,
-    encode_causal,
-    encode_seq2seq,
-)
+from codetune.data.format import IGNORE_INDEX, Encoded, LengthAudit, audit_lengths
 from codetune.data.records import Example
+from codetune.devices import Runtime, attention_implementation, resolve_runtime
 from codetune.errors import CodetuneError
 from codetune.manifest import read_jsonl, sha256_file, write_json, write_manifest
 from codetune.models.loading import Kind, apply_lora, load_for_training, load_pretrained, meta_for, write_meta
+from codetune.training.batches import (
+    StepSampler,
+    chat_renderer,
+    collate,
+    collator,
+    encode_examples,
+    label_tokens,
+    read_split,
+)
 from codetune.training.checkpoint import (
     list_checkpoints,
     load_checkpoint,
+    load_optimizer_state,
+    optimizer_state,
     rotate_checkpoints,
     save_checkpoint,
+    trainable_state,
 )
 from codetune.training.exec_eval import better, make_exec_eval, run_exec_eval
+
+# Re-exported: the data side lived here before codetune.training.batches.
+__all__ = ["chat_renderer", "collate", "encode_examples", "read_split", "token_loss_sum", "train"]
 
 StepCallback = Callable[[int, float], None]
 
 
-# --- data -------------------------------------------------------------------------------------
+# --- loss -------------------------------------------------------------------------------------
 
 
-def read_split(data_dir: Path, split: str) -> list[Example]:
-    path = data_dir / f"{split}.jsonl"
-    if not path.is_file():
-        raise CodetuneError(f"{path} not found: run `codetune prepare` first (or set train.data_dir)")
-    return [Example.from_dict(d) for d in read_jsonl(path)]
+def token_loss_sum(
+    model: Any, batch: dict[str, torch.Tensor], kind: Kind, logits_to_keep: bool | None = None
+) -> tuple[torch.Tensor, int]:
+    """Sum of cross-entropy over the label tokens of a batch, and how many there are.
 
-
-def chat_renderer(tokenizer: Any) -> Callable[[list[dict[str, str]]], str] | None:
-    if not getattr(tokenizer, "chat_template", None):
-        return None
-
-    def render(messages: list[dict[str, str]]) -> str:
-        return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-
-    return render
-
-
-def encode_examples(examples: Sequence[Example], cfg: Config, tokenizer: Any, kind: Kind) -> list[Encoded]:
-    render = chat_renderer(tokenizer)
-    encode = encode_seq2seq if kind == "seq2seq" else encode_causal
-    fim = FimEncoder(tokenizer)  # FIM samples (meta.fim): the model's infilling prompt, loss on the middle
-    return [
-        fim.encode(ex.id, ex.meta["fim"], kind)
-        if "fim" in ex.meta
-        else encode(
-            ex.id, build_prompt(ex.nl, cfg.prompt, render), build_answer(ex.code, cfg.prompt), tokenizer
-        )
-        for ex in examples
-    ]
-
-
-def collate(items: Sequence[Encoded], pad_id: int, kind: Kind) -> dict[str, torch.Tensor]:
-    """Right-pad a micro-batch. Labels are padded with IGNORE_INDEX."""
-    width = max(len(e.input_ids) for e in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    lwidth = width if kind == "causal" else max(len(e.labels) for e in items)
-    labels = torch.full((len(items), lwidth), IGNORE_INDEX, dtype=torch.long)
-    for i, e in enumerate(items):
-        ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
-        mask[i, : len(e.input_ids)] = 1
-        labels[i, : len(e.labels)] = torch.tensor(e.labels)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def token_loss_sum(model: Any, batch: dict[str, torch.Tensor], kind: Kind) -> tuple[torch.Tensor, int]:
-    """Sum of cross-entropy over the label tokens of a batch, and how many there are."""
+    `logits_to_keep`: whether the model's forward takes it (looked up when None)."""
     labels = batch["labels"]
     if kind == "seq2seq":
         logits = model(
@@ -102,7 +75,9 @@ def token_loss_sum(model: Any, batch: dict[str, torch.Tensor], kind: Kind) -> tu
         # vocabulary (Qwen: 152k) the LM head over the prompt tokens is most of the step's cost.
         needed = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().flatten()  # (K,)
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        if _accepts_logits_to_keep(model):
+        if logits_to_keep is None:
+            logits_to_keep = accepts_logits_to_keep(model)
+        if logits_to_keep:
             logits = model(**inputs, logits_to_keep=needed).logits  # (B, K, V)
         else:
             logits = model(**inputs).logits[:, needed]  # (B, K, V)
@@ -116,49 +91,76 @@ def token_loss_sum(model: Any, batch: dict[str, torch.Tensor], kind: Kind) -> tu
     return loss, int((target != IGNORE_INDEX).sum())
 
 
-def _accepts_logits_to_keep(model: Any) -> bool:
+def accepts_logits_to_keep(model: Any) -> bool:
     import inspect
 
+    model = getattr(model, "module", model)  # DistributedDataParallel
     forward = model.get_base_model().forward if hasattr(model, "get_base_model") else model.forward
     return "logits_to_keep" in inspect.signature(forward).parameters
 
 
+def _on(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 @torch.no_grad()
-def validation_loss(model: Any, items: Sequence[Encoded], pad_id: int, kind: Kind, batch_size: int) -> float:
-    """Mean per-token loss on `items`. Uses no random numbers (the RNG state is left untouched)."""
+def validation_loss(
+    model: Any, items: Sequence[Encoded], pad_id: int, kind: Kind, batch_size: int, accelerator: Any = None
+) -> float:
+    """Mean per-token loss on `items`, shared out over the processes (each runs the same number of
+    forward passes, as FSDP needs) and summed across them. Leaves the RNG state untouched."""
     if not items:
         return float("nan")
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    device = accelerator.device if accelerator else next(model.parameters()).device
+    keep = accepts_logits_to_keep(model) if kind == "causal" else False
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
-    with torch.random.fork_rng():
-        for i in range(0, len(items), batch_size):
-            loss, n = token_loss_sum(model, collate(items[i : i + batch_size], pad_id, kind), kind)
-            total += float(loss)
-            count += n
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # (loss sum, label tokens)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for start in range(0, len(items), batch_size * world):
+            mine = items[start + rank * batch_size : start + (rank + 1) * batch_size]
+            loss, n = token_loss_sum(model, _on(collate(mine or items[:1], pad_id, kind), device), kind, keep)
+            if mine:  # an empty share still runs a forward pass (collectives), counted as nothing
+                sums += torch.tensor([float(loss), n], dtype=torch.float64, device=device)
+    if world > 1:
+        sums = accelerator.reduce(sums, reduction="sum")
     model.train(was_training)
-    return total / max(count, 1)
+    return float(sums[0] / max(float(sums[1]), 1.0))
 
 
-class MicroBatches:
-    """A deterministic stream of micro-batches over epochs: epoch e uses a permutation seeded by
-    (seed, e), so micro-batch m is the same whether or not the run was interrupted before it."""
-
-    def __init__(self, items: Sequence[Encoded], batch_size: int, seed: int) -> None:
-        self.items, self.batch_size, self.seed = items, batch_size, seed
-        self.per_epoch = math.ceil(len(items) / batch_size)
-        self._perm: tuple[int, list[int]] | None = None
-
-    def get(self, m: int) -> list[Encoded]:
-        epoch, pos = divmod(m, self.per_epoch)
-        if self._perm is None or self._perm[0] != epoch:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._perm = (epoch, torch.randperm(len(self.items), generator=g).tolist())
-        idx = self._perm[1][pos * self.batch_size : (pos + 1) * self.batch_size]
-        return [self.items[i] for i in idx]
+# --- set-up -----------------------------------------------------------------------------------
 
 
-# --- model set-up -----------------------------------------------------------------------------
+def _accelerator(runtime: Runtime, grad_accum: int) -> Any:
+    """Accelerate's engine for this run. Gradient accumulation follows a plain micro-batch count; the
+    data loader is split per global batch (every process gets its slice of each micro-batch)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin
+
+    # Accelerate keeps its settings in process-wide singletons; a second train() in one process (tests,
+    # notebooks) may ask for another precision. The distributed set-up itself (PartialState) is kept.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+    accelerator = Accelerator(
+        cpu=runtime.device == "cpu",
+        mixed_precision=runtime.mixed_precision,
+        gradient_accumulation_plugin=GradientAccumulationPlugin(
+            num_steps=grad_accum, sync_with_dataloader=False
+        ),
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+    )
+    if accelerator.device.type != runtime.device:
+        raise CodetuneError(
+            f"train.device={runtime.requested_device} resolved to {runtime.device}, but Accelerate runs on "
+            f"{accelerator.device}; check the accelerate config (use_cpu) or set train.device explicitly"
+        )
+    return accelerator
+
+
+def _is_fsdp(accelerator: Any) -> bool:
+    return str(accelerator.distributed_type).endswith("FSDP")
 
 
 def _optimizer(model: Any, cfg: Config) -> torch.optim.Optimizer:
@@ -176,37 +178,54 @@ def _optimizer(model: Any, cfg: Config) -> torch.optim.Optimizer:
 
 
 def _prepare_model(
-    cfg: Config, out: Path, train_ex: Sequence[Example], resuming: bool
+    cfg: Config, out: Path, train_ex: Sequence[Example], resuming: bool, runtime: Runtime, accelerator: Any
 ) -> tuple[Any, Any, Kind, str]:
-    """Load (or on resume, reload) the base model; presets are saved to `out/base` once."""
+    """Load (or on resume, reload) the base model; presets are saved to `out/base` once (by the main
+    process; every process builds the same one from the same seeds). With LoRA on a GPU the frozen
+    base is loaded straight into the training precision; trainable weights stay fp32."""
     base_dir = out / "base"
     fresh_base = cfg.model.name in ("tiny", "tiny-t5") or cfg.model.name.startswith("encoder-decoder:")
+    dtype = runtime.dtype if (cfg.train.lora.enabled and runtime.device != "cpu") else torch.float32
+    attn = attention_implementation(cfg.model.attn_implementation, runtime)
     if resuming and fresh_base and base_dir.is_dir():
         from codetune.models.loading import load_tokenizer, read_meta
 
         kind: Kind = read_meta(base_dir)["kind"]
-        return load_pretrained(str(base_dir), kind), load_tokenizer(str(base_dir)), kind, str(base_dir)
+        model = load_pretrained(str(base_dir), kind, dtype=dtype, attn_implementation=attn)
+        return model, load_tokenizer(str(base_dir)), kind, str(base_dir)
     texts = [ex.nl for ex in train_ex] + [ex.code for ex in train_ex] + [cfg.prompt.template]
-    model, tok, kind, base_ref = load_for_training(cfg.model, texts)
+    model, tok, kind, base_ref = load_for_training(cfg.model, texts, dtype, attn)
     if base_ref == "":  # a preset: keep the initial model so "before" can be evaluated and resume reloads it
-        model.save_pretrained(str(base_dir))
-        tok.save_pretrained(str(base_dir))
-        write_meta(base_dir, **meta_for(kind, cfg.prompt, "full", "", None))
+        if accelerator.is_main_process:
+            model.save_pretrained(str(base_dir))
+            tok.save_pretrained(str(base_dir))
+            write_meta(base_dir, **meta_for(kind, cfg.prompt, "full", "", None))
+        accelerator.wait_for_everyone()
         base_ref = str(base_dir)
     return model, tok, kind, base_ref
 
 
-def export_model(model: Any, tokenizer: Any, folder: Path, meta: dict[str, Any]) -> None:
+def export_model(
+    model: Any, tokenizer: Any, folder: Path, meta: dict[str, Any], state_dict: dict[str, Any] | None = None
+) -> None:
     """A loadable model folder: full weights (or a LoRA adapter), tokenizer, codetune.json."""
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(str(tmp))
+    model.save_pretrained(str(tmp), **({"state_dict": state_dict} if state_dict is not None else {}))
     tokenizer.save_pretrained(str(tmp))
     write_meta(tmp, **meta)
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
+
+
+def _export(accelerator: Any, model: Any, tokenizer: Any, folder: Path, meta: dict[str, Any]) -> None:
+    """`export_model` from the main process; under FSDP every process first helps gather the weights."""
+    state = accelerator.get_state_dict(model) if _is_fsdp(accelerator) else None
+    if accelerator.is_main_process:
+        export_model(accelerator.unwrap_model(model), tokenizer, folder, meta, state)
+    accelerator.wait_for_everyone()
 
 
 def _report_audit(console: Console, name: str, audit: LengthAudit) -> None:
@@ -230,8 +249,12 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
 
     Returns the output folder. `on_step(step, loss)` is called after every optimizer step.
     """
-    console = console or Console(stderr=True)
     t = cfg.train
+    runtime = resolve_runtime(t.device, t.precision, "train")
+    accelerator = _accelerator(runtime, t.grad_accum)
+    main = accelerator.is_main_process
+    console = (console or Console(stderr=True)) if main else Console(quiet=True)  # logs from rank 0
+    world = accelerator.num_processes
     out = Path(t.output_dir)
     existing = list_checkpoints(out)
     if existing and not t.resume:
@@ -241,16 +264,18 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
         )
     ckpt = existing[-1] if (existing and t.resume) else None
     torch.manual_seed(t.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
 
+    # --- data and model
     train_ex = read_split(cfg.train_data_dir, "train")
     valid_ex = (
         read_split(cfg.train_data_dir, "valid")[: t.max_valid_examples]
         if (cfg.train_data_dir / "valid.jsonl").is_file()
         else []
     )
-    model, tok, kind, base_ref = _prepare_model(cfg, out, train_ex, resuming=ckpt is not None)
+    model, tok, kind, base_ref = _prepare_model(cfg, out, train_ex, ckpt is not None, runtime, accelerator)
     train_items, train_audit = audit_lengths(
         encode_examples(train_ex, cfg, tok, kind), kind, t.max_length, t.max_target_length, t.length_policy
     )
@@ -259,12 +284,21 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
     )
     _report_audit(console, "train", train_audit)
     _report_audit(console, "valid", valid_audit)
-    write_json(out / "length_audit.json", {"train": train_audit.to_dict(), "valid": valid_audit.to_dict()})
+    if main:
+        write_json(
+            out / "length_audit.json", {"train": train_audit.to_dict(), "valid": valid_audit.to_dict()}
+        )
     if not train_items:
         raise CodetuneError(
             f"no training examples fit train.max_length={t.max_length}; see {out}/length_audit.json"
         )
-
+    if t.gradient_checkpointing:
+        kwargs = {"use_reentrant": False}  # non-reentrant: frozen inputs (LoRA) need no requires_grad hook
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        model.config.use_cache = False
     if t.lora.enabled:
         model = apply_lora(model, t.lora, kind)
     lora = t.lora if t.lora.enabled else None
@@ -272,15 +306,22 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
     model_meta = meta_for(kind, cfg.prompt, "lora" if lora else "full", base_ref, lora)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total_params = sum(p.numel() for p in model.parameters())
+    keep_logits = kind == "causal" and accepts_logits_to_keep(model)
 
-    batches = MicroBatches(train_items, t.batch_size, t.seed)
-    steps_per_epoch = math.ceil(batches.per_epoch / t.grad_accum)
+    # --- schedule, optimizer, state (restored before Accelerate wraps anything)
+    global_batch = t.batch_size * world
+    steps_per_epoch = math.ceil(len(train_items) / (global_batch * t.grad_accum))
     total_steps = t.max_steps if t.max_steps is not None else max(1, math.ceil(t.epochs * steps_per_epoch))
     optimizer = _optimizer(model, cfg)
     from transformers import get_cosine_schedule_with_warmup
 
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(t.warmup_ratio * total_steps), total_steps)
     exec_eval = make_exec_eval(cfg)
+    if exec_eval is not None and _is_fsdp(accelerator):
+        raise CodetuneError(
+            "train.eval_benchmark generates with the whole model on the main process, which FSDP shards; "
+            "unset it under FSDP (use DDP, or evaluate the checkpoints with codetune evaluate)"
+        )
     select_by = t.select_by if t.select_by != "auto" else ("pass@1" if exec_eval else "valid_loss")
     if select_by == "pass@1" and exec_eval is None:
         raise CodetuneError("train.select_by=pass@1 needs train.eval_benchmark (e.g. dataframebench/val)")
@@ -292,20 +333,58 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
         "bad_evals": 0,
         "tokens": 0,
     }
+    rng = None
     if ckpt is not None:
-        state = load_checkpoint(ckpt, model, optimizer, scheduler)
+        state, rng = load_checkpoint(ckpt, model, scheduler)
         if state.get("best") is None and state.get("best_valid_loss") is not None:
             state["best"] = {"valid_loss": state["best_valid_loss"], "pass@1": None}
+        if state.get("global_batch", global_batch) != global_batch:
+            console.print(
+                f"  [yellow]the checkpoint was written with a global batch of {state['global_batch']} "
+                f"examples, this run has {global_batch} (batch_size x processes): the data continues "
+                "from the same example, in steps of the new size[/yellow]"
+            )
+    start = state.get("examples_seen", state["step"] * t.grad_accum * global_batch)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    loader: Any = torch.utils.data.DataLoader(
+        train_items,  # type: ignore[arg-type]
+        batch_sampler=StepSampler(
+            len(train_items), global_batch, t.seed, start, (total_steps - state["step"]) * t.grad_accum
+        ),
+        collate_fn=collator(pad_id, kind),
+        generator=torch.Generator().manual_seed(t.seed),  # its per-iterator seed draw leaves the global RNG be
+    )
+    model, optimizer, scheduler, loader = accelerator.prepare(model, optimizer, scheduler, loader)
+    if ckpt is not None:
+        load_optimizer_state(ckpt, model, optimizer.optimizer)
         console.print(f"  resumed from {ckpt} (step {state['step']})")
+    if rng is not None:
+        rng.restore()
+    runtime_info = {
+        **runtime.to_dict(),
+        "distributed_type": str(accelerator.distributed_type),
+        "processes": world,
+        "global_batch": global_batch * t.grad_accum,
+        "attn_implementation": getattr(accelerator.unwrap_model(model).config, "_attn_implementation", None),
+        "gradient_checkpointing": t.gradient_checkpointing,
+    }
     console.print(
         f"[bold]train[/bold]: {kind} model {cfg.model.name} ({trainable:,} trainable of {total_params:,} params"
-        f"{', LoRA r=' + str(t.lora.r) if lora else ''}); {len(train_items)} examples, {total_steps} steps"
+        f"{', LoRA r=' + str(t.lora.r) if lora else ''}); {len(train_items)} examples, {total_steps} steps\n"
+        f"  runtime: {runtime.describe()}; {runtime_info['distributed_type']} x {world} process(es); "
+        f"global batch {global_batch} x {t.grad_accum} accumulation; attention "
+        f"{runtime_info['attn_implementation']}; gradient checkpointing {'on' if t.gradient_checkpointing else 'off'}"
     )
 
+    run = _Run(accelerator, model, tok, kind, cfg, out, model_meta, ckpt_meta, base_ref)
     metrics_path = out / "metrics.jsonl"
-    _truncate_metrics(metrics_path, state["step"])  # rows after the checkpoint belong to the lost tail
-    board = _tensorboard(out, state["step"], console) if t.tensorboard else None
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    board = None
+    if main:
+        _truncate_metrics(metrics_path, state["step"])  # rows after the checkpoint belong to the lost tail
+        board = _tensorboard(out, state["step"], console) if t.tensorboard else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    batches = iter(loader)
+    first_step = state["step"]
     model.train()
     started = time.perf_counter()
     tokens_this_run = 0
@@ -322,42 +401,44 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
     ) as progress:
         task = progress.add_task("train", total=total_steps, completed=state["step"], loss="-", tps="-")
         while state["step"] < total_steps:
-            # forward/backward over grad_accum micro-batches, loss normalised by the step's label tokens
-            micro = [batches.get(state["step"] * t.grad_accum + j) for j in range(t.grad_accum)]
-            micro = [m for m in micro if m]
-            batch_list = [collate(m, pad_id, kind) for m in micro]
-            n_label = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batch_list)
-            step_loss = 0.0
-            for b in batch_list:
-                loss_sum, _ = token_loss_sum(model, b, kind)
-                (loss_sum / max(n_label, 1)).backward()
-                step_loss += float(loss_sum.detach()) / max(n_label, 1)
-                tokens_this_run += int(b["attention_mask"].sum())
-            # optimizer step
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in model.parameters() if p.requires_grad], t.max_grad_norm
+            # forward/backward over grad_accum micro-batches. Each process's loss sum is scaled by
+            # processes x accumulation / (label tokens of the whole global step): Accelerate divides by
+            # the accumulation count and DDP averages over processes, so the update is the gradient of
+            # the step's mean token loss, as on one process.
+            micro = [next(batches) for _ in range(t.grad_accum)]
+            counts = torch.tensor(
+                [sum(label_tokens(b) for b in micro), sum(int(b["attention_mask"].sum()) for b in micro)],
+                device=accelerator.device,
             )
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            n_label, n_tokens = (int(x) for x in accelerator.reduce(counts, reduction="sum"))
+            scale = world * t.grad_accum
+            loss_total = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+            grad_norm = torch.tensor(float("nan"))
+            for b in micro:
+                with accelerator.accumulate(model):
+                    loss_sum, _ = token_loss_sum(model, b, kind, keep_logits)
+                    accelerator.backward(loss_sum * scale / max(n_label, 1))
+                    loss_total += loss_sum.detach().double()
+                    if accelerator.sync_gradients:
+                        grad_norm = accelerator.clip_grad_norm_(params, t.max_grad_norm)
+                        optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+            step_loss = float(accelerator.reduce(loss_total, reduction="sum")) / max(n_label, 1)
             state["step"] += 1
+            state["examples_seen"] = start + (state["step"] - first_step) * t.grad_accum * global_batch
+            tokens_this_run += n_tokens
             last_loss = step_loss
             elapsed = time.perf_counter() - started
             tps = tokens_this_run / elapsed if elapsed > 0 else 0.0
-            _append_metrics(
-                metrics_path,
-                {
-                    "step": state["step"],
-                    "loss": step_loss,
-                    "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": float(grad_norm),
-                    "tokens_per_s": tps,
-                },
-            )
-            if board is not None:
-                board.add_scalar("train/loss", step_loss, state["step"])
-                board.add_scalar("train/lr", scheduler.get_last_lr()[0], state["step"])
-                board.add_scalar("train/grad_norm", float(grad_norm), state["step"])
+            lr = scheduler.get_last_lr()[0]
+            if main:
+                row = {"step": state["step"], "loss": step_loss, "lr": lr, "grad_norm": float(grad_norm)}
+                _append_metrics(metrics_path, {**row, "tokens_per_s": tps})
+                if board is not None:
+                    board.add_scalar("train/loss", step_loss, state["step"])
+                    board.add_scalar("train/lr", lr, state["step"])
+                    board.add_scalar("train/grad_norm", float(grad_norm), state["step"])
             progress.update(task, completed=state["step"], loss=f"{step_loss:.4f}", tps=f"{tps:,.0f}")
             if on_step is not None:
                 on_step(state["step"], step_loss)
@@ -365,103 +446,165 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
             at_end = state["step"] == total_steps
             stop_early = False
             if valid_items and ((t.eval_every and state["step"] % t.eval_every == 0) or at_end):
-                vloss = validation_loss(model, valid_items, pad_id, kind, t.batch_size)
-                row: dict[str, Any] = {"step": state["step"], "valid_loss": vloss}
-                if exec_eval is not None:
-                    row.update(
-                        run_exec_eval(
-                            exec_eval,
-                            state["step"],
-                            model,
-                            tok,
-                            kind,
-                            cfg,
-                            out,
-                            export_model,
-                            model_meta,
-                            base_ref,
-                        )
-                    )
-                _append_metrics(metrics_path, row)
-                if board is not None:
-                    for key, name in (
-                        ("valid_loss", "loss"),
-                        ("valid_pass@1", "pass@1"),
-                        ("valid_bleu", "bleu"),
-                    ):
-                        if key in row:
-                            board.add_scalar(f"valid/{name}", row[key], state["step"])
-                    board.flush()
-                shown = f"valid loss {vloss:.4f}"
-                if "valid_pass@1" in row:
-                    shown += (
-                        f", pass@1 {row['valid_pass@1']:.3f} ({row['valid_passed']}/{row['valid_tasks']}), "
-                        f"BLEU {row['valid_bleu']:.2f} [{row['eval_s']:.0f} s]"
-                    )
-                progress.console.print(f"  step {state['step']}: {shown}")
-                candidate = {"valid_loss": vloss, "pass@1": row.get("valid_pass@1")}
-                if better(candidate, state.get("best"), select_by):
-                    state.update(best_valid_loss=vloss, best_step=state["step"], best=candidate, bad_evals=0)
-                    export_model(model, tok, out / "best", model_meta)
-                else:
-                    state["bad_evals"] += 1
-                    stop_early = bool(
-                        t.early_stopping_patience and state["bad_evals"] >= t.early_stopping_patience
-                    )
+                stop_early = _validate(run, state, valid_items, pad_id, select_by, exec_eval, board)
             # checkpoint
             if (t.save_every and state["step"] % t.save_every == 0) or at_end or stop_early:
-                save_checkpoint(
-                    out / "checkpoints" / f"step-{state['step']:06d}",
-                    model,
-                    tok,
-                    optimizer,
-                    scheduler,
-                    state,
-                    ckpt_meta,
-                )
-                rotate_checkpoints(out, t.keep_checkpoints)
+                _checkpoint(run, optimizer, scheduler, state)
             if stop_early:
                 progress.console.print(
                     f"  early stopping: {state['bad_evals']} evaluations without improvement"
                 )
                 break
 
-    export_model(model, tok, out / "final", model_meta)
-    if board is not None:
-        board.close()
-    if not valid_items:
-        console.print("  [yellow]no valid split: best/ is not written; final/ is the last step[/yellow]")
+    _export(accelerator, model, tok, out / "final", model_meta)
     elapsed = time.perf_counter() - started
-    summary = {
-        "steps": state["step"],
-        "total_steps": total_steps,
-        "final_train_loss": last_loss,
-        "best_valid_loss": state["best_valid_loss"],
-        "best_step": state["best_step"],
-        "best_metric": state.get("best"),
-        "select_by": select_by,
-        "seconds_this_run": round(elapsed, 2),
-        "tokens_per_s": round(tokens_this_run / elapsed, 1) if elapsed > 0 else None,
-        "trainable_params": trainable,
-        "total_params": total_params,
-        "kind": kind,
-        "base_model": base_ref,
-    }
-    write_manifest(
-        out,
-        "train",
-        data={"train_sha256": sha256_file(cfg.train_data_dir / "train.jsonl"), "examples": len(train_items)},
-        length_audit={"train": train_audit.to_dict(), "valid": valid_audit.to_dict()},
-        summary=summary,
-        config=config_to_dict(cfg),
-    )
+    if main:
+        if board is not None:
+            board.close()
+        if not valid_items:
+            console.print("  [yellow]no valid split: best/ is not written; final/ is the last step[/yellow]")
+        summary = {
+            "steps": state["step"],
+            "total_steps": total_steps,
+            "final_train_loss": last_loss,
+            "best_valid_loss": state["best_valid_loss"],
+            "best_step": state["best_step"],
+            "best_metric": state.get("best"),
+            "select_by": select_by,
+            "seconds_this_run": round(elapsed, 2),
+            "tokens_per_s": round(tokens_this_run / elapsed, 1) if elapsed > 0 else None,
+            "trainable_params": trainable,
+            "total_params": total_params,
+            "kind": kind,
+            "base_model": base_ref,
+        }
+        write_manifest(
+            out,
+            "train",
+            data={
+                "train_sha256": sha256_file(cfg.train_data_dir / "train.jsonl"),
+                "examples": len(train_items),
+            },
+            length_audit={"train": train_audit.to_dict(), "valid": valid_audit.to_dict()},
+            runtime=runtime_info,
+            summary=summary,
+            config=config_to_dict(cfg),
+        )
     best = "no best/ (no validation)"
     if state["best_step"] is not None:
         chosen = state.get("best") or {}
         by = f"valid pass@1 {chosen['pass@1']:.4f}, " if chosen.get("pass@1") is not None else ""
         best = f"best/ = step {state['best_step']} ({by}valid loss {state['best_valid_loss']:.4f})"
     console.print(f"  done: {state['step']} steps, final train loss {last_loss:.4f}; {best} -> {out}/final")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
     return out
+
+
+@dataclass
+class _Run:
+    """What validation and checkpointing need from a running `train`."""
+
+    accelerator: Any
+    model: Any  # as prepared by Accelerate
+    tokenizer: Any
+    kind: Kind
+    cfg: Config
+    out: Path
+    model_meta: dict[str, Any]
+    ckpt_meta: dict[str, Any]
+    base_ref: str
+
+
+def _validate(
+    run: _Run,
+    state: dict[str, Any],
+    valid_items: Sequence[Encoded],
+    pad_id: int,
+    select_by: str,
+    exec_eval: Any,
+    board: Any,
+) -> bool:
+    """Validation loss on every process; evaluation by execution on the main one; best/ and early
+    stopping. Returns whether to stop early."""
+    acc, t, step = run.accelerator, run.cfg.train, state["step"]
+    vloss = validation_loss(run.model, valid_items, pad_id, run.kind, t.batch_size, acc)
+    row: dict[str, Any] = {"step": step, "valid_loss": vloss}
+    if exec_eval is not None:
+        if acc.is_main_process:
+            unwrapped = acc.unwrap_model(run.model)
+            row.update(
+                run_exec_eval(
+                    exec_eval,
+                    step,
+                    unwrapped,
+                    run.tokenizer,
+                    run.kind,
+                    run.cfg,
+                    run.out,
+                    export_model,
+                    run.model_meta,
+                    run.base_ref,
+                )  # fmt: skip
+            )
+        row = _broadcast(acc, row)
+    if acc.is_main_process:
+        _append_metrics(run.out / "metrics.jsonl", row)
+        if board is not None:
+            for key, name in (("valid_loss", "loss"), ("valid_pass@1", "pass@1"), ("valid_bleu", "bleu")):
+                if key in row:
+                    board.add_scalar(f"valid/{name}", row[key], step)
+            board.flush()
+    shown = f"valid loss {vloss:.4f}"
+    if "valid_pass@1" in row:
+        shown += (
+            f", pass@1 {row['valid_pass@1']:.3f} ({row['valid_passed']}/{row['valid_tasks']}), "
+            f"BLEU {row['valid_bleu']:.2f} [{row['eval_s']:.0f} s]"
+        )
+    Console(stderr=True, quiet=not acc.is_main_process).print(f"  step {step}: {shown}")
+    candidate = {"valid_loss": vloss, "pass@1": row.get("valid_pass@1")}
+    if better(candidate, state.get("best"), select_by):
+        state.update(best_valid_loss=vloss, best_step=step, best=candidate, bad_evals=0)
+        _export(acc, run.model, run.tokenizer, run.out / "best", run.model_meta)
+        return False
+    state["bad_evals"] += 1
+    return bool(t.early_stopping_patience and state["bad_evals"] >= t.early_stopping_patience)
+
+
+def _broadcast(accelerator: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """The main process's `row` on every process (they all decide on best/ and early stopping)."""
+    if accelerator.num_processes == 1:
+        return row
+    from accelerate.utils import broadcast_object_list
+
+    box = [row]
+    broadcast_object_list(box, from_process=0)
+    return dict(box[0])
+
+
+def _checkpoint(run: _Run, optimizer: Any, scheduler: Any, state: dict[str, Any]) -> None:
+    """Write `checkpoints/step-N` from the main process (under FSDP every process helps gather)."""
+    acc = run.accelerator
+    full = acc.get_state_dict(run.model) if _is_fsdp(acc) else None
+    weights = trainable_state(acc.unwrap_model(run.model), full)
+    optim = optimizer_state(run.model, optimizer.optimizer)
+    if acc.is_main_process:
+        folder = run.out / "checkpoints" / f"step-{state['step']:06d}"
+        save_checkpoint(
+            folder,
+            weights,
+            optim,
+            run.tokenizer,
+            scheduler,
+            {**state, "global_batch": _global(run)},
+            run.ckpt_meta,
+        )
+        rotate_checkpoints(run.out, run.cfg.train.keep_checkpoints)
+    acc.wait_for_everyone()
+
+
+def _global(run: _Run) -> int:
+    return run.cfg.train.batch_size * run.accelerator.num_processes
 
 
 def _tensorboard(out: Path, step: int, console: Console) -> Any:

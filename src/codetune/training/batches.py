@@ -1,0 +1,113 @@
+"""Training data as batches: read a split, encode it, and a deterministic stream of micro-batches.
+
+The stream is a function of (seed, position): example position p of the run is item `perm_e[p % N]`
+with e = p // N and perm_e a permutation seeded by (seed, e). A micro-batch is the next `global_batch`
+positions, so the data a step sees depends neither on how many processes share it nor on whether the
+run was interrupted before it: that is what lets a checkpoint resume exactly, on any number of processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from codetune.config import Config
+from codetune.data.fim import FimEncoder
+from codetune.data.format import (
+    IGNORE_INDEX,
+    Encoded,
+    build_answer,
+    build_prompt,
+    encode_causal,
+    encode_seq2seq,
+)
+from codetune.data.records import Example
+from codetune.errors import CodetuneError
+from codetune.manifest import read_jsonl
+from codetune.models.loading import Kind
+
+
+def read_split(data_dir: Path, split: str) -> list[Example]:
+    path = data_dir / f"{split}.jsonl"
+    if not path.is_file():
+        raise CodetuneError(f"{path} not found: run `codetune prepare` first (or set train.data_dir)")
+    return [Example.from_dict(d) for d in read_jsonl(path)]
+
+
+def chat_renderer(tokenizer: Any) -> Callable[[list[dict[str, str]]], str] | None:
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+
+    def render(messages: list[dict[str, str]]) -> str:
+        return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+    return render
+
+
+def encode_examples(examples: Sequence[Example], cfg: Config, tokenizer: Any, kind: Kind) -> list[Encoded]:
+    render = chat_renderer(tokenizer)
+    encode = encode_seq2seq if kind == "seq2seq" else encode_causal
+    fim = FimEncoder(tokenizer)  # FIM samples (meta.fim): the model's infilling prompt, loss on the middle
+    return [
+        fim.encode(ex.id, ex.meta["fim"], kind)
+        if "fim" in ex.meta
+        else encode(
+            ex.id, build_prompt(ex.nl, cfg.prompt, render), build_answer(ex.code, cfg.prompt), tokenizer
+        )
+        for ex in examples
+    ]
+
+
+def collate(items: Sequence[Encoded], pad_id: int, kind: Kind) -> dict[str, torch.Tensor]:
+    """Right-pad a micro-batch. Labels are padded with IGNORE_INDEX."""
+    width = max(len(e.input_ids) for e in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    lwidth = width if kind == "causal" else max(len(e.labels) for e in items)
+    labels = torch.full((len(items), lwidth), IGNORE_INDEX, dtype=torch.long)
+    for i, e in enumerate(items):
+        ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
+        mask[i, : len(e.input_ids)] = 1
+        labels[i, : len(e.labels)] = torch.tensor(e.labels)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+class StepSampler:
+    """Index lists of `global_batch` examples, one per micro-batch, from example position `start` on.
+
+    Every list is full (a micro-batch may span the end of one epoch and the start of the next), so
+    Accelerate's `split_batches` gives each of the processes an equal slice of it."""
+
+    def __init__(self, n_items: int, global_batch: int, seed: int, start: int, micro_batches: int) -> None:
+        if n_items < 1:
+            raise ValueError("StepSampler needs at least one item")
+        self.n_items, self.batch_size, self.seed = n_items, global_batch, seed
+        self.start, self.micro_batches = start, micro_batches
+        self.drop_last = False  # read by Accelerate's BatchSamplerShard
+        self._perm: tuple[int, list[int]] = (-1, [])
+
+    def _item(self, position: int) -> int:
+        epoch, i = divmod(position, self.n_items)
+        if self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._perm = (epoch, torch.randperm(self.n_items, generator=g).tolist())
+        return self._perm[1][i]
+
+    def __len__(self) -> int:
+        return self.micro_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for m in range(self.micro_batches):
+            first = self.start + m * self.batch_size
+            yield [self._item(p) for p in range(first, first + self.batch_size)]
+
+
+def collator(pad_id: int, kind: Kind) -> Callable[[Sequence[Encoded]], dict[str, torch.Tensor]]:
+    return lambda items: collate(items, pad_id, kind)
+
+
+def label_tokens(batch: dict[str, Any]) -> int:
+    return int((batch["labels"] != IGNORE_INDEX).sum())
