@@ -15,6 +15,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +138,7 @@ def _accelerator(runtime: Runtime, grad_accum: int) -> Any:
     data loader is split per global batch (every process gets its slice of each micro-batch)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
-    from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin
+    from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, InitProcessGroupKwargs
 
     # Accelerate keeps its settings in process-wide singletons; a second train() in one process (tests,
     # notebooks) may ask for another precision. The distributed set-up itself (PartialState) is kept.
@@ -150,6 +151,9 @@ def _accelerator(runtime: Runtime, grad_accum: int) -> Any:
             num_steps=grad_accum, sync_with_dataloader=False
         ),
         dataloader_config=DataLoaderConfiguration(split_batches=True),
+        # the other processes wait while the main one evaluates by execution (train.eval_benchmark),
+        # which can take longer than the collectives' default 10-minute timeout
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=2))],
     )
     if accelerator.device.type != runtime.device:
         raise CodetuneError(
@@ -352,7 +356,9 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
             len(train_items), global_batch, t.seed, start, (total_steps - state["step"]) * t.grad_accum
         ),
         collate_fn=collator(pad_id, kind),
-        generator=torch.Generator().manual_seed(t.seed),  # its per-iterator seed draw leaves the global RNG be
+        generator=torch.Generator().manual_seed(
+            t.seed
+        ),  # its per-iterator seed draw leaves the global RNG be
     )
     model, optimizer, scheduler, loader = accelerator.prepare(model, optimizer, scheduler, loader)
     if ckpt is not None:
