@@ -96,7 +96,9 @@ def _from_checkpoint(src: Path, dst: Path, step: int) -> None:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Config]:
     tmp = tmp_path_factory.mktemp("ddp")
     source = write_jsonl(tmp / "pairs.jsonl", make_pairs())
-    base = tiny_config(tmp, source, train={"max_steps": 6, "save_every": 3, "eval_every": 3, "tensorboard": False})
+    base = tiny_config(
+        tmp, source, train={"max_steps": 6, "save_every": 3, "eval_every": 3, "tensorboard": False}
+    )
     prepare(base)
     return tmp, base
 

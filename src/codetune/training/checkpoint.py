@@ -58,7 +58,7 @@ def optimizer_state(model: Any, optimizer: torch.optim.Optimizer) -> dict[str, A
 def save_checkpoint(
     folder: Path,
     weights: dict[str, torch.Tensor],
-    optim: dict[str, Any],
+    optim: dict[str, Any] | None,
     tokenizer: Any,
     scheduler: Any,
     state: dict[str, Any],
@@ -72,7 +72,8 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     save_file(weights, str(tmp / TRAINABLE_FILE))
-    torch.save(optim, tmp / "optimizer.pt")
+    if optim is not None:
+        torch.save(optim, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     rng = {
         "torch": torch.get_rng_state(),
@@ -119,13 +120,17 @@ def load_checkpoint(folder: Path, model: Any, scheduler: Any) -> tuple[dict[str,
     return dict(json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))), rng
 
 
-def load_optimizer_state(folder: Path, model: Any, optimizer: torch.optim.Optimizer) -> None:
+def load_optimizer_state(folder: Path, model: Any, optimizer: torch.optim.Optimizer) -> bool:
     """Restore the optimizer (after Accelerate prepared the model: under FSDP the state is sharded to
-    match). Checkpoints from before name-keyed states load as they were saved."""
+    match). Checkpoints from before name-keyed states load as they were saved. False when the checkpoint
+    has no optimizer state (written under DeepSpeed)."""
+    if not (folder / "optimizer.pt").is_file():
+        return False
     saved = torch.load(folder / "optimizer.pt", weights_only=False)
     if all(isinstance(p, int) for g in saved["param_groups"] for p in g["params"]):  # index-keyed
         optimizer.load_state_dict(saved)
-        return
+        return True
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     set_optimizer_state_dict(model, optimizer, saved, options=StateDictOptions(full_state_dict=True))
+    return True

@@ -167,6 +167,19 @@ def _is_fsdp(accelerator: Any) -> bool:
     return str(accelerator.distributed_type).endswith("FSDP")
 
 
+def _is_deepspeed(accelerator: Any) -> bool:
+    return str(accelerator.distributed_type).endswith("DEEPSPEED")
+
+
+def _deepspeed_settings(accelerator: Any, t: Any) -> None:
+    """DeepSpeed (untested here: it needs CUDA) reads batch size, accumulation and clipping from its own
+    config; codetune's settings fill them, since the data loader has a batch sampler, not a batch size."""
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    ds["train_micro_batch_size_per_gpu"] = t.batch_size
+    ds["gradient_accumulation_steps"] = t.grad_accum
+    ds["gradient_clipping"] = t.max_grad_norm
+
+
 def _optimizer(model: Any, cfg: Config) -> torch.optim.Optimizer:
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
@@ -226,7 +239,7 @@ def export_model(
 
 def _export(accelerator: Any, model: Any, tokenizer: Any, folder: Path, meta: dict[str, Any]) -> None:
     """`export_model` from the main process; under FSDP every process first helps gather the weights."""
-    state = accelerator.get_state_dict(model) if _is_fsdp(accelerator) else None
+    state = accelerator.get_state_dict(model) if _is_fsdp(accelerator) or _is_deepspeed(accelerator) else None
     if accelerator.is_main_process:
         export_model(accelerator.unwrap_model(model), tokenizer, folder, meta, state)
     accelerator.wait_for_everyone()
@@ -321,10 +334,10 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
 
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(t.warmup_ratio * total_steps), total_steps)
     exec_eval = make_exec_eval(cfg)
-    if exec_eval is not None and _is_fsdp(accelerator):
+    if exec_eval is not None and (_is_fsdp(accelerator) or _is_deepspeed(accelerator)):
         raise CodetuneError(
-            "train.eval_benchmark generates with the whole model on the main process, which FSDP shards; "
-            "unset it under FSDP (use DDP, or evaluate the checkpoints with codetune evaluate)"
+            "train.eval_benchmark generates with the whole model on the main process, which FSDP and "
+            "DeepSpeed shard; unset it there (use DDP, or evaluate the checkpoints with codetune evaluate)"
         )
     select_by = t.select_by if t.select_by != "auto" else ("pass@1" if exec_eval else "valid_loss")
     if select_by == "pass@1" and exec_eval is None:
@@ -360,9 +373,15 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
             t.seed
         ),  # its per-iterator seed draw leaves the global RNG be
     )
+    if _is_deepspeed(accelerator):
+        _deepspeed_settings(accelerator, t)
     model, optimizer, scheduler, loader = accelerator.prepare(model, optimizer, scheduler, loader)
     if ckpt is not None:
-        load_optimizer_state(ckpt, model, optimizer.optimizer)
+        if not load_optimizer_state(ckpt, model, optimizer.optimizer):
+            console.print(
+                f"  [yellow]{ckpt} has no optimizer state (written under DeepSpeed): AdamW's moments start "
+                "afresh, so this resume is not exact[/yellow]"
+            )
         console.print(f"  resumed from {ckpt} (step {state['step']})")
     if rng is not None:
         rng.restore()
@@ -426,7 +445,8 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
                     accelerator.backward(loss_sum * scale / max(n_label, 1))
                     loss_total += loss_sum.detach().double()
                     if accelerator.sync_gradients:
-                        grad_norm = accelerator.clip_grad_norm_(params, t.max_grad_norm)
+                        # None under DeepSpeed, which clips by its own config
+                        grad_norm = accelerator.clip_grad_norm_(params, t.max_grad_norm) or grad_norm
                         optimizer.step()
                         scheduler.step()
                         optimizer.zero_grad(set_to_none=True)
@@ -591,9 +611,10 @@ def _broadcast(accelerator: Any, row: dict[str, Any]) -> dict[str, Any]:
 def _checkpoint(run: _Run, optimizer: Any, scheduler: Any, state: dict[str, Any]) -> None:
     """Write `checkpoints/step-N` from the main process (under FSDP every process helps gather)."""
     acc = run.accelerator
-    full = acc.get_state_dict(run.model) if _is_fsdp(acc) else None
+    full = acc.get_state_dict(run.model) if _is_fsdp(acc) or _is_deepspeed(acc) else None
     weights = trainable_state(acc.unwrap_model(run.model), full)
-    optim = optimizer_state(run.model, optimizer.optimizer)
+    # DeepSpeed's ZeRO optimizer keeps its state in its own format: not saved (said at resume)
+    optim = None if _is_deepspeed(acc) else optimizer_state(run.model, optimizer.optimizer)
     if acc.is_main_process:
         folder = run.out / "checkpoints" / f"step-{state['step']:06d}"
         save_checkpoint(
