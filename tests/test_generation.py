@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 
 from codetune.config import Config, PromptConfig
-from codetune.generation import extract_code, generate
-from codetune.models.backends.base import SamplingSettings, cut_at_stop, stop_holdback
+from codetune.generation import extract_code, generate, generate_units, settings_from
+from codetune.models.backends.base import Completion, SamplingSettings, cut_at_stop, stop_holdback
 from codetune.models.backends.hf import HFBackend
 
 
@@ -74,3 +74,28 @@ def test_generate_uses_the_models_own_prompt(trained_run: Config) -> None:
         ["### Instruction:\nReturn the sum of a and b.\n### Response:\n"], SamplingSettings(max_new_tokens=16)
     )[0][0].text
     assert out[0][0].text == expected
+
+
+def test_sampling_gives_each_prompt_the_same_samples_however_the_prompts_are_split(
+    backend: HFBackend,
+) -> None:
+    prompts = [
+        "### Instruction:\nReturn the sum of a and b.\n### Response:\n",
+        "### Instruction:\nReturn x minus y.\n### Response:\n",
+        "### Instruction:\nReturn the sum of a and b.\n### Response:\n",
+        "### Instruction:\nReturn p raised to the power q.\n### Response:\n",
+        "### Instruction:\nReturn u modulo v.\n### Response:\n",
+    ]
+    s = SamplingSettings(max_new_tokens=12, temperature=1.0, n=2, seed=7)
+
+    def texts(rows: list[list[Completion]]) -> list[list[str]]:
+        return [[c.text for c in row] for row in rows]
+
+    whole = texts(backend.generate(prompts, s))
+    assert whole[0] != whole[2]  # the same prompt at another place gets other samples
+    for size in (1, 2, 3):
+        assert texts(generate_units(prompts, s, unit_size=size, backend=backend)) == whole, size
+    split = backend.generate(prompts[:2], s) + backend.generate(prompts[2:], settings_from(s, 2))
+    assert texts(split) == whole
+    # a later call with the seed left as it was re-uses the first prompts' seeds: other samples
+    assert texts(backend.generate(prompts[2:], s)) != whole[2:]

@@ -599,8 +599,8 @@ FIELD_HELP: dict[str, str] = {
     "eval.report": "write report.html over every model folder in output_dir (bootstrap CIs, the largest "
     "changes against eval.baseline); after a benchmark also compare.json (fixed/broken tasks)",
     "eval.workers": "generation processes on this machine, each with its own copy of the model; prompts "
-    "go out in fixed batches and results merge in order, so 1, 2 or 4 workers give the same results. "
-    "Under accelerate launch / torchrun the ranks share the batches instead",
+    "go out in fixed batches and results merge in order, so 1, 2 or 4 workers give the same results; "
+    "generated code still runs only in the sandbox pool of the main process (dataframebench: not used)",
     "serve.host": "address to bind (127.0.0.1: this machine only; 0.0.0.0 exposes the server: set API keys)",
     "serve.port": "TCP port",
     "serve.models": "models to serve as name=path (or a {name: path} mapping); a path is a model folder, "

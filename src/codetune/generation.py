@@ -5,9 +5,12 @@
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from codetune.config import Config, GenerateConfig, PromptConfig
 from codetune.data.format import build_answer, build_prompt
@@ -38,7 +41,7 @@ def load_backend(g: GenerateConfig, model: str | None = None) -> Backend:
     if g.backend == "hf":
         from codetune.models.backends.hf import HFBackend
 
-        return HFBackend.from_path(name, batch_size=g.batch_size)
+        return HFBackend.from_path(name, batch_size=g.batch_size, device=g.device, precision=g.precision)
     if g.backend == "llamacpp":
         from codetune.models.backends.llamacpp import LlamaCppBackend
 
@@ -54,6 +57,13 @@ def load_backend(g: GenerateConfig, model: str | None = None) -> Backend:
             path = pack.fetch_model(name, convert=False).gguf_path
         return LlamaCppBackend(str(path), seed=g.seed, **kwargs)  # type: ignore[arg-type]
     raise CodetuneError(f"generate.backend {g.backend!r} is not one of: hf, llamacpp")
+
+
+def backend_runtime(backend: Backend) -> dict[str, Any] | None:
+    """The device and precision a backend runs in, for a manifest (None: llama.cpp, or a model handed
+    over in memory)."""
+    runtime = getattr(backend, "runtime", None)
+    return runtime.to_dict() if runtime is not None else None
 
 
 def _gguf_for_folder(folder: Path) -> tuple[Path, Path | None]:
@@ -155,3 +165,145 @@ def generate(
         ]
         for row in results
     ]
+
+
+# --- generation in fixed units, in this process or in worker processes ---------------------------
+
+
+@dataclass(frozen=True)
+class GenerationWorkers:
+    """`count` processes on this machine that each load `model` with `generate` (`eval.workers`)."""
+
+    generate: GenerateConfig
+    model: str
+    count: int = 1
+
+
+def settings_from(settings: SamplingSettings, offset: int) -> SamplingSettings:
+    """The settings for a call whose first prompt is prompt `offset` of the whole list.
+
+    Backends seed sample j of a call's prompt i from `seed + i * n (+ j)`; moving the seed on by
+    `offset * n` makes every prompt's samples a function of its place in the whole list, not of how
+    the list was split into calls."""
+    return replace(settings, seed=settings.seed + offset * settings.n)
+
+
+def generation_units(count: int, unit_size: int) -> list[range]:
+    """Consecutive runs of `unit_size` prompt indices: the same whatever the number of workers."""
+    size = max(1, unit_size)
+    return [range(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+def generate_units(
+    prompts: Sequence[str],
+    settings: SamplingSettings,
+    *,
+    unit_size: int,
+    backend: Backend | None = None,
+    workers: GenerationWorkers | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[list[Completion]]:
+    """`settings.n` completions per prompt, in prompt order, generated in fixed units of `unit_size`
+    prompts, the unit starting at prompt o with `settings_from(settings, o)`.
+
+    With `workers.count` > 1 the units go to that many spawned processes (each loads its own model);
+    otherwise they run here on `backend` (loaded from `workers` when None). A unit is computed the
+    same way wherever it runs, so the results don't depend on the number of workers. A worker's
+    error is raised here. `progress(done, total)` is called as prompts finish."""
+    units = generation_units(len(prompts), unit_size)
+    if workers is not None and workers.count < 1:
+        raise CodetuneError(f"{workers.count} generation workers: need at least 1 (eval.workers)")
+    if workers is not None and workers.count > 1 and len(units) > 1:
+        return _generate_in_workers(prompts, settings, units, workers, progress)
+    if backend is None:
+        if workers is None:
+            raise CodetuneError("generate_units needs a backend or the model to load in workers")
+        backend = load_backend(workers.generate, workers.model)
+    out: list[list[Completion]] = []
+    for unit in units:
+        out.extend(backend.generate(prompts[unit.start : unit.stop], settings_from(settings, unit.start)))
+        if progress is not None:
+            progress(len(out), len(prompts))
+    return out
+
+
+def _generate_in_workers(
+    prompts: Sequence[str],
+    settings: SamplingSettings,
+    units: list[range],
+    workers: GenerationWorkers,
+    progress: Callable[[int, int], None] | None,
+) -> list[list[Completion]]:
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    _release_memory()
+    count = min(workers.count, len(units))
+    threads = max(1, _cpu_count() // count)
+    results: dict[int, list[list[Completion]]] = {}
+    done = 0
+    # spawn, not fork: the parent may hold threads (torch, the sandbox pool's) and a CUDA context
+    pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        pending: dict[Future[list[list[Completion]]], range] = {
+            pool.submit(
+                _worker_generate,
+                workers,
+                threads,
+                list(prompts[u.start : u.stop]),
+                settings_from(settings, u.start),
+            ): u
+            for u in units
+        }
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                unit = pending.pop(future)
+                results[unit.start] = future.result()  # a worker's exception is raised here
+                done += len(unit)
+                if progress is not None:
+                    progress(done, len(prompts))
+    except BrokenProcessPool as e:
+        raise CodetuneError(
+            f"a generation worker process for {workers.model} died (out of memory?); "
+            f"try fewer eval.workers (now {workers.count})"
+        ) from e
+    finally:  # on an error: drop the units not started, let the running ones end, no process left
+        pool.shutdown(wait=True, cancel_futures=True)
+    return [row for u in units for row in results[u.start]]
+
+
+def _release_memory() -> None:
+    """Hand back what a dropped model held (its GPU memory is otherwise kept by torch's cache) before
+    the workers load theirs."""
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def _cpu_count() -> int:
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+
+
+_worker_backend: Backend | None = None  # a worker process's model, loaded by its first unit
+
+
+def _worker_generate(
+    workers: GenerationWorkers, threads: int, prompts: list[str], settings: SamplingSettings
+) -> list[list[Completion]]:
+    """One unit in a worker process (loading the model there first, with `threads` CPU threads)."""
+    global _worker_backend
+    if _worker_backend is None:
+        g = workers.generate
+        if g.backend == "hf":
+            import torch
+
+            torch.set_num_threads(threads)
+        _worker_backend = load_backend(g if g.threads else replace(g, threads=threads), workers.model)
+    return _worker_backend.generate(prompts, settings)

@@ -273,3 +273,16 @@ def test_real_chat_prompt_matches_transformers(qwen: Any) -> None:
     )
     text = qwen.chat_prompt(messages) + "def f():\n    return [1, 2]\n"
     assert qwen.count_tokens(text) == len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def test_generation_units_seed_each_sample_by_its_place_in_the_whole_list(fake: tuple[Any, Path]) -> None:
+    from codetune.generation import generate_units
+
+    backend_cls, gguf = fake
+    backend = backend_cls(gguf)
+    settings = SamplingSettings(temperature=0.7, n=2, seed=10)
+    generate_units(["a", "b", "c"], settings, unit_size=1, backend=backend)
+    generate_units(["a", "b", "c"], settings, unit_size=2, backend=backend)
+    backend.generate(["a", "b", "c"], settings)
+    seeds = FakeLlama.instances[-1].seeds
+    assert seeds == [10, 11, 12, 13, 14, 15] * 3

@@ -954,6 +954,7 @@ def run_dataframebench(
 
     from codetune.eval.humaneval import _per_problem_results, sample_metrics
     from codetune.eval.sandbox import sandbox_manifest
+    from codetune.generation import settings_from
     from codetune.manifest import write_json, write_jsonl, write_manifest
     from codetune.models.backends.base import Completion
 
@@ -985,7 +986,7 @@ def run_dataframebench(
                 outputs.append([Completion(**c) for c in cached[key]])
                 reused += 1
             else:
-                row = backend.generate([prompt], settings)[0]
+                row = backend.generate([prompt], settings_from(settings, i))[0]  # task i's own seed
                 fresh_tokens += sum(c.completion_tokens for c in row)
                 outputs.append(row)
                 log.write(

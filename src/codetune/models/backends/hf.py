@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -12,6 +12,9 @@ from codetune.data.format import encode_prompt
 from codetune.errors import CodetuneError
 from codetune.models.backends.base import Completion, FimTokens, SamplingSettings, cut_at_stop, stop_filtered
 from codetune.models.fim import detect_fim_tokens
+
+if TYPE_CHECKING:
+    from codetune.devices import Runtime
 
 
 class _StopOnStrings:
@@ -23,31 +26,54 @@ class _StopOnStrings:
         self.tokenizer, self.start, self.stop, self.cancel = tokenizer, start, [s for s in stop if s], cancel
 
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+        rows = input_ids.shape[0]
         if self.cancel is not None and self.cancel.is_set():
-            return torch.ones_like(done)
+            return torch.ones(rows, dtype=torch.bool, device=input_ids.device)
         if not self.stop:
-            return done
-        for i, row in enumerate(input_ids):
-            text = self.tokenizer.decode(row[self.start :], skip_special_tokens=True)
-            done[i] = any(s in text for s in self.stop)
-        return done
+            return torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
+        done = [
+            any(s in self.tokenizer.decode(row[self.start :], skip_special_tokens=True) for s in self.stop)
+            for row in input_ids.tolist()
+        ]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 class HFBackend:
+    """Backend protocol over a transformers model, on the model's own device and in its own dtype.
+
+    `runtime`: the device and precision it was loaded for (`from_path`); None for a model handed over
+    in memory (training's evaluation), which stays where it is."""
+
     name = "transformers"
 
-    def __init__(self, model: Any, tokenizer: Any, kind: str, batch_size: int = 8, label: str = "") -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        kind: str,
+        batch_size: int = 8,
+        label: str = "",
+        runtime: Runtime | None = None,
+    ) -> None:
         self.model, self.tokenizer, self.kind, self.batch_size = model, tokenizer, kind, batch_size
-        self.label = label
+        self.label, self.runtime = label, runtime
+        self.device: torch.device = next(model.parameters()).device
         self._lock = threading.Lock()  # one generation at a time per model
 
     @classmethod
-    def from_path(cls, path: str, batch_size: int = 8) -> HFBackend:
+    def from_path(
+        cls, path: str, batch_size: int = 8, device: str = "auto", precision: str = "auto"
+    ) -> HFBackend:
+        """Load `path` in the dtype of `precision` onto `device` (`generate.device`/`generate.precision`:
+        auto is a GPU in bf16/fp16 where there is one, else the CPU in fp32)."""
+        from codetune.devices import attention_implementation, resolve_runtime
         from codetune.models.loading import load_for_inference
 
-        model, tok, kind, _ = load_for_inference(path)
-        return cls(model, tok, kind, batch_size, label=path)
+        runtime = resolve_runtime(device, precision, "generate")
+        model, tok, kind, _ = load_for_inference(
+            path, dtype=runtime.dtype, attn_implementation=attention_implementation("auto", runtime)
+        )
+        return cls(model.to(runtime.device), tok, kind, batch_size, label=path, runtime=runtime)
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -66,7 +92,8 @@ class HFBackend:
                 ids[i, : len(e)], mask[i, : len(e)] = torch.tensor(e), 1
             else:
                 ids[i, width - len(e) :], mask[i, width - len(e) :] = torch.tensor(e), 1
-        return {"input_ids": ids, "attention_mask": mask}, [len(e) for e in encoded]
+        inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+        return inputs, [len(e) for e in encoded]
 
     def _gen_kwargs(self, s: SamplingSettings, start: int, cancel: threading.Event | None) -> dict[str, Any]:
         from transformers import StoppingCriteriaList
@@ -103,9 +130,13 @@ class HFBackend:
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Completion]]:
+        """`settings.n` completions per prompt. Greedy goes in left-padded batches of `batch_size`;
+        sampling goes one prompt at a time, prompt i seeded with `seed + i * n` (the n samples come
+        from that one stream), so a caller that splits the prompts into calls and moves the seed on
+        by `offset * n` for a call starting at prompt `offset` gets the same samples (like llama.cpp's
+        `seed + i * n + j` for sample j)."""
         out: list[list[Completion]] = []
         sampling = settings.temperature > 0
-        # Sampling goes one prompt at a time with a per-prompt seed, so results don't depend on batching.
         step = 1 if sampling else self.batch_size
         with self._lock:
             for b in range(0, len(prompts), step):
@@ -113,7 +144,7 @@ class HFBackend:
                 inputs, lengths = self._inputs(chunk)
                 start = inputs["input_ids"].shape[1] if self.kind == "causal" else 0
                 with torch.random.fork_rng():
-                    torch.manual_seed(settings.seed + b)
+                    torch.manual_seed(settings.seed + b * settings.n)
                     seqs = self.model.generate(
                         **inputs, num_return_sequences=settings.n, **self._gen_kwargs(settings, start, None)
                     )
