@@ -2,18 +2,41 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
 
-.PHONY: install quickstart smoke test lint llamacpp clean-quickstart dataframebench
+# Which PyTorch 2.13.0 build `make install` puts in .venv: cpu | cuda | auto (cuda when `nvidia-smi -L`
+# lists a GPU, else cpu). Override: make install TORCH_BUILD=cpu (or cuda).
+TORCH_BUILD ?= auto
+ifeq ($(TORCH_BUILD),auto)
+override TORCH_BUILD := $(if $(shell nvidia-smi -L 2>/dev/null | grep '^GPU'),cuda,cpu)
+endif
+ifeq ($(filter $(TORCH_BUILD),cpu cuda),)
+$(error TORCH_BUILD=$(TORCH_BUILD): use auto, cpu or cuda)
+endif
+STAMP  := $(VENV)/.installed-$(TORCH_BUILD)
 
-# torch==2.13.0 first, so the CPU build on local disk is what satisfies every later requirement
-# (a plain `torch` requirement resolved from PyPI would pull a multi-GB CUDA build).
+.PHONY: install quickstart smoke test lint llamacpp clean-quickstart dataframebench gpu-check
+
+# torch first, so the build chosen here is what satisfies every later requirement (pyproject pins 2.13.0).
+# cpu: `torch==2.13.0` finds the CPU build on local disk (2.13.0+cpu sorts above PyPI's 2.13.0, whose
+#   Linux wheel is a multi-GB CUDA build that a CPU machine must never pull); a CUDA build left by an
+#   earlier TORCH_BUILD=cuda is removed first.
+# cuda: `torch===2.13.0` matches exactly "2.13.0", i.e. PyPI's CUDA wheel and never a local +cpu build.
+TORCH_INSTALL_cpu  := $(BIN)/python -c "import torch, sys; sys.exit(torch.version.cuda is None)" 2>/dev/null \
+	&& $(BIN)/python -m pip uninstall --quiet --yes torch; $(BIN)/python -m pip install --quiet torch==2.13.0
+TORCH_INSTALL_cuda := $(BIN)/python -m pip install --quiet 'torch===2.13.0'
+TORCH_CHECK_cpu  := torch.__version__.startswith('2.13.0') and torch.version.cuda is None \
+	and not torch.cuda.is_available()
+TORCH_CHECK_cuda := torch.__version__ == '2.13.0' and torch.version.cuda is not None and torch.cuda.is_available()
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	rm -f $(VENV)/.installed $(VENV)/.installed-*
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(TORCH_INSTALL_$(TORCH_BUILD))
 	$(BIN)/python -m pip install --quiet -e '.[dev,dataframebench]'
-	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') and not torch.cuda.is_available() else 'unexpected torch build: ' + torch.__version__)"
+	$(BIN)/python -c "import torch, sys; sys.exit(0 if $(TORCH_CHECK_$(TORCH_BUILD)) else \
+		'TORCH_BUILD=$(TORCH_BUILD): unexpected torch build %s (CUDA %s, GPU usable: %s)' \
+		% (torch.__version__, torch.version.cuda, torch.cuda.is_available()))"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -47,6 +70,12 @@ smoke: install
 	$(BIN)/codetune prepare configs/smoke-tiny.yaml
 	$(BIN)/codetune train configs/smoke-tiny.yaml --resume
 	$(BIN)/codetune evaluate configs/smoke-tiny.yaml
+
+# Figures on one CUDA GPU in a few minutes (benchmarks/README.md: GPU check): bf16 matmul peak, tiny and
+# Qwen2.5-Coder-0.5B-shaped LoRA training in bf16 (tokens/s, MFU, against transformers.Trainer), batched
+# generation. Without a CUDA GPU it says so and exits 0; `--device cpu --quick` checks the code paths.
+gpu-check: install
+	$(BIN)/python benchmarks/gpu_check.py --out runs/gpu-check
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks scripts
