@@ -42,7 +42,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +99,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     cpu, quick = args.device == "cpu", args.quick
     return Plan(
         device=args.device,
-        precision="fp32" if cpu else "bf16",
+        precision=args.precision or ("fp32" if cpu else "bf16"),
         quick=quick,
         out=args.out,
         model=args.model,
@@ -364,6 +364,8 @@ def check_tiny(plan: Plan, ct: Any, data_dir: Path) -> dict[str, Any]:
 def run_tokens(out: Path) -> float:
     """Non-padding tokens one train() run processed, from its manifest (tokens/s x seconds)."""
     summary = json.loads((out / "manifest.json").read_text(encoding="utf-8")).get("summary", {})
+    if summary.get("tokens") is not None:  # codetune records the exact count
+        return float(summary["tokens"])
     if summary.get("tokens_per_s") is None or summary.get("seconds_this_run") is None:
         raise RuntimeError(f"{out}/manifest.json: summary lacks tokens_per_s / seconds_this_run")
     return float(summary["tokens_per_s"]) * float(summary["seconds_this_run"])
@@ -540,7 +542,31 @@ def check_generation(plan: Plan, model: Path, rows: list[dict[str, str]]) -> dic
         f"batch 1 {one:,.0f} tokens/s, batch {plan.gen_batch} {many:,.0f} tokens/s ({many / one:.1f}x); "
         f"same text at both batch sizes for {same}/{len(prompts)}"
     )
+    if plan.precision != "fp32":  # greedy in the 16-bit type against fp32, batched both
+        del backend
+        free_memory()
+        reference = hf_backend(replace(plan, precision="fp32"), model)
+        reference.batch_size = plan.gen_batch
+        fp32 = [c[0].text for c in reference.generate(prompts, settings)]
+        del reference
+        free_memory()
+        agree = [_common_prefix(a, b) for a, b in zip(texts[plan.gen_batch], fp32, strict=True)]
+        same32 = sum(a == b for a, b in zip(texts[plan.gen_batch], fp32, strict=True))
+        result["same_text_as_fp32"] = same32
+        result["chars_agreeing_with_fp32_median"] = sorted(agree)[len(agree) // 2]
+        print(
+            f"   greedy {plan.precision} vs fp32 (batch {plan.gen_batch}): same text for {same32}/{len(prompts)}; "
+            f"median {result['chars_agreeing_with_fp32_median']} leading characters agree (a 16-bit logit tie "
+            "can flip one token, and the rest follows)"
+        )
     return result
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -580,6 +606,9 @@ def main() -> int:
     parser.add_argument("--model", type=Path, default=None, help="a transformers causal LM folder for c-e")
     parser.add_argument("--batch-size", type=int, default=None, help="per-device batch of c) and d)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps of c) and d), after warm-up")
+    parser.add_argument(
+        "--precision", choices=("bf16", "fp32"), default=None, help="default: bf16 on cuda, fp32 on cpu"
+    )
     plan = plan_from_args(parser.parse_args())
 
     if plan.device == "cuda" and not torch.cuda.is_available():

@@ -498,6 +498,7 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
             "best_metric": state.get("best"),
             "select_by": select_by,
             "seconds_this_run": round(elapsed, 2),
+            "tokens": tokens_this_run,  # non-padding tokens this run processed, all processes
             "tokens_per_s": round(tokens_this_run / elapsed, 1) if elapsed > 0 else None,
             "trainable_params": trainable,
             "total_params": total_params,
