@@ -226,6 +226,9 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: cuda, else mps, else cpu
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 / fp16 on GPUs, fp32 on CPU
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory)
+    # auto: causal models pack each micro-batch's examples into rows of max_length tokens where a probe
+    # shows it exact for the model; on: the same, or stop; off: pad each micro-batch to its longest
+    packing: Literal["auto", "on", "off"] = "auto"
     lora: LoraSettings = field(default_factory=LoraSettings)
 
 
@@ -570,6 +573,10 @@ FIELD_HELP: dict[str, str] = {
     "scaling on older GPUs, fp32 on CPU and MPS",
     "train.gradient_checkpointing": "recompute activations during the backward pass: less memory, ~30% "
     "more compute",
+    "train.packing": "auto | on | off: pack each micro-batch's examples into rows of up to max_length "
+    "tokens (position ids restart per example, so none attends to another; the loss per token is "
+    "unchanged) instead of padding them to the longest. auto: for causal models where a probe at start "
+    "shows the model keeps packed examples apart, else padding (said and recorded); on: stop if it can't",
     "train.lora": "LoRA: {enabled, r, alpha, dropout, target_modules, top_layers (adapt only the last N blocks: "
     "backpropagation stops below them)}",
     "generate.backend": "hf (transformers) or llamacpp (GGUF)",

@@ -75,6 +75,65 @@ def collate(items: Sequence[Encoded], pad_id: int, kind: Kind) -> dict[str, torc
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Indices of examples grouped into rows of at most `capacity` tokens (an example longer than that
+    gets a row of its own), so that rows x the fullest row (the batch's shape) is smallest: never more
+    than padding every example to the longest, which is the one-example-per-row case. Rows come in the
+    order of their first example; within a row, examples keep their order."""
+    if not lengths:
+        return []
+    longest, total = max(lengths), sum(lengths)
+    widths = sorted(
+        {min(max(longest, -(-total // r)), max(capacity, longest)) for r in range(1, len(lengths) + 1)}
+    )
+    best: list[list[int]] = []
+    best_cost = None
+    for width in widths:
+        rows = _first_fit_decreasing(lengths, width)
+        cost = (len(rows) * max(sum(lengths[i] for i in row) for row in rows), width)
+        if best_cost is None or cost < best_cost:
+            best, best_cost = rows, cost
+    return sorted(sorted(r) for r in best)
+
+
+def _first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        row = next((r for r, left in enumerate(room) if left >= lengths[i]), None)
+        if row is None:
+            rows.append([i])
+            room.append(capacity - lengths[i])
+        else:
+            rows[row].append(i)
+            room[row] -= lengths[i]
+    return rows
+
+
+def collate_packed(items: Sequence[Encoded], pad_id: int, capacity: int) -> dict[str, torch.Tensor]:
+    """Causal examples packed into rows of up to `capacity` tokens. Position ids restart at every
+    example, which is how transformers builds a block-diagonal causal mask (no example attends to
+    another) when no attention mask is given; `attention_mask` marks the real tokens, for counting only.
+    An example's first label is never a target (as unpacked), so nothing is predicted across a seam."""
+    rows = pack_rows([len(e.input_ids) for e in items], capacity)
+    width = max(sum(len(items[i].input_ids) for i in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for i in row:
+            e, n = items[i], len(items[i].input_ids)
+            ids[r, at : at + n] = torch.tensor(e.input_ids)
+            labels[r, at + 1 : at + n] = torch.tensor(e.labels[1:n])
+            positions[r, at : at + n] = torch.arange(n)
+            mask[r, at : at + n] = 1
+            at += n
+        positions[r, at:] = torch.arange(width - at)  # the padding: a segment of its own, no labels
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "position_ids": positions}
+
+
 class StepSampler:
     """Index lists of `global_batch` examples, one per micro-batch, from example position `start` on.
 
@@ -105,9 +164,17 @@ class StepSampler:
             yield [self._item(p) for p in range(first, first + self.batch_size)]
 
 
-def collator(pad_id: int, kind: Kind) -> Callable[[Sequence[Encoded]], dict[str, torch.Tensor]]:
+def collator(
+    pad_id: int, kind: Kind, pack_capacity: int | None = None
+) -> Callable[[Sequence[Encoded]], dict[str, torch.Tensor]]:
+    """Padded micro-batches, or packed rows of `pack_capacity` tokens (causal models)."""
+    if pack_capacity is not None:
+        return lambda items: collate_packed(items, pad_id, pack_capacity)
     return lambda items: collate(items, pad_id, kind)
 
 
-def label_tokens(batch: dict[str, Any]) -> int:
-    return int((batch["labels"] != IGNORE_INDEX).sum())
+def label_tokens(batch: dict[str, Any], kind: Kind) -> int:
+    """The loss's targets in a batch: causal labels from the second position on (the first token of a
+    sequence is never predicted), every seq2seq label."""
+    labels = batch["labels"][:, 1:] if kind == "causal" else batch["labels"]
+    return int((labels != IGNORE_INDEX).sum())

@@ -14,7 +14,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from codetune.training.batches import (
     StepSampler,
     chat_renderer,
     collate,
+    collate_packed,
     collator,
     encode_examples,
     label_tokens,
@@ -75,7 +76,11 @@ def token_loss_sum(
         # Position t predicts token t+1. Only positions that predict a label need logits: with a large
         # vocabulary (Qwen: 152k) the LM head over the prompt tokens is most of the step's cost.
         needed = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().flatten()  # (K,)
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        inputs: dict[str, Any] = {"input_ids": batch["input_ids"]}
+        if "position_ids" in batch:  # packed rows: the mask comes from the position ids (and no cache)
+            inputs.update(position_ids=batch["position_ids"], use_cache=False)
+        else:
+            inputs["attention_mask"] = batch["attention_mask"]
         if logits_to_keep is None:
             logits_to_keep = accepts_logits_to_keep(model)
         if logits_to_keep:
@@ -161,6 +166,52 @@ def _accelerator(runtime: Runtime, grad_accum: int) -> Any:
             f"{accelerator.device}; check the accelerate config (use_cpu) or set train.device explicitly"
         )
     return accelerator
+
+
+def _packing(
+    mode: str, max_length: int, model: Any, items: Sequence[Encoded], pad_id: int, kind: Kind, exact: bool
+) -> tuple[int | None, str]:
+    """The row length to pack micro-batches into (None: pad them) and how batches are made, in words.
+    `exact`: the model computes in fp32 (the probe's tolerance)."""
+    if mode == "off":
+        return None, "padded (train.packing=off)"
+    tolerance = 1e-4 if exact else 2e-2
+    why = "a seq2seq model" if kind == "seq2seq" else packing_leak(model, items, pad_id, tolerance)
+    if why is None:
+        return max_length, f"packed into rows of up to {max_length} tokens"
+    if mode == "on":
+        raise CodetuneError(f"train.packing=on, but packing is not exact here: {why}; use auto or off")
+    return None, f"padded (packing does not apply: {why})"
+
+
+@torch.no_grad()
+def packing_leak(model: Any, items: Sequence[Encoded], pad_id: int, tolerance: float = 1e-4) -> str | None:
+    """None when packing is exact for `model`: the loss of an example packed after another equals its
+    loss alone within `tolerance` per token, relative (the model keeps packed examples apart). Otherwise
+    why not, in words. Every process runs it (FSDP's forward is collective)."""
+    import inspect
+
+    if len(items) < 2:
+        return "fewer than two examples"
+    inner = getattr(model, "module", model)  # DistributedDataParallel
+    forward = inner.get_base_model().forward if hasattr(inner, "get_base_model") else inner.forward
+    if "position_ids" not in inspect.signature(forward).parameters:
+        return f"{type(inner).__name__} takes no position ids"
+    device = next(model.parameters()).device
+    first, second = items[0], items[1]
+    alone = _on(collate([second], pad_id, "causal"), device)
+    hidden = replace(first, labels=[IGNORE_INDEX] * len(first.labels))  # only the second one's loss
+    packed = _on(collate_packed([hidden, second], pad_id, 1 << 30), device)
+    was_training = model.training
+    model.eval()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        a, n = token_loss_sum(model, alone, "causal")
+        b, m = token_loss_sum(model, packed, "causal")
+    model.train(was_training)
+    per_token = abs(float(a) - float(b)) / max(n, 1)
+    if n != m or per_token > tolerance * max(1.0, float(a) / max(n, 1)):
+        return f"an example's loss changes by {per_token:.2g} per token when packed after another"
+    return None
 
 
 def _is_fsdp(accelerator: Any) -> bool:
@@ -363,19 +414,20 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
             )
     start = state.get("examples_seen", state["step"] * t.grad_accum * global_batch)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    if _is_deepspeed(accelerator):
+        _deepspeed_settings(accelerator, t)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    exact = runtime.precision == "fp32" and next(model.parameters()).dtype == torch.float32
+    pack_capacity, batching = _packing(t.packing, t.max_length, model, train_items, pad_id, kind, exact)
     loader: Any = torch.utils.data.DataLoader(
         train_items,  # type: ignore[arg-type]
         batch_sampler=StepSampler(
             len(train_items), global_batch, t.seed, start, (total_steps - state["step"]) * t.grad_accum
         ),
-        collate_fn=collator(pad_id, kind),
-        generator=torch.Generator().manual_seed(
-            t.seed
-        ),  # its per-iterator seed draw leaves the global RNG be
+        collate_fn=collator(pad_id, kind, pack_capacity),
+        generator=torch.Generator().manual_seed(t.seed),  # its seed draw leaves the global RNG be
     )
-    if _is_deepspeed(accelerator):
-        _deepspeed_settings(accelerator, t)
-    model, optimizer, scheduler, loader = accelerator.prepare(model, optimizer, scheduler, loader)
+    loader = accelerator.prepare(loader)
     if ckpt is not None:
         if not load_optimizer_state(ckpt, model, optimizer.optimizer):
             console.print(
@@ -392,13 +444,15 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
         "global_batch": global_batch * t.grad_accum,
         "attn_implementation": getattr(accelerator.unwrap_model(model).config, "_attn_implementation", None),
         "gradient_checkpointing": t.gradient_checkpointing,
+        "batching": batching,
     }
     console.print(
         f"[bold]train[/bold]: {kind} model {cfg.model.name} ({trainable:,} trainable of {total_params:,} params"
         f"{', LoRA r=' + str(t.lora.r) if lora else ''}); {len(train_items)} examples, {total_steps} steps\n"
         f"  runtime: {runtime.describe()}; {runtime_info['distributed_type']} x {world} process(es); "
         f"global batch {global_batch} x {t.grad_accum} accumulation; attention "
-        f"{runtime_info['attn_implementation']}; gradient checkpointing {'on' if t.gradient_checkpointing else 'off'}"
+        f"{runtime_info['attn_implementation']}; gradient checkpointing {'on' if t.gradient_checkpointing else 'off'}; "
+        f"batches {batching}"
     )
 
     run = _Run(accelerator, model, tok, kind, cfg, out, model_meta, ckpt_meta, base_ref)
@@ -432,7 +486,10 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
             # the step's mean token loss, as on one process.
             micro = [next(batches) for _ in range(t.grad_accum)]
             counts = torch.tensor(
-                [sum(label_tokens(b) for b in micro), sum(int(b["attention_mask"].sum()) for b in micro)],
+                [
+                    sum(label_tokens(b, kind) for b in micro),
+                    sum(int(b["attention_mask"].sum()) for b in micro),
+                ],
                 device=accelerator.device,
             )
             n_label, n_tokens = (int(x) for x in accelerator.reduce(counts, reduction="sum"))
