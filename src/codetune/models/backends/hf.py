@@ -59,6 +59,13 @@ class HFBackend:
         self.label, self.runtime = label, runtime
         self.device: torch.device = next(model.parameters()).device
         self._lock = threading.Lock()  # one generation at a time per model
+        # transformers 5 names the cache argument `cache`, earlier versions `past_key_values`
+        import inspect
+
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self._cache_key = (
+            "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        )
 
     @classmethod
     def from_path(
@@ -130,33 +137,107 @@ class HFBackend:
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Completion]]:
-        """`settings.n` completions per prompt. Greedy goes in left-padded batches of `batch_size`;
-        sampling goes one prompt at a time, prompt i seeded with `seed + i * n` (the n samples come
-        from that one stream), so a caller that splits the prompts into calls and moves the seed on
-        by `offset * n` for a call starting at prompt `offset` gets the same samples (like llama.cpp's
-        `seed + i * n + j` for sample j)."""
-        out: list[list[Completion]] = []
-        sampling = settings.temperature > 0
-        step = 1 if sampling else self.batch_size
+        """`settings.n` completions per prompt; sample j of prompt i is seeded with `seed + i * n + j`
+        (like llama.cpp), so a caller that splits the prompts into calls and moves the seed on by
+        `offset * n` for a call starting at prompt `offset` gets the same samples.
+
+        Causal models decode here (`_decode_causal`): each prompt is encoded once and its n samples
+        share that encoding; up to `batch_size` rows from several prompts decode together, and each row
+        leaves the batch as soon as it ends. Seq2seq models go through `model.generate`."""
         with self._lock:
-            for b in range(0, len(prompts), step):
-                chunk = prompts[b : b + step]
-                inputs, lengths = self._inputs(chunk)
-                start = inputs["input_ids"].shape[1] if self.kind == "causal" else 0
-                with torch.random.fork_rng():
-                    torch.manual_seed(settings.seed + b * settings.n)
-                    seqs = self.model.generate(
-                        **inputs, num_return_sequences=settings.n, **self._gen_kwargs(settings, start, None)
-                    )
-                for i in range(len(chunk)):
-                    rows = seqs[i * settings.n : (i + 1) * settings.n]
-                    out.append(
-                        [
-                            self._finish(r[start:] if self.kind == "causal" else r[1:], settings, lengths[i])
-                            for r in rows
-                        ]
-                    )
+            if self.kind == "causal":
+                return self._decode_causal(prompts, settings)
+            return self._generate_seq2seq(prompts, settings)
+
+    def _generate_seq2seq(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Completion]]:
+        out: list[list[Completion]] = []
+        step = 1 if settings.temperature > 0 else self.batch_size
+        for b in range(0, len(prompts), step):
+            chunk = prompts[b : b + step]
+            inputs, lengths = self._inputs(chunk)
+            with torch.random.fork_rng(devices=self._rng_devices()):
+                torch.manual_seed(settings.seed + b * settings.n)
+                seqs = self.model.generate(
+                    **inputs, num_return_sequences=settings.n, **self._gen_kwargs(settings, 0, None)
+                )
+            for i in range(len(chunk)):
+                rows = seqs[i * settings.n : (i + 1) * settings.n]
+                out.append([self._finish(r[1:], settings, lengths[i]) for r in rows])
         return out
+
+    def _rng_devices(self) -> list[torch.device]:
+        return [self.device] if self.device.type == "cuda" else []
+
+    def _decode_causal(self, prompts: Sequence[str], s: SamplingSettings) -> list[list[Completion]]:
+        """Waves of `batch_size // n` prompts (at least one): one left-padded prompt pass, its cache
+        repeated for the n samples, then one token per live row per step."""
+        per_wave = max(1, self.batch_size // max(1, s.n))
+        out: list[list[Completion]] = []
+        for first in range(0, len(prompts), per_wave):
+            out.extend(self._wave(prompts[first : first + per_wave], s, first))
+        return out
+
+    def _wave(self, prompts: Sequence[str], s: SamplingSettings, first: int) -> list[list[Completion]]:
+        from transformers import DynamicCache
+
+        inputs, lengths = self._inputs(prompts)
+        mask = inputs["attention_mask"]  # (P, T)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: each prompt counts from 0
+        cache_key = self._cache_key
+        cache = DynamicCache()
+        result = self.model(
+            input_ids=inputs["input_ids"], attention_mask=mask, position_ids=positions,
+            use_cache=True, logits_to_keep=1, **{cache_key: cache},
+        )  # fmt: skip
+        logits = result.logits[:, -1, :]  # (P, V)
+        n = s.n
+        if n > 1:  # the n samples of a prompt share its encoding
+            cache.batch_repeat_interleave(n)
+            logits, mask = logits.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
+        rows = len(prompts) * n
+        last = positions[:, -1].repeat_interleave(n)  # (R,)
+        pick = _TokenPicker(s, [s.seed + first * n + r for r in range(rows)], self.device)
+        stops = _StopWatch(self.tokenizer, s.stop)
+        eos = self.tokenizer.eos_token_id
+        made: list[list[int]] = [[] for _ in range(rows)]
+        ended: dict[int, bool] = {}  # row -> ended by EOS or a stop string (False: max_new_tokens)
+        live = list(range(rows))  # the rows still in the batch, in batch order
+        while live:
+            tokens = pick(logits, live)  # (A,)
+            keep: list[int] = []
+            for at, (row, token) in enumerate(zip(live, tokens.tolist(), strict=True)):
+                if token == eos:
+                    ended[row] = True
+                    continue
+                made[row].append(token)
+                if stops.hit(made[row]):
+                    ended[row] = True
+                elif len(made[row]) >= s.max_new_tokens:
+                    ended[row] = False
+                else:
+                    keep.append(at)
+            if not keep:
+                break
+            if len(keep) < len(live):  # finished rows leave the batch
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                mask, last, tokens = mask[index], last[index], tokens[index]
+                live = [live[at] for at in keep]
+            mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
+            last = last + 1
+            result = self.model(
+                input_ids=tokens[:, None], attention_mask=mask, position_ids=last[:, None],
+                use_cache=True, **{cache_key: cache},
+            )  # fmt: skip
+            logits = result.logits[:, -1, :]
+        out: list[list[Completion]] = []
+        for i, n_prompt in enumerate(lengths):
+            out.append([self._complete(made[i * n + j], ended[i * n + j], s, n_prompt) for j in range(n)])
+        return out
+
+    def _complete(self, ids: list[int], ended: bool, s: SamplingSettings, n_prompt: int) -> Completion:
+        text, stopped = cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), s.stop)
+        return Completion(text, "stop" if (ended or stopped) else "length", n_prompt, len(ids))
 
     def stream(self, prompt: str, settings: SamplingSettings) -> Iterator[str]:
         from transformers import TextIteratorStreamer
@@ -213,3 +294,46 @@ class HFBackend:
 
     def fim_tokens(self) -> FimTokens | None:
         return detect_fim_tokens(self.tokenizer.get_vocab())
+
+
+class _TokenPicker:
+    """The next token of each live row: argmax (temperature 0), or a draw after temperature, top-k and
+    top-p with each row's own generator, so a row's samples don't depend on the rows beside it."""
+
+    def __init__(self, s: SamplingSettings, seeds: Sequence[int], device: torch.device) -> None:
+        self.s = s
+        self.generators = (
+            [torch.Generator(device=device).manual_seed(seed) for seed in seeds] if s.temperature > 0 else []
+        )
+
+    def __call__(self, logits: torch.Tensor, live: Sequence[int]) -> torch.Tensor:
+        if self.s.temperature <= 0:
+            return logits.argmax(dim=-1)
+        scores = logits.float() / self.s.temperature  # (A, V)
+        if self.s.top_k > 0:
+            kth = scores.topk(min(self.s.top_k, scores.size(-1)), dim=-1).values[:, -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if self.s.top_p < 1.0:
+            ordered, order = scores.sort(dim=-1, descending=True)
+            cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
+            drop = cumulative - ordered.softmax(dim=-1) > self.s.top_p  # keep the first token past top_p
+            scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+        probs = scores.softmax(dim=-1)
+        return torch.cat(
+            [torch.multinomial(probs[a], 1, generator=self.generators[row]) for a, row in enumerate(live)]
+        )
+
+
+class _StopWatch:
+    """Whether a row's newest tokens complete a stop string: only the tail that could hold one is
+    decoded at each step (a token is at least one byte, a character at most four)."""
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str]) -> None:
+        self.tokenizer, self.stop = tokenizer, [x for x in stop if x]
+        self.window = 4 * max((len(x) for x in self.stop), default=0) + 1
+
+    def hit(self, ids: list[int]) -> bool:
+        if not self.stop:
+            return False
+        tail = self.tokenizer.decode(ids[-self.window :], skip_special_tokens=True)
+        return any(x in tail for x in self.stop)
