@@ -229,6 +229,7 @@ class TrainConfig:
     # auto: causal models pack each micro-batch's examples into rows of max_length tokens where a probe
     # shows it exact for the model; on: the same, or stop; off: pad each micro-batch to its longest
     packing: Literal["auto", "on", "off"] = "auto"
+    group_by_length: bool = True  # where packing does not apply: micro-batches of similar lengths
     lora: LoraSettings = field(default_factory=LoraSettings)
 
 
@@ -577,6 +578,9 @@ FIELD_HELP: dict[str, str] = {
     "tokens (position ids restart per example, so none attends to another; the loss per token is "
     "unchanged) instead of padding them to the longest. auto: for causal models where a probe at start "
     "shows the model keeps packed examples apart, else padding (said and recorded); on: stop if it can't",
+    "train.group_by_length": "where packing does not apply (seq2seq, or a model it would not be exact for): "
+    "sort each window of 16 micro-batches' examples by length and cut them into micro-batches taken in "
+    "a seeded order, so less is spent on padding (off with train.packing=off: plain shuffled batches)",
     "train.lora": "LoRA: {enabled, r, alpha, dropout, target_modules, top_layers (adapt only the last N blocks: "
     "backpropagation stops below them)}",
     "generate.backend": "hf (transformers) or llamacpp (GGUF)",

@@ -17,7 +17,14 @@ from codetune.data.prepare import prepare
 from codetune.errors import CodetuneError
 from codetune.manifest import read_jsonl
 from codetune.models.loading import load_for_inference
-from codetune.training.batches import collate, collate_packed, encode_examples, pack_rows, read_split
+from codetune.training.batches import (
+    StepSampler,
+    collate,
+    collate_packed,
+    encode_examples,
+    pack_rows,
+    read_split,
+)
 from codetune.training.loop import packing_leak, token_loss_sum, train
 
 
@@ -55,7 +62,11 @@ def _grads(model: Any, batch: dict[str, torch.Tensor]) -> tuple[float, int, dict
     model.zero_grad(set_to_none=True)
     loss, n = token_loss_sum(model, batch, "causal")
     (loss / n).backward()
-    return float(loss.detach()), n, {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    return (
+        float(loss.detach()),
+        n,
+        {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None},
+    )
 
 
 def test_packed_and_padded_batches_give_the_same_loss_and_gradients(trained_run: Config) -> None:
@@ -123,3 +134,34 @@ def test_packing_on_for_seq2seq_is_one_clear_error(tiny_cfg: Config) -> None:
     prepare(cfg)
     with pytest.raises(CodetuneError, match=r"train\.packing=on, but packing is not exact here: a seq2seq"):
         train(cfg)
+
+
+def test_length_grouping_keeps_every_example_and_resumes_mid_window() -> None:
+    lengths = [(i * 37) % 101 + 1 for i in range(50)]
+    plain = list(StepSampler(50, 4, seed=3, start=0, micro_batches=40))
+    grouped = list(StepSampler(50, 4, seed=3, start=0, micro_batches=40, group_lengths=lengths))
+    for w in (0, StepSampler.GROUP_WINDOW):  # each whole window: the same examples, regrouped
+        window = slice(w, w + StepSampler.GROUP_WINDOW)
+        assert sorted(i for b in grouped[window] for i in b) == sorted(i for b in plain[window] for i in b)
+
+    def spread(batches: list[list[int]]) -> float:
+        return sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+
+    assert spread(grouped) < spread(plain) / 3
+    later = list(StepSampler(50, 4, seed=3, start=4 * 21, micro_batches=19, group_lengths=lengths))
+    assert later == grouped[21:]  # a resumed run (mid-window) sees the same micro-batches
+
+
+def test_seq2seq_trains_on_length_grouped_batches(tiny_cfg: Config) -> None:
+    cfg = replace(
+        tiny_cfg,
+        model=replace(tiny_cfg.model, name="tiny-t5"),
+        train=replace(tiny_cfg.train, max_steps=2, eval_every=0, save_every=0, tensorboard=False),
+    )
+    prepare(cfg)
+    out = train(cfg)
+    batching = json.loads((out / "manifest.json").read_text())["runtime"]["batching"]
+    assert (
+        batching
+        == "padded (packing does not apply: a seq2seq model); grouped by length in windows of 16 micro-batches"
+    )

@@ -140,13 +140,29 @@ class StepSampler:
     Every list is full (a micro-batch may span the end of one epoch and the start of the next), so
     Accelerate's `split_batches` gives each of the processes an equal slice of it."""
 
-    def __init__(self, n_items: int, global_batch: int, seed: int, start: int, micro_batches: int) -> None:
+    GROUP_WINDOW = 16  # micro-batches whose examples are grouped by length together
+
+    def __init__(
+        self,
+        n_items: int,
+        global_batch: int,
+        seed: int,
+        start: int,
+        micro_batches: int,
+        group_lengths: Sequence[int] | None = None,
+    ) -> None:
+        """`group_lengths`: the items' lengths, to group by length (padded batches that packing can't
+        replace): the examples of every window of GROUP_WINDOW micro-batches are sorted by length and cut
+        into micro-batches, taken in a seeded order, so a micro-batch holds examples of similar length
+        while the stream stays a function of (seed, position)."""
         if n_items < 1:
             raise ValueError("StepSampler needs at least one item")
         self.n_items, self.batch_size, self.seed = n_items, global_batch, seed
         self.start, self.micro_batches = start, micro_batches
+        self.lengths = group_lengths
         self.drop_last = False  # read by Accelerate's BatchSamplerShard
         self._perm: tuple[int, list[int]] = (-1, [])
+        self._window: tuple[int, list[list[int]]] = (-1, [])
 
     def _item(self, position: int) -> int:
         epoch, i = divmod(position, self.n_items)
@@ -161,7 +177,23 @@ class StepSampler:
     def __iter__(self) -> Iterator[list[int]]:
         for m in range(self.micro_batches):
             first = self.start + m * self.batch_size
-            yield [self._item(p) for p in range(first, first + self.batch_size)]
+            if self.lengths is None:
+                yield [self._item(p) for p in range(first, first + self.batch_size)]
+            else:
+                yield self._grouped(first)
+
+    def _grouped(self, first: int) -> list[int]:
+        """The micro-batch at example position `first`, from its window's examples grouped by length."""
+        span = self.GROUP_WINDOW * self.batch_size
+        window, offset = divmod(first, span)
+        if self._window[0] != window:
+            items = [self._item(p) for p in range(window * span, (window + 1) * span)]
+            assert self.lengths is not None
+            ordered = sorted(items, key=lambda i: self.lengths[i])  # type: ignore[index]
+            batches = [ordered[b : b + self.batch_size] for b in range(0, span, self.batch_size)]
+            g = torch.Generator().manual_seed(self.seed * 100_003 + 7919 * window + 1)
+            self._window = (window, [batches[k] for k in torch.randperm(len(batches), generator=g).tolist()])
+        return self._window[1][offset // self.batch_size]
 
 
 def collator(

@@ -419,10 +419,19 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     exact = runtime.precision == "fp32" and next(model.parameters()).dtype == torch.float32
     pack_capacity, batching = _packing(t.packing, t.max_length, model, train_items, pad_id, kind, exact)
+    # where packing can't apply (seq2seq), micro-batches of similar lengths waste less on padding
+    grouped = pack_capacity is None and t.packing != "off" and t.group_by_length
+    if grouped:
+        batching += f"; grouped by length in windows of {StepSampler.GROUP_WINDOW} micro-batches"
     loader: Any = torch.utils.data.DataLoader(
         train_items,  # type: ignore[arg-type]
         batch_sampler=StepSampler(
-            len(train_items), global_batch, t.seed, start, (total_steps - state["step"]) * t.grad_accum
+            len(train_items),
+            global_batch,
+            t.seed,
+            start,
+            (total_steps - state["step"]) * t.grad_accum,
+            group_lengths=[len(e.input_ids) for e in train_items] if grouped else None,
         ),
         collate_fn=collator(pad_id, kind, pack_capacity),
         generator=torch.Generator().manual_seed(t.seed),  # its seed draw leaves the global RNG be
