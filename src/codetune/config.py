@@ -278,7 +278,7 @@ class ServeConfig:
     backend: Literal["hf", "llamacpp"] | None = None  # default: generate.backend (a .gguf file: llamacpp)
     api_keys: list[str] = field(default_factory=list)
     api_keys_file: str | None = None  # one key per line; '#' starts a comment
-    max_concurrent: int = 1  # generations running at once
+    max_concurrent: int = 8  # requests generating at once (non-streamed greedy ones share batches)
     max_queue: int = 8  # requests waiting for a slot; beyond that: 429
     request_timeout_s: float = 120.0  # queue wait + generation
     max_tokens_limit: int = 1024
@@ -620,7 +620,9 @@ FIELD_HELP: dict[str, str] = {
     "serve.backend": "hf or llamacpp for every model (default: generate.backend; a .gguf file runs on llamacpp)",
     "serve.api_keys": "accepted API keys (Authorization: Bearer KEY); none and no keys file: no auth",
     "serve.api_keys_file": "file with one accepted API key per line ('#' comments); keys are never logged",
-    "serve.max_concurrent": "generations running at once (1 suits a CPU)",
+    "serve.max_concurrent": "requests generating at once. Non-streamed greedy requests with the same "
+    "decoding settings are decoded together: each backend call takes every such request waiting "
+    "then; streams and sampled requests take turns on the model. 1: one request at a time",
     "serve.max_queue": "requests that may wait for a free slot; more get 429 with Retry-After",
     "serve.request_timeout_s": "per-request limit in seconds (queue wait + generation); then 504",
     "serve.max_tokens_limit": "largest max_tokens a request may ask for (more: 400)",

@@ -29,6 +29,7 @@ from codetune.errors import CodetuneError
 from codetune.generation import parse_model_spec
 from codetune.models.backends.base import Backend
 from codetune.serve.admission import Admission, GenerationTimeout, QueueFull
+from codetune.serve.batching import Batcher
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -65,6 +66,7 @@ class ServedModel:
     prompt: PromptConfig
     source: str
     created: int
+    batcher: Batcher  # shared by every name served from the same backend
 
 
 class AccessLog:
@@ -215,18 +217,23 @@ def load_models(cfg: Config, backends: Mapping[str, Backend] | None = None) -> d
     now = int(time.time())
     if backends is not None:
         paths = dict(model_specs(cfg)) if cfg.serve.models else {}
+        batchers = {id(b): Batcher(b) for b in backends.values()}
         return {
-            name: ServedModel(name, b, _prompt_of(paths.get(name), cfg.prompt), paths.get(name, ""), now)
+            name: ServedModel(
+                name, b, _prompt_of(paths.get(name), cfg.prompt), paths.get(name, ""), now, batchers[id(b)]
+            )
             for name, b in backends.items()
         }
-    loaded: dict[tuple[str, str], Backend] = {}
+    loaded: dict[tuple[str, str], tuple[Backend, Batcher]] = {}
     out = {}
     for name, path in model_specs(cfg):
         gguf = path.endswith(".gguf") and Path(path).is_file()
         kind = cfg.serve.backend or ("llamacpp" if gguf else cfg.generate.backend)
         if (kind, path) not in loaded:
-            loaded[kind, path] = load_backend(dataclasses.replace(cfg.generate, backend=kind), path)
-        out[name] = ServedModel(name, loaded[kind, path], _prompt_of(path, cfg.prompt), path, now)
+            backend = load_backend(dataclasses.replace(cfg.generate, backend=kind), path)
+            loaded[kind, path] = (backend, Batcher(backend))
+        backend, batcher = loaded[kind, path]
+        out[name] = ServedModel(name, backend, _prompt_of(path, cfg.prompt), path, now, batcher)
     return out
 
 

@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -185,10 +186,15 @@ async def _disconnected(request: Request) -> None:
 async def _generate(
     request: Request, served: ServedModel, prompts: list[str], s: SamplingSettings
 ) -> list[list[Completion]]:
-    """`backend.generate` once admitted. A client that leaves while its request waits in the queue
-    gives up its place; one that leaves during generation can't stop it (the slot stays held)."""
+    """`backend.generate` once admitted, in one call with the other requests waiting to generate with
+    the same settings (`Batcher`). A client that leaves while its request waits in the queue
+    gives up its place, also while it waits for the model; one that leaves during generation can't stop
+    it (the slot stays held)."""
     access = _access(request)
-    work = asyncio.ensure_future(_state(request).admission.call(lambda: served.backend.generate(prompts, s)))
+    withdrawn = threading.Event()
+    work = asyncio.ensure_future(
+        _state(request).admission.call(lambda: served.batcher.generate(prompts, s, withdrawn))
+    )
     gone = asyncio.ensure_future(_disconnected(request))
     try:
         await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -196,8 +202,11 @@ async def _generate(
         gone.cancel()
     if not work.done():
         access["cancelled"] = True
+        withdrawn.set()  # not generated for, unless its batch has started already
         work.cancel()
         raise ApiError(499, "client closed the request", code="client_closed_request")
+    if isinstance(work.exception(), GenerationTimeout):
+        withdrawn.set()  # timed out waiting for the model: not generated for later
     rows: list[list[Completion]] = work.result()
     return rows
 

@@ -1,0 +1,140 @@
+"""Concurrent requests on one model share backend calls: greedy ones with equal settings go together,
+sampled ones alone, a withdrawn one is not generated for, and errors reach every request of a batch."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from codetune.config import load_config
+from codetune.models.backends.base import Completion, SamplingSettings
+from codetune.serve import create_app, running_server
+from codetune.serve.batching import Batcher, Cancelled
+from tests.serve.test_server import FakeBackend
+
+GREEDY = SamplingSettings(max_new_tokens=8)
+
+
+class EchoBackend:
+    """Answers each prompt with itself; the first call waits for `gate`. Records every call."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.gate, self.fail = threading.Event(), fail
+        self.calls: list[list[str]] = []
+
+    def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Completion]]:
+        self.calls.append(list(prompts))
+        if len(self.calls) == 1:
+            self.gate.wait(10)
+        if self.fail:
+            raise RuntimeError("backend broke")
+        return [[Completion(p, "stop", 1, 1)] * settings.n for p in prompts]
+
+
+def _start(
+    batcher: Batcher, prompts: list[str], settings: SamplingSettings, out: dict[str, Any]
+) -> threading.Thread:
+    def run() -> None:
+        try:
+            out[prompts[0]] = batcher.generate(prompts, settings, out.get("cancel"))
+        except Exception as e:
+            out[prompts[0]] = e
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def _wait_for(condition: Any) -> None:
+    deadline = time.monotonic() + 10
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_waiting_greedy_requests_share_one_call_and_each_gets_its_rows() -> None:
+    backend, out = EchoBackend(), {}
+    batcher = Batcher(backend)
+    threads = [_start(batcher, ["a"], GREEDY, out)]
+    _wait_for(lambda: backend.calls)  # "a" is generating; the next ones wait
+    threads += [_start(batcher, [p, p + "2"], GREEDY, out) for p in ("b", "c", "d")]
+    _wait_for(lambda: len(batcher._waiting) == 3)
+    backend.gate.set()
+    for t in threads:
+        t.join(10)
+    assert backend.calls == [["a"], ["b", "b2", "c", "c2", "d", "d2"]]
+    for p in "bcd":
+        assert [row[0].text for row in out[p]] == [p, p + "2"]
+    assert batcher.calls == 2 and batcher.batched_requests == 3
+
+
+def test_sampled_or_differently_set_requests_are_not_combined() -> None:
+    backend, out = EchoBackend(), {}
+    batcher = Batcher(backend)
+    threads = [_start(batcher, ["a"], GREEDY, out)]
+    _wait_for(lambda: backend.calls)
+    sampled = SamplingSettings(max_new_tokens=8, temperature=0.8, n=2, seed=1)
+    threads += [_start(batcher, ["s1"], sampled, out), _start(batcher, ["s2"], sampled, out)]
+    threads += [_start(batcher, ["long"], SamplingSettings(max_new_tokens=64), out)]
+    _wait_for(lambda: len(batcher._waiting) == 3)
+    backend.gate.set()
+    for t in threads:
+        t.join(10)
+    assert sorted(backend.calls[1:]) == [["long"], ["s1"], ["s2"]]
+    assert len(out["s1"][0]) == 2
+
+
+def test_a_withdrawn_request_is_not_generated_for() -> None:
+    backend, out = EchoBackend(), {}
+    batcher = Batcher(backend)
+    first = _start(batcher, ["a"], GREEDY, out)
+    _wait_for(lambda: backend.calls)
+    left: dict[str, Any] = {"cancel": threading.Event()}
+    gone = _start(batcher, ["gone"], GREEDY, left)
+    stays = _start(batcher, ["stays"], GREEDY, out)
+    _wait_for(lambda: len(batcher._waiting) == 2)
+    left["cancel"].set()
+    backend.gate.set()
+    for t in (first, gone, stays):
+        t.join(10)
+    assert backend.calls == [["a"], ["stays"]]
+    assert isinstance(left["gone"], Cancelled)
+
+
+def test_a_backend_error_reaches_every_request_of_the_batch() -> None:
+    backend, out = EchoBackend(fail=True), {}
+    batcher = Batcher(backend)
+    threads = [_start(batcher, ["a"], GREEDY, out)]
+    _wait_for(lambda: backend.calls)
+    threads += [_start(batcher, [p], GREEDY, out) for p in ("b", "c")]
+    _wait_for(lambda: len(batcher._waiting) == 2)
+    backend.gate.set()
+    for t in threads:
+        t.join(10)
+    assert all(isinstance(out[p], RuntimeError) for p in "abc")
+    assert len(backend.calls) == 2
+
+
+def test_concurrent_http_requests_are_decoded_in_one_batch(tmp_path: Any) -> None:
+    fake = FakeBackend()
+    cfg = load_config(None, {"serve": {"max_concurrent": 8, "access_log": str(tmp_path / "log.jsonl")}})
+    with running_server(create_app(cfg, backends={"slow": fake})) as url:
+
+        def post(prompt: str) -> None:
+            r = httpx.post(url + "/v1/completions", json={"prompt": prompt, "max_tokens": 4}, timeout=30)
+            assert r.status_code == 200, r.text
+
+        threads = [threading.Thread(target=post, args=(p,)) for p in ("first", "b", "c", "d")]
+        threads[0].start()
+        assert fake.started.wait(10)
+        for t in threads[1:]:
+            t.start()
+        _wait_for(lambda: httpx.get(url + "/health").json()["running"] == 4)
+        time.sleep(0.2)  # the three have reached the model's line
+        fake.gate.set()
+        for t in threads:
+            t.join(30)
+    assert fake.calls == 2  # "first" alone, then b, c and d together
