@@ -165,3 +165,18 @@ def test_seq2seq_trains_on_length_grouped_batches(tiny_cfg: Config) -> None:
         batching
         == "padded (packing does not apply: a seq2seq model); grouped by length in windows of 16 micro-batches"
     )
+
+
+def test_chunked_cross_entropy_equals_the_whole_one_with_its_gradient() -> None:
+    from codetune.training.loop import CE_CHUNK, cross_entropy_sum
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(CE_CHUNK * 2 + 17, 50, generator=g, requires_grad=True)
+    target = torch.randint(0, 50, (logits.size(0),), generator=g)
+    target[::7] = IGNORE_INDEX
+    whole = torch.nn.functional.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
+    (expected,) = torch.autograd.grad(whole, logits)
+    chunked = cross_entropy_sum(logits, target)
+    (got,) = torch.autograd.grad(chunked, logits)
+    assert abs(float(chunked.detach()) - float(whole.detach())) <= 1e-3
+    assert torch.allclose(got, expected, atol=1e-6)

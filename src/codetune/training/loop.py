@@ -88,13 +88,33 @@ def token_loss_sum(
         else:
             logits = model(**inputs).logits[:, needed]  # (B, K, V)
         target = labels[:, needed + 1]  # (B, K)
-    loss = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(),
-        target.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
+    loss = cross_entropy_sum(logits.reshape(-1, logits.size(-1)), target.reshape(-1))
     return loss, int((target != IGNORE_INDEX).sum())
+
+
+CE_CHUNK = 256  # rows of logits per cross-entropy chunk
+
+
+def cross_entropy_sum(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of (N, V) logits in fp32, a chunk of rows at a time, each chunk recomputed in
+    the backward pass: neither a full fp32 copy of 16-bit logits nor the full log-softmax is kept, so the
+    output layer's memory is the logits and their gradient (with a 152k vocabulary, ~0.6 GB per 1,000
+    positions in fp32, each)."""
+    if not logits.requires_grad or logits.size(0) <= CE_CHUNK:
+        return _ce_sum(logits, target)
+    from torch.utils.checkpoint import checkpoint
+
+    parts = [
+        checkpoint(_ce_sum, logits[i : i + CE_CHUNK], target[i : i + CE_CHUNK], use_reentrant=False)
+        for i in range(0, logits.size(0), CE_CHUNK)
+    ]
+    return torch.stack(parts).sum()
+
+
+def _ce_sum(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(
+        logits.float(), target, ignore_index=IGNORE_INDEX, reduction="sum"
+    )
 
 
 def accepts_logits_to_keep(model: Any) -> bool:
