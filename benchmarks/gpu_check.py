@@ -186,23 +186,11 @@ def make_examples(n: int, seed: int = 0) -> list[dict[str, str]]:
 
 
 def bpe_tokenizer(texts: list[str], vocab_size: int) -> Any:
-    """A byte-level BPE trained on `texts` (as codetune's tiny preset does), with pad/bos/eos/unk."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """codetune's tiny-preset tokenizer: a byte-level BPE trained on `texts` (needs only tokenizers,
+    transformers and pyyaml, which a bare GPU machine with transformers has)."""
+    from codetune.models.tiny import train_tokenizer
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
+    return train_tokenizer(texts, vocab_size)
 
 
 def cached_pack() -> Path | None:
