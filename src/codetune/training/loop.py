@@ -262,7 +262,8 @@ def _optimizer(model: Any, cfg: Config) -> torch.optim.Optimizer:
         {"params": decay, "weight_decay": cfg.train.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.train.lr)
+    # the fused kernel: one pass over all parameters per step instead of a loop (what HF Trainer uses)
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, fused=True)
 
 
 def _prepare_model(
@@ -484,7 +485,7 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
         f"batches {batching}"
     )
 
-    run = _Run(accelerator, model, tok, kind, cfg, out, model_meta, ckpt_meta, base_ref)
+    run = _Run(accelerator, model, tok, kind, cfg, out, model_meta, ckpt_meta, base_ref, console)
     metrics_path = out / "metrics.jsonl"
     board = None
     if main:
@@ -627,6 +628,7 @@ class _Run:
     model_meta: dict[str, Any]
     ckpt_meta: dict[str, Any]
     base_ref: str
+    console: Console  # the main process's; quiet on the others
 
 
 def _validate(
@@ -674,7 +676,7 @@ def _validate(
             f", pass@1 {row['valid_pass@1']:.3f} ({row['valid_passed']}/{row['valid_tasks']}), "
             f"BLEU {row['valid_bleu']:.2f} [{row['eval_s']:.0f} s]"
         )
-    Console(stderr=True, quiet=not acc.is_main_process).print(f"  step {step}: {shown}")
+    run.console.print(f"  step {step}: {shown}")
     candidate = {"valid_loss": vloss, "pass@1": row.get("valid_pass@1")}
     if better(candidate, state.get("best"), select_by):
         state.update(best_valid_loss=vloss, best_step=step, best=candidate, bad_evals=0)
