@@ -4,13 +4,26 @@ Decoding is driven token by token here rather than through `create_completion`, 
 sequences, streaming hold-back, token counts and sampling settings behave exactly as in the
 transformers backend: temperature 0 is greedy; otherwise top-k (0 = off), top-p, temperature, with no
 min-p, typical-p or repetition penalty that llama-cpp-python would otherwise add by default.
+
+`generate` decodes up to `max_batch` sequences together on llama.cpp's low-level API (one
+`llama_decode` per step, one token per sequence, in one context with a unified KV cache): a prompt is
+encoded once and its KV-cache sequence copied to each of its n samples; a sequence leaves the batch as
+soon as it ends and the next waiting sample takes its place. `stream` decodes one sequence through
+`Llama.generate`. Sample j of prompt i is seeded `seed + i * n + j` whatever the batch, and a call
+repeated gives the same text. Batched and one-at-a-time output agree only as far as the logits do:
+llama.cpp's CPU matrix products are not batch-invariant (one row and several rows take different
+kernels, with the activations quantized to 8 bits differently), so greedy output can go the other
+way at a near tie between the top two tokens, and sampled output whenever a draw lands near the edge
+between two tokens (measured in benchmarks/README.md, `generation_throughput.py`).
 """
 
 from __future__ import annotations
 
 import codecs
+import ctypes
 import os
 import threading
+from collections import deque
 from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +60,6 @@ def _filter_llama_log(llama_cpp: Any) -> None:
     if _log_filter:
         return
     try:
-        import ctypes
-
         from llama_cpp import _logger
     except ImportError:  # another llama-cpp-python layout: leave its logging as it is
         return
@@ -72,6 +83,112 @@ class _Run:
     eog: bool = False  # the model ended its turn (an end-of-generation token)
 
 
+@dataclass
+class _Sequence:
+    """One completion decoding in a batch slot: what it feeds next, its sampler and its text so far."""
+
+    prompt: int  # index of its prompt in the call
+    sample: int  # which of the prompt's n samples
+    budget: int  # the most tokens it may produce
+    sampler: Any  # its own llama_sampler chain: greedy, or seeded as `Llama.generate` builds it
+    token: int  # the token it feeds at the next step, at position `pos`
+    pos: int
+    decoder: codecs.IncrementalDecoder
+    text: str = ""
+    completion_tokens: int = 0
+    stopped: bool = False  # a stop sequence ended it
+    eog: bool = False  # the model ended its turn
+
+    def completion(self, prompt_tokens: int) -> Completion:
+        reason: Literal["stop", "length"] = "stop" if self.stopped or self.eog else "length"
+        return Completion(self.text, reason, prompt_tokens, self.completion_tokens)
+
+
+def _sampler_chain(lib: Any, s: SamplingSettings, seed: int) -> Any:
+    """The chain `Llama.generate` builds for these settings (less its no-op repetition penalty)."""
+    chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+    if s.temperature > 0:
+        parts = [
+            lib.llama_sampler_init_top_k(s.top_k),
+            lib.llama_sampler_init_typical(1.0, 1),
+            lib.llama_sampler_init_top_p(s.top_p, 1),
+            lib.llama_sampler_init_min_p(0.0, 1),
+            lib.llama_sampler_init_temp(s.temperature),
+            lib.llama_sampler_init_dist(seed),
+        ]
+    else:
+        parts = [lib.llama_sampler_init_greedy()]
+    for part in parts:
+        lib.llama_sampler_chain_add(chain, part)  # the chain owns its parts
+    return chain
+
+
+class _BatchContext:
+    """A llama_context for decoding up to `slots` sequences together. Sequence ids 0..slots-1 are
+    the slots; id `slots` holds the prompt whose samples are being started. The KV cache is unified
+    (one pool of cells for every sequence), so a prompt copied to n sequences is stored once."""
+
+    def __init__(self, lib: Any, llm: Any, *, slots: int, n_ctx: int, n_batch: int, threads: int) -> None:
+        self.lib, self.slots, self.n_ctx, self.n_batch = lib, slots, n_ctx, max(n_batch, slots)
+        params = lib.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = params.n_ubatch = self.n_batch
+        params.n_seq_max = slots + 1
+        params.kv_unified = True
+        params.n_threads = params.n_threads_batch = threads
+        self.ctx = lib.llama_init_from_model(llm._model.model, params)
+        if self.ctx is None:
+            raise CodetuneError(
+                f"llama.cpp could not make a context of {n_ctx} tokens for {slots} sequences; "
+                "lower max_batch or max_new_tokens"
+            )
+        adapter = getattr(llm, "_lora_adapter", None)
+        if adapter is not None:  # the LoRA the Llama loaded applies to this context too
+            adapters = (lib.llama_adapter_lora_p_ctypes * 1)(adapter)
+            scales = (ctypes.c_float * 1)(float(llm.lora_scale))
+            if lib.llama_set_adapters_lora(self.ctx, adapters, 1, scales) != 0:
+                raise CodetuneError(f"llama.cpp could not apply the LoRA {llm.lora_path}")
+        self.memory = lib.llama_get_memory(self.ctx)
+        self.batch = lib.llama_batch_init(self.n_batch, 0, 1)
+
+    def _decode(self, rows: Sequence[tuple[int, int, int]], logits: bool) -> None:
+        """One llama_decode of (sequence id, token, position) rows; logits for every row or none."""
+        batch = self.batch
+        for i, (seq, token, pos) in enumerate(rows):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = logits
+        batch.n_tokens = len(rows)
+        code = self.lib.llama_decode(self.ctx, batch)
+        if code != 0:
+            raise CodetuneError(f"llama_decode failed (code {code}) on a batch of {len(rows)} tokens")
+
+    def prefill(self, seq: int, tokens: Sequence[int]) -> None:
+        """Encode `tokens` at positions 0.. into sequence `seq`, in chunks of n_batch, no logits."""
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start : start + self.n_batch]
+            self._decode([(seq, t, start + k) for k, t in enumerate(chunk)], logits=False)
+
+    def step(self, rows: Sequence[tuple[int, int, int]]) -> None:
+        """One token for each of several sequences; the logits of row i are then at index i."""
+        self._decode(rows, logits=True)
+
+    def copy(self, src: int, dst: int, length: int) -> None:
+        self.lib.llama_memory_seq_cp(self.memory, src, dst, 0, length)
+
+    def remove(self, seq: int) -> None:
+        self.lib.llama_memory_seq_rm(self.memory, seq, -1, -1)
+
+    def clear(self) -> None:
+        self.lib.llama_memory_clear(self.memory, True)
+
+    def close(self) -> None:
+        if self.ctx is not None:
+            self.lib.llama_batch_free(self.batch)
+            self.lib.llama_free(self.ctx)
+            self.ctx = None
+
+
 class LlamaCppBackend:
     """Backend protocol over a GGUF model (see `codetune.models.backends.base.Backend`)."""
 
@@ -85,7 +202,11 @@ class LlamaCppBackend:
         seed: int = 0,
         n_batch: int = 512,
         lora_path: str | Path | None = None,
+        max_batch: int = 16,
     ) -> None:
+        """`max_batch`: how many sequences `generate` decodes together (1 = one at a time)."""
+        if max_batch < 1:
+            raise CodetuneError(f"max_batch is {max_batch}; it must be at least 1")
         self._lib = _import_llama_cpp()
         path = Path(gguf_path)
         if not path.is_file():
@@ -98,6 +219,7 @@ class LlamaCppBackend:
             raise CodetuneError(f"LoRA GGUF {self.lora_path} not found")
         self.seed = seed
         threads = n_threads or len(os.sched_getaffinity(0))
+        self.max_batch, self._threads, self._n_batch = max_batch, threads, n_batch
         self._llm = self._lib.Llama(
             model_path=self.gguf_path,
             n_ctx=n_ctx,
@@ -111,6 +233,7 @@ class LlamaCppBackend:
         self._lock = threading.Lock()  # one generation at a time: the model has a single KV cache
         self._vocab: frozenset[str] | None = None
         self._formatter: Any = None
+        self._batched: _BatchContext | None = None  # made by the first `generate`, grown as needed
 
     # -- decoding -------------------------------------------------------------------------------
 
@@ -118,16 +241,22 @@ class LlamaCppBackend:
         # special=True: chat prompts carry the model's control tokens as text (<|im_start|>, ...).
         return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
 
-    def _pieces(self, prompt: str, s: SamplingSettings, seed: int, run: _Run) -> Iterator[str]:
-        """Decoded text of one completion as it is produced; no stop handling. Caller holds the lock."""
+    def _prompt_tokens(self, prompt: str) -> list[int]:
         tokens = self._tokenize(prompt, add_bos=True)  # BOS only where the GGUF asks for one
         n_ctx = int(self._llm.n_ctx())
-        run.prompt_tokens = len(tokens)
         if len(tokens) >= n_ctx:
             raise CodetuneError(
                 f"prompt is {len(tokens)} tokens, the context window is {n_ctx}; shorten it or raise n_ctx"
             )
-        budget = min(s.max_new_tokens, n_ctx - len(tokens))
+        if not tokens:
+            raise CodetuneError("the prompt is empty (0 tokens); give the model some text to continue")
+        return tokens
+
+    def _pieces(self, prompt: str, s: SamplingSettings, seed: int, run: _Run) -> Iterator[str]:
+        """Decoded text of one completion as it is produced; no stop handling. Caller holds the lock."""
+        tokens = self._prompt_tokens(prompt)
+        run.prompt_tokens = len(tokens)
+        budget = min(s.max_new_tokens, int(self._llm.n_ctx()) - len(tokens))
         if budget <= 0:
             return
         self._llm.set_seed(seed)
@@ -155,30 +284,104 @@ class LlamaCppBackend:
         if tail:
             yield tail
 
-    def _complete(self, prompt: str, s: SamplingSettings, seed: int) -> Completion:
-        run = _Run()
-        text, stopped = "", False
-        longest = max((len(x) for x in s.stop), default=0)
-        for piece in self._pieces(prompt, s, seed, run):
-            text += piece
-            # Only the tail can hold a stop that wasn't there before this piece.
-            window = len(piece) + longest
-            if s.stop and cut_at_stop(text[-window:], s.stop)[1]:
-                text, stopped = cut_at_stop(text, s.stop)
-                break
-        reason: Literal["stop", "length"] = "stop" if stopped or run.eog else "length"
-        return Completion(text, reason, run.prompt_tokens, run.completion_tokens)
+    # -- batched decoding -----------------------------------------------------------------------
+
+    def _batch_context(self, slots: int, longest: int) -> _BatchContext:
+        """A context for `slots` sequences of up to `longest` tokens each, plus the shared prompt."""
+        ctx, need = self._batched, (slots + 1) * longest
+        if ctx is not None and ctx.slots >= slots and ctx.n_ctx >= need:
+            return ctx
+        if ctx is not None:  # grow, never shrink, so that a mixed workload settles on one context
+            slots, need = max(slots, ctx.slots), max(need, ctx.n_ctx, (ctx.slots + 1) * longest)
+            ctx.close()
+            self._batched = None
+        n_ctx = -(-max(need, (slots + 1) * longest) // 256) * 256
+        self._batched = _BatchContext(
+            self._lib, self._llm, slots=slots, n_ctx=n_ctx, n_batch=self._n_batch, threads=self._threads
+        )
+        return self._batched
+
+    def _decode_batched(self, prompts: list[list[int]], s: SamplingSettings) -> list[list[Completion]]:
+        """Every (prompt, sample) pair decoded up to `max_batch` at a time, refilling freed slots.
+        Caller holds the lock."""
+        n_ctx = int(self._llm.n_ctx())
+        budgets = [min(s.max_new_tokens, n_ctx - len(t)) for t in prompts]
+        out: list[list[Completion]] = [[Completion("", "length", len(t), 0)] * s.n for t in prompts]
+        waiting = deque((i, j) for i, b in enumerate(budgets) if b > 0 for j in range(s.n))
+        if not waiting:
+            return out
+        slots = min(self.max_batch, len(waiting))
+        ctx = self._batch_context(slots, max(len(t) + b + 1 for t, b in zip(prompts, budgets, strict=True)))
+        holder, held = ctx.slots, -1  # the sequence id holding prompt `held`'s tokens
+        active: dict[int, _Sequence] = {}
+        try:
+            while waiting or active:
+                while waiting and len(active) < slots:
+                    i, j = waiting.popleft()
+                    if held != i:  # encode the prompt once, all but its last token (fed at step 1)
+                        ctx.remove(holder)
+                        ctx.prefill(holder, prompts[i][:-1])
+                        held = i
+                    seq = min(set(range(slots)) - active.keys())
+                    ctx.copy(holder, seq, len(prompts[i]) - 1)
+                    active[seq] = self._start(i, j, prompts[i], budgets[i], s)
+                rows = list(active.items())
+                ctx.step([(seq, q.token, q.pos) for seq, q in rows])
+                for row, (seq, q) in enumerate(rows):
+                    token = self._lib.llama_sampler_sample(q.sampler, ctx.ctx, row)
+                    if self._advance(q, token, s.stop):
+                        out[q.prompt][q.sample] = q.completion(len(prompts[q.prompt]))
+                        self._lib.llama_sampler_free(q.sampler)
+                        ctx.remove(seq)
+                        del active[seq]
+        finally:
+            for q in active.values():
+                self._lib.llama_sampler_free(q.sampler)
+            ctx.clear()
+        return out
+
+    def _start(self, i: int, j: int, tokens: list[int], budget: int, s: SamplingSettings) -> _Sequence:
+        seed = s.seed + i * s.n + j  # as one at a time: sample j of prompt i
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        sampler = _sampler_chain(self._lib, s, seed)
+        return _Sequence(i, j, budget, sampler, token=tokens[-1], pos=len(tokens) - 1, decoder=decoder)
+
+    def _advance(self, q: _Sequence, token: int, stop: Sequence[str]) -> bool:
+        """Take sequence `q`'s next token; True when it has ended (end of turn, stop or budget)."""
+        if self._lib.llama_vocab_is_eog(self._llm._model.vocab, token):
+            q.eog = True
+            self._grow(q, q.decoder.decode(b"", final=True), stop)
+            return True
+        q.completion_tokens += 1
+        piece = q.decoder.decode(self._llm._model.detokenize([token], special=False))
+        if self._grow(q, piece, stop):
+            return True
+        if q.completion_tokens >= q.budget:
+            self._grow(q, q.decoder.decode(b"", final=True), stop)
+            return True
+        q.token, q.pos = token, q.pos + 1
+        return False
+
+    @staticmethod
+    def _grow(q: _Sequence, piece: str, stop: Sequence[str]) -> bool:
+        """Append `piece`; True (and the text cut) when a stop sequence has appeared."""
+        if not piece:
+            return False
+        q.text += piece
+        # Only the tail can hold a stop that wasn't there before this piece.
+        window = len(piece) + max((len(x) for x in stop), default=0)
+        if stop and cut_at_stop(q.text[-window:], stop)[1]:
+            q.text, q.stopped = cut_at_stop(q.text, stop)[0], True
+        return q.stopped
 
     # -- Backend protocol -----------------------------------------------------------------------
 
     def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Completion]]:
-        """`settings.n` completions per prompt; sample j of prompt i uses seed `seed + i * n + j`."""
-        out: list[list[Completion]] = []
+        """`settings.n` completions per prompt, decoded up to `max_batch` sequences together;
+        sample j of prompt i uses seed `seed + i * n + j`, whatever the batch."""
         with self._lock:
-            for i, prompt in enumerate(prompts):
-                seeds = [settings.seed + i * settings.n + j for j in range(settings.n)]
-                out.append([self._complete(prompt, settings, seed) for seed in seeds])
-        return out
+            tokens = [self._prompt_tokens(p) for p in prompts]
+            return self._decode_batched(tokens, settings)
 
     def stream(self, prompt: str, settings: SamplingSettings) -> Iterator[str]:
         """One completion's text as produced, holding back what could be the start of a stop."""
@@ -226,4 +429,7 @@ class LlamaCppBackend:
 
     def close(self) -> None:
         """Free the model now rather than at garbage collection."""
+        if self._batched is not None:
+            self._batched.close()
+            self._batched = None
         self._llm.close()
