@@ -86,8 +86,18 @@ test: lint
 	$(BIN)/python -m pytest -q
 
 # Optional llama.cpp backend: builds llama-cpp-python from source (~15 min on 2 cores).
+# On CPUs with AMX, a native build compiles ggml's AMX matmul, which crashed (segfault in
+# ggml_backend_amx_mul_mat at the first llama_decode) on this project's machines in llama-cpp-python
+# 0.3.36; there the build names this CPU's other features instead of -march=native, without AMX.
+CPU_FLAGS := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
+ggml_feature = $(if $(filter $(1),$(CPU_FLAGS)),-DGGML_$(2)=ON)
+LLAMACPP_CMAKE_ARGS ?= -DLLAMA_CURL=OFF $(if $(filter amx_int8,$(CPU_FLAGS)),-DGGML_NATIVE=OFF \
+	$(call ggml_feature,avx,AVX) $(call ggml_feature,avx2,AVX2) $(call ggml_feature,bmi2,BMI2) \
+	$(call ggml_feature,fma,FMA) $(call ggml_feature,f16c,F16C) $(call ggml_feature,avx512f,AVX512) \
+	$(call ggml_feature,avx512vbmi,AVX512_VBMI) $(call ggml_feature,avx512_vnni,AVX512_VNNI) \
+	$(call ggml_feature,avx512_bf16,AVX512_BF16),-DGGML_NATIVE=ON)
 llamacpp: install
-	CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" $(BIN)/python -m pip install --no-binary=llama-cpp-python \
+	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" $(BIN)/python -m pip install --no-binary=llama-cpp-python \
 		-e '.[llamacpp]'
 
 clean-quickstart:
