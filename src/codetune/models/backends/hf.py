@@ -18,23 +18,18 @@ if TYPE_CHECKING:
 
 
 class _StopOnStrings:
-    """Stopping criterion: a row is done once its new text contains a stop string (or `cancel` is set)."""
+    """Stopping criterion for `model.generate` (seq2seq, streaming): a row is done once its newest
+    tokens complete a stop string (or `cancel` is set)."""
 
     def __init__(
         self, tokenizer: Any, start: int, stop: Sequence[str], cancel: threading.Event | None = None
     ):
-        self.tokenizer, self.start, self.stop, self.cancel = tokenizer, start, [s for s in stop if s], cancel
+        self.start, self.watch, self.cancel = start, _StopWatch(tokenizer, stop), cancel
 
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        rows = input_ids.shape[0]
         if self.cancel is not None and self.cancel.is_set():
-            return torch.ones(rows, dtype=torch.bool, device=input_ids.device)
-        if not self.stop:
-            return torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
-        done = [
-            any(s in self.tokenizer.decode(row[self.start :], skip_special_tokens=True) for s in self.stop)
-            for row in input_ids.tolist()
-        ]
+            return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        done = [self.watch.hit(row[self.start :]) for row in input_ids.tolist()]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
