@@ -40,8 +40,7 @@ class Runtime:
 
     def describe(self) -> str:
         chosen = f"{self.device} ({self.device_name}), {self.precision}"
-        asked = f"asked {self.requested_device}/{self.requested_precision}"
-        return f"{chosen} [{asked}]"
+        return f"{chosen}; asked {self.requested_device}/{self.requested_precision}"  # no [..]: rich markup
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "torch": torch.__version__, "cuda": torch.version.cuda}
