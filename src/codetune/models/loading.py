@@ -331,6 +331,16 @@ def load_for_inference(
     return model, tok, kind, meta
 
 
+def forward_parameters(model: Any) -> set[str]:
+    """The argument names of the model's own forward, under a DistributedDataParallel or PEFT wrapper
+    (whose forwards take `*args, **kwargs`)."""
+    import inspect
+
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return set(inspect.signature(base.forward).parameters)
+
+
 def prompt_config_of(meta: dict[str, Any], fallback: PromptConfig) -> PromptConfig:
     """The prompt settings a model was trained with, or `fallback` for a model codetune didn't train."""
     if "prompt" in meta:

@@ -29,7 +29,15 @@ from codetune.data.records import Example
 from codetune.devices import Runtime, attention_implementation, resolve_runtime
 from codetune.errors import CodetuneError
 from codetune.manifest import read_jsonl, sha256_file, write_json, write_manifest
-from codetune.models.loading import Kind, apply_lora, load_for_training, load_pretrained, meta_for, write_meta
+from codetune.models.loading import (
+    Kind,
+    apply_lora,
+    forward_parameters,
+    load_for_training,
+    load_pretrained,
+    meta_for,
+    write_meta,
+)
 from codetune.training.batches import (
     StepSampler,
     chat_renderer,
@@ -118,11 +126,7 @@ def _ce_sum(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def accepts_logits_to_keep(model: Any) -> bool:
-    import inspect
-
-    model = getattr(model, "module", model)  # DistributedDataParallel
-    forward = model.get_base_model().forward if hasattr(model, "get_base_model") else model.forward
-    return "logits_to_keep" in inspect.signature(forward).parameters
+    return "logits_to_keep" in forward_parameters(model)
 
 
 def _on(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -209,14 +213,10 @@ def packing_leak(model: Any, items: Sequence[Encoded], pad_id: int, tolerance: f
     """None when packing is exact for `model`: the loss of an example packed after another equals its
     loss alone within `tolerance` per token, relative (the model keeps packed examples apart). Otherwise
     why not, in words. Every process runs it (FSDP's forward is collective)."""
-    import inspect
-
     if len(items) < 2:
         return "fewer than two examples"
-    inner = getattr(model, "module", model)  # DistributedDataParallel
-    forward = inner.get_base_model().forward if hasattr(inner, "get_base_model") else inner.forward
-    if "position_ids" not in inspect.signature(forward).parameters:
-        return f"{type(inner).__name__} takes no position ids"
+    if "position_ids" not in forward_parameters(model):
+        return f"{type(getattr(model, 'module', model)).__name__} takes no position ids"
     device = next(model.parameters()).device
     first, second = items[0], items[1]
     alone = _on(collate([second], pad_id, "causal"), device)

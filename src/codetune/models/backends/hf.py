@@ -12,6 +12,7 @@ from codetune.data.format import encode_prompt
 from codetune.errors import CodetuneError
 from codetune.models.backends.base import Completion, FimTokens, SamplingSettings, cut_at_stop, stop_filtered
 from codetune.models.fim import detect_fim_tokens
+from codetune.models.loading import forward_parameters
 
 if TYPE_CHECKING:
     from codetune.devices import Runtime
@@ -55,12 +56,7 @@ class HFBackend:
         self.device: torch.device = next(model.parameters()).device
         self._lock = threading.Lock()  # one generation at a time per model
         # transformers 5 names the cache argument `cache`, earlier versions `past_key_values`
-        import inspect
-
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self._cache_key = (
-            "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-        )
+        self._cache_key = "cache" if "cache" in forward_parameters(model) else "past_key_values"
 
     @classmethod
     def from_path(
