@@ -234,8 +234,9 @@ def packing_leak(model: Any, items: Sequence[Encoded], pad_id: int, tolerance: f
     return None
 
 
-def _is_fsdp(accelerator: Any) -> bool:
-    return str(accelerator.distributed_type).endswith("FSDP")
+def _is_sharded(accelerator: Any) -> bool:
+    """FSDP or DeepSpeed: the model's weights are split over the processes (gathering is collective)."""
+    return str(accelerator.distributed_type).endswith(("FSDP", "DEEPSPEED"))
 
 
 def _is_deepspeed(accelerator: Any) -> bool:
@@ -311,7 +312,7 @@ def export_model(
 
 def _export(accelerator: Any, model: Any, tokenizer: Any, folder: Path, meta: dict[str, Any]) -> None:
     """`export_model` from the main process; under FSDP every process first helps gather the weights."""
-    state = accelerator.get_state_dict(model) if _is_fsdp(accelerator) or _is_deepspeed(accelerator) else None
+    state = accelerator.get_state_dict(model) if _is_sharded(accelerator) else None
     if accelerator.is_main_process:
         export_model(accelerator.unwrap_model(model), tokenizer, folder, meta, state)
     accelerator.wait_for_everyone()
@@ -406,7 +407,7 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
 
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(t.warmup_ratio * total_steps), total_steps)
     exec_eval = make_exec_eval(cfg)
-    if exec_eval is not None and (_is_fsdp(accelerator) or _is_deepspeed(accelerator)):
+    if exec_eval is not None and _is_sharded(accelerator):
         raise CodetuneError(
             "train.eval_benchmark generates with the whole model on the main process, which FSDP and "
             "DeepSpeed shard; unset it there (use DDP, or evaluate the checkpoints with codetune evaluate)"
@@ -700,7 +701,7 @@ def _broadcast(accelerator: Any, row: dict[str, Any]) -> dict[str, Any]:
 def _checkpoint(run: _Run, optimizer: Any, scheduler: Any, state: dict[str, Any]) -> None:
     """Write `checkpoints/step-N` from the main process (under FSDP every process helps gather)."""
     acc = run.accelerator
-    full = acc.get_state_dict(run.model) if _is_fsdp(acc) or _is_deepspeed(acc) else None
+    full = acc.get_state_dict(run.model) if _is_sharded(acc) else None
     weights = trainable_state(acc.unwrap_model(run.model), full)
     # DeepSpeed's ZeRO optimizer keeps its state in its own format: not saved (said at resume)
     optim = None if _is_deepspeed(acc) else optimizer_state(run.model, optimizer.optimizer)
