@@ -1,0 +1,162 @@
+"""The benchmark interface: a loader, a prompt builder, a sanitiser and a program assembler, and a
+registry from a name (or a task file) to a benchmark.
+
+A benchmark is one file under `codetune/benchmarks/` with a class that has the methods of `Benchmark`,
+named in `BUILTIN` (or added at runtime with `register`). Everything else (generation, the generation
+cache, the sandbox, pass@k, the output folder) is the runner's (`codetune.benchmarks.runner`), the same for
+every benchmark:
+
+    tasks = bench.load(split)
+    prompt = bench.build_prompt(task, style)            # text the model continues
+    code = bench.sanitise(task, reply_text, style)       # what the model wrote, cleaned up
+    program, tests = bench.assemble(task, code)          # what the sandbox runs
+
+`get_benchmark("humaneval")`, `get_benchmark("dataframebench")`, or `get_benchmark("my/tasks.jsonl")`
+(a JSONL file or a folder of problems with tests: `codetune.benchmarks.user_tasks`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
+
+from codetune.benchmarks.task import Task
+from codetune.errors import CodetuneError
+
+Style = Literal["base", "chat"]
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """How the model under evaluation is prompted.
+
+    `name`: "chat" for an instruct model (its chat template), "base" for plain completion.
+    `render(text)`: an instruction rendered the way the model is prompted (the prompt config it was
+    trained with, and its chat template); benchmarks that state a task as an instruction use it.
+    `chat_prompt(messages)`: the model's chat template over a list of messages (benchmarks that write
+    their own chat turn, e.g. HumanEval's EvalPlus instruction)."""
+
+    name: Style = "base"
+    render: Callable[[str], str] = field(default=lambda text: text)
+    chat_prompt: Callable[[list[dict[str, str]]], str] = field(
+        default=lambda messages: "\n".join(m["content"] for m in messages)
+    )
+    stops: tuple[str, ...] = ()  # stop sequences of the prompt format itself (e.g. the answer's fence)
+
+
+class Program(NamedTuple):
+    """What the sandbox runs for one sample: the program, then the tests (a `SandboxPool.map` job)."""
+
+    code: str
+    tests: str
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """How a benchmark's programs run: limits (a `Limits`), modules each worker imports up front, and
+    whether timeouts are calibrated per task on the reference solutions (`calibrated_limits`)."""
+
+    limits: Any
+    preload: tuple[str, ...] = ()
+    calibrate: bool = False
+
+
+@runtime_checkable
+class Benchmark(Protocol):
+    """One benchmark: where its tasks come from and how a reply becomes a program that runs."""
+
+    name: str
+    splits: tuple[str, ...]  # the splits `load` knows; the first is the default
+    ks: tuple[int, ...]  # the k of pass@k that it reports (those <= n)
+
+    def load(self, split: str) -> list[Task]:
+        """The tasks of one split, in a fixed order."""
+        ...
+
+    def build_prompt(self, task: Task, style: PromptStyle) -> str:
+        """The text the model continues for `task`."""
+        ...
+
+    def stops(self, style: PromptStyle) -> tuple[str, ...]:
+        """Stop sequences that end a reply in this style (the sanitiser cuts there anyway)."""
+        ...
+
+    def sanitise(self, task: Task, completion: str, style: PromptStyle) -> str:
+        """The code in a reply (pure): what a user would take from it."""
+        ...
+
+    def assemble(self, task: Task, code: str) -> Program:
+        """The program and tests that the sandbox runs for a sanitised sample (pure)."""
+        ...
+
+    def sandbox(self) -> SandboxSpec:
+        """Limits and preloaded modules for this benchmark's programs."""
+        ...
+
+    def describe(self, split: str) -> dict[str, Any]:
+        """What the manifest records about the data: files, sha256, versions, licence."""
+        ...
+
+
+# name -> the module whose `benchmark(spec)` returns it; imported only when asked for
+BUILTIN: dict[str, str] = {
+    "humaneval": "codetune.benchmarks.humaneval",
+    "dataframebench": "codetune.benchmarks.dataframebench",
+}
+_REGISTERED: dict[str, Callable[[], Benchmark]] = {}
+
+
+def register(name: str, factory: Callable[[], Benchmark]) -> None:
+    """Make `get_benchmark(name)` return `factory()` (a benchmark defined outside this package)."""
+    _REGISTERED[name] = factory
+
+
+def available() -> list[str]:
+    """The benchmark names `get_benchmark` knows (besides task files)."""
+    return sorted({*BUILTIN, *_REGISTERED})
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """ "NAME/SPLIT" -> (NAME, SPLIT); a bare name or a path -> (it, None). A path that exists wins."""
+    name, sep, split = spec.rpartition("/")
+    if sep and name in (*BUILTIN, *_REGISTERED) and split:
+        return name, split
+    return spec, None
+
+
+def get_benchmark(name_or_path: str | Path) -> Benchmark:
+    """The benchmark for a registered name, or the user's own tasks in a JSONL file or folder."""
+    spec = str(name_or_path)
+    if spec in _REGISTERED:
+        return _REGISTERED[spec]()
+    if spec in BUILTIN:
+        module = importlib.import_module(BUILTIN[spec])
+        bench: Benchmark = module.benchmark()
+        return bench
+    path = Path(spec)
+    if path.suffix in (".jsonl", ".json") or path.is_dir() or path.is_file():
+        from codetune.benchmarks.user_tasks import UserTasks
+
+        return UserTasks(path)
+    raise CodetuneError(
+        f"eval.benchmark {spec!r} is neither a known benchmark ({', '.join(available())}) nor a task file "
+        "or folder; give a JSONL file of problems with tests (see configs/tasks/example.jsonl)"
+    )
+
+
+def resolve_split(bench: Benchmark, split: str | None) -> str:
+    """`split` when the benchmark has it, else its default split."""
+    return split if split in bench.splits else bench.splits[0]
+
+
+def tasks_by_id(tasks: Sequence[Task]) -> dict[str, Task]:
+    """Tasks keyed by id; a repeated id is an error (results are keyed by it)."""
+    out: dict[str, Task] = {}
+    for task in tasks:
+        if task.id in out:
+            raise CodetuneError(f"{task.benchmark or 'tasks'}: task id {task.id!r} appears twice")
+        out[task.id] = task
+    return out
