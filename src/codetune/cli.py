@@ -34,6 +34,23 @@ app.add_typer(models_app, name="models")
 err = Console(stderr=True)
 
 
+@app.callback()
+def _global_options(
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="No progress bars or progress lines (results and errors still print). Also CODETUNE_QUIET=1.",
+        ),
+    ] = False,
+) -> None:
+    """Options for every command; they go before the command name: codetune --quiet prepare ..."""
+    from codetune import progress
+
+    progress.configure(quiet=quiet)
+
+
 def _config(path: Path | None, ctx: typer.Context, extra: dict[str, Any] | None = None) -> Config:
     overrides: dict[str, Any] = {}
     if extra:

@@ -1,0 +1,70 @@
+"""codetune.progress: plain lines without control characters off a terminal, nothing when quiet."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from codetune import progress
+
+
+@pytest.fixture(autouse=True)
+def _reset_progress(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("CODETUNE_QUIET", raising=False)
+    monkeypatch.delenv("CODETUNE_PROGRESS", raising=False)
+    monkeypatch.setattr(progress, "_settings", progress._Settings(every_s=3600.0))
+
+
+def _run(n: int = 20) -> str:
+    out = io.StringIO()  # not a terminal
+    with progress.task("stage: step", total=n, unit="rows", stream=out) as t:
+        for _ in range(n):
+            t.advance(tokens=10, loss="0.5")
+        t.note("kept 18\r\x1b[31m")
+    return out.getvalue()
+
+
+def test_plain_lines_off_a_terminal_every_ten_percent_and_no_control_characters() -> None:
+    text = _run()
+    lines = text.splitlines()
+    assert lines[0] == "stage: step: started (20 rows)"
+    # one line per 10 % step below 100 % (2/20 ... 18/20), the note, then the final line
+    steps = [ln for ln in lines if "/20 rows" in ln]
+    assert [ln.split(": ")[2].split()[0] for ln in steps] == [f"{i}/20" for i in range(2, 20, 2)]
+    assert lines[-2] == "stage: step: kept 18"
+    assert lines[-1].startswith("stage: step: done, 20 rows in ") and "tok/s" in lines[-1]
+    assert "loss 0.5" in lines[-1]
+    assert "\x1b" not in text and "\r" not in text
+
+
+def test_quiet_prints_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    progress.configure(quiet=True)
+    assert _run() == ""
+    progress.configure(quiet=False)
+    monkeypatch.setenv("CODETUNE_QUIET", "1")
+    assert _run() == ""
+
+
+def test_callback_takes_done_and_total_and_track_counts() -> None:
+    out = io.StringIO()
+    with progress.task("gen", unit="prompts", stream=out) as t:
+        for i in range(1, 5):
+            t.callback(i, 4)
+    assert out.getvalue().splitlines()[-1].startswith("gen: done, 4 prompts in ")
+    assert list(progress.track([1, 2, 3], "t")) == [1, 2, 3]
+
+
+def test_period_emits_lines_without_a_total(monkeypatch: pytest.MonkeyPatch) -> None:
+    progress.configure(every_s=0.0)
+    out = io.StringIO()
+    with progress.task("read", unit="rows", stream=out) as t:
+        t.advance(5)
+        t.advance(5)
+    lines = out.getvalue().splitlines()
+    assert [ln.split(",")[0] for ln in lines] == [
+        "read: started (rows)",
+        "read: 5 rows",
+        "read: 10 rows",
+        "read: done",
+    ]
