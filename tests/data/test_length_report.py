@@ -3,7 +3,7 @@ import json
 from pathlib import Path
 
 from codetune.config import FIELD_HELP, Config, SourceConfig
-from codetune.data.length_report import distribution, histogram, policy_costs, statement_pieces
+from codetune.data.length_report import POLICIES, distribution, histogram, policy_costs
 from codetune.data.prepare import prepare
 from codetune.manifest import read_jsonl
 from tests.conftest import tiny_config
@@ -12,8 +12,7 @@ from tests.conftest import tiny_config
 def test_policy_costs_are_counted_exactly() -> None:
     prompts = [10, 10, 30, 10]
     answers = [20, 50, 10, 90]  # totals 30, 60, 40, 100 at a limit of 32
-    pieces = [None, [15, 15, 20], None, [70, 20]]
-    costs = policy_costs(prompts, answers, 32, pieces)
+    costs = policy_costs(prompts, answers, 32)
     assert costs["over_limit"] == 3
     assert costs["drop"] == {
         "examples_dropped": 3,
@@ -27,21 +26,20 @@ def test_policy_costs_are_counted_exactly() -> None:
         "examples_dropped": 0,
         "tokens_lost": 0,
     }
-    assert (
-        policy_costs([40], [5], 32, [None])["truncate"]["examples_dropped"] == 1
-    )  # the prompt alone is over
-    # budget for example 1 is 32 - 10 - 1 = 21: pieces 15 | 15 | 20 -> 3 pieces; example 3 has a 70 piece
-    assert costs["split"] == {"examples_split": 1, "pieces": 3, "examples_dropped": 2, "tokens_lost": 140}
+    assert policy_costs([40], [5], 32)["truncate"]["examples_dropped"] == 1  # the prompt alone is over
 
 
-def test_distribution_histogram_and_statement_pieces() -> None:
+def test_only_the_policies_training_offers_are_priced() -> None:
+    """The report once priced a `split` policy that train.length_policy did not accept."""
+    assert POLICIES == ("drop", "truncate")
+    costs = policy_costs([10, 10], [20, 50], 32)
+    assert set(costs) - {"max_length", "examples", "over_limit"} == set(POLICIES)
+
+
+def test_distribution_and_histogram() -> None:
     d = distribution([1, 2, 3, 4, 100])
     assert (d["count"], d["min"], d["p50"], d["max"], d["mean"]) == (5, 1, 3, 100, 22.0)
     assert histogram([1, 64, 65, 5000])["1-64"] == 2 and histogram([5000])[">4096"] == 1
-    code = "def f(x):\n    a = 1\n    if a:\n        b = 2\n    return a"
-    assert statement_pieces(code) == ["def f(x):\n    a = 1\n", "    if a:\n        b = 2\n", "    return a"]
-    assert "".join(statement_pieces(code) or []) == code
-    assert statement_pieces("def f(:") is None
 
 
 def test_prepare_writes_a_length_report(tmp_path: Path, pairs_file: Path) -> None:
@@ -54,6 +52,7 @@ def test_prepare_writes_a_length_report(tmp_path: Path, pairs_file: Path) -> Non
     assert train["prompt_tokens"]["count"] == len(read_jsonl(out / "train.jsonl"))
     pol = train["policies"]
     assert pol["max_length"] == 24 and pol["over_limit"] == pol["drop"]["examples_dropped"] > 0
+    assert "split" not in pol and set(pol) >= set(POLICIES)
     assert sum(train["histogram_total"].values()) == train["total_tokens"]["count"]
 
 

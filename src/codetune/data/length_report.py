@@ -1,27 +1,28 @@
 """Length report at prepare time: token lengths of prompts and completions under a tokenizer, and what
-each length policy would cost at a limit (causal: prompt + completion + end token <= max_length).
+each length policy that `train.length_policy` offers would cost at a limit (causal: prompt + completion +
+end token <= max_length).
 
 - drop: over-long examples are left out (all their tokens are lost);
-- truncate: the completion's tail is cut (an example whose prompt alone doesn't fit is still dropped);
-- split: the completion is cut at top-level statement boundaries (of the function body, or of the module)
-  into pieces that each fit after the prompt; code with a single statement longer than that, or that
-  doesn't parse as Python, can't be split and is dropped.
+- truncate: the completion's tail is cut (an example whose prompt alone doesn't fit is still dropped).
+
+Only the policies training can apply are priced (`POLICIES`, the values of `train.length_policy`). A
+"split" into statement pieces each trained right after the prompt is not offered: a piece from the middle
+of a function would teach the model to begin its answer mid-function.
 """
 
 from __future__ import annotations
 
-import ast
-import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 import numpy as np
 
-from codetune.config import Config
+from codetune.config import Config, TrainConfig
 from codetune.data.format import build_answer, build_prompt
 from codetune.data.records import Example
 
 BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096)
+POLICIES: tuple[str, ...] = get_args(get_type_hints(TrainConfig)["length_policy"])
 
 
 def distribution(lengths: Sequence[int]) -> dict[str, Any]:
@@ -47,58 +48,18 @@ def histogram(lengths: Sequence[int]) -> dict[str, int]:
     return out
 
 
-def statement_pieces(code: str) -> list[str] | None:
-    """The code cut before each top-level statement of its function body (or module); the header goes
-    with the first piece. None when it doesn't parse."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            tree = ast.parse(code)
-    except (SyntaxError, ValueError, RecursionError):
-        return None
-    body, skip = tree.body, 0
-    if len(body) == 1 and isinstance(body[0], ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-        body, skip = body[0].body, 1  # no cut between the header and the first statement
-    lines = code.split("\n")
-    starts = {min([s.lineno, *(d.lineno for d in getattr(s, "decorator_list", []))]) - 1 for s in body}
-    cuts = [c for c in sorted(starts)[skip:] if c > 0]
-    bounds = [0, *cuts, len(lines)]
-    return [
-        "\n".join(lines[a:b]) + ("\n" if b < len(lines) else "")
-        for a, b in zip(bounds, bounds[1:], strict=False)
-        if b > a
-    ]
-
-
 def policy_costs(
     prompt_lens: Sequence[int],
     answer_lens: Sequence[int],
     max_length: int,
-    piece_lens: Sequence[list[int] | None],
 ) -> dict[str, Any]:
-    """What drop / truncate / split cost at `max_length`. `piece_lens[i]`: token counts of example i's
-    statement pieces (None: can't be split); only over-long examples need them."""
+    """What each offered policy (drop, truncate) costs at `max_length`."""
     total = [p + a for p, a in zip(prompt_lens, answer_lens, strict=True)]
     over = [i for i, t in enumerate(total) if t > max_length]
     all_tokens = sum(total)
     drop_tokens = sum(total[i] for i in over)
     trunc_dropped = [i for i in over if prompt_lens[i] >= max_length]
     trunc_cut = [i for i in over if prompt_lens[i] < max_length]
-    split_ok, split_pieces, split_dropped, split_lost = 0, 0, 0, 0
-    for i in over:
-        budget = max_length - prompt_lens[i] - 1  # the end token goes with the last piece
-        pieces = piece_lens[i]
-        if pieces is None or budget <= 0 or max(pieces, default=0) > budget:
-            split_dropped += 1
-            split_lost += total[i]
-            continue
-        n, used = 1, 0
-        for k in pieces:
-            if used + k > budget:
-                n, used = n + 1, 0
-            used += k
-        split_ok += 1
-        split_pieces += n
     return {
         "max_length": max_length,
         "examples": len(total),
@@ -113,12 +74,6 @@ def policy_costs(
             "tokens_cut": sum(total[i] - max_length for i in trunc_cut),
             "examples_dropped": len(trunc_dropped),
             "tokens_lost": sum(total[i] for i in trunc_dropped),
-        },
-        "split": {
-            "examples_split": split_ok,
-            "pieces": split_pieces,
-            "examples_dropped": split_dropped,
-            "tokens_lost": split_lost,
         },
     }
 
@@ -154,19 +109,13 @@ def length_report(splits: dict[str, list[Example]], cfg: Config, tokenizer: Any)
         answers = [build_answer(e.code, cfg.prompt) for e in plain]
         p_lens = [len(ids) for ids in tokenizer(prompts, add_special_tokens=True)["input_ids"]]
         a_lens = [len(ids) + 1 for ids in tokenizer(answers, add_special_tokens=False)["input_ids"]]
-        pieces: list[list[int] | None] = [None] * len(plain)
-        for i, e in enumerate(plain):
-            if p_lens[i] + a_lens[i] > max_length and e.language == "python":
-                parts = statement_pieces(e.code)
-                if parts:
-                    pieces[i] = [len(x) for x in tokenizer(parts, add_special_tokens=False)["input_ids"]]
         totals = [p + a for p, a in zip(p_lens, a_lens, strict=True)]
         report["splits"][name] = {
             "prompt_tokens": distribution(p_lens),
             "completion_tokens": distribution(a_lens),
             "total_tokens": distribution(totals),
             "histogram_total": histogram(totals),
-            "policies": policy_costs(p_lens, a_lens, max_length, pieces),
+            "policies": policy_costs(p_lens, a_lens, max_length),
             "fim_samples_not_measured": len(examples) - len(plain),
         }
     return report

@@ -280,7 +280,5 @@ def _report_lengths(console: Console, r: dict[str, Any]) -> None:
             f"{c['p50']}/{c['p95']}/{c['max']}, total {t['p50']}/{t['p95']}/{t['max']}; "
             f"{pol['over_limit']}/{pol['examples']} over the limit -> drop loses {pol['drop']['tokens_lost']} "
             f"tokens ({pol['drop']['share_of_tokens']:.1%}); truncate cuts {pol['truncate']['tokens_cut']} tokens "
-            f"of {pol['truncate']['examples_truncated']} (drops {pol['truncate']['examples_dropped']}); split "
-            f"makes {pol['split']['pieces']} pieces of {pol['split']['examples_split']} (drops "
-            f"{pol['split']['examples_dropped']})",
+            f"of {pol['truncate']['examples_truncated']} (drops {pol['truncate']['examples_dropped']})",
         )
