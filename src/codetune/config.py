@@ -287,6 +287,23 @@ class ServeConfig:
 
 
 @dataclass
+class SelftrainConfig:
+    """`selftrain`: sample from the model on training tasks with tests, keep what passes, fine-tune."""
+
+    tasks: list[str] = field(default_factory=lambda: ["dataframebench/train"])
+    max_tasks: int | None = None  # the first N tasks only; None: all
+    held_out: list[str] | None = None  # None: the benchmarks' val/test splits and eval.benchmark
+    n: int = 8
+    m: int = 2
+    rounds: int = 1
+    temperature: float = 0.8
+    seed: int = 0
+    output_dir: str = "runs/selftrain"
+    unit_size: int = 8
+    sandbox_workers: int | None = None
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -295,6 +312,7 @@ class Config:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    selftrain: SelftrainConfig = field(default_factory=SelftrainConfig)
 
     @property
     def train_data_dir(self) -> Path:
@@ -628,6 +646,23 @@ FIELD_HELP: dict[str, str] = {
     "serve.max_tokens_limit": "largest max_tokens a request may ask for (more: 400)",
     "serve.max_prompt_tokens": "longest prompt in tokens (more: 400)",
     "serve.access_log": "JSON-lines access log file (latency, tokens, status; never keys); unset: stderr",
+    "selftrain.tasks": "training tasks with tests: NAME/train of a benchmark (dataframebench/train) or "
+    "a JSONL file or folder of your own tasks (each marked split: train); val/test splits are refused",
+    "selftrain.max_tasks": "use only the first N training tasks (a short run); empty: all",
+    "selftrain.held_out": "splits no training task may share an id or a prompt with (NAME/SPLIT or task "
+    "files); empty: every non-train split of the benchmarks in selftrain.tasks, plus eval.benchmark "
+    "at eval.split; the check and its overlap (0) go to the manifest",
+    "selftrain.n": "candidates sampled per task and round",
+    "selftrain.m": "passing candidates kept per task at most, over all rounds (after removing duplicates: "
+    "the same code up to docstrings, comments and layout)",
+    "selftrain.rounds": "sample -> keep -> train rounds; round k samples from round k-1's model and trains "
+    "model.name afresh on every sample kept so far",
+    "selftrain.temperature": "sampling temperature (> 0 when n > 1); other decoding settings: generate.*",
+    "selftrain.seed": "sampling seed: sample j of task i in round k is seeded seed + ((k-1)*tasks + i)*n + j",
+    "selftrain.output_dir": "round-K/{samples,verdicts}.jsonl (caches a re-run continues from), "
+    "round-K/data (the kept samples as a prepared train split), round-K/train, manifest.json",
+    "selftrain.unit_size": "tasks sampled per generation call, and sandbox jobs per batch (the resume grain)",
+    "selftrain.sandbox_workers": "sandbox worker processes (empty: one per CPU)",
 }
 
 
