@@ -514,3 +514,103 @@ def test_serving_a_gguf_on_llama_cpp(tmp_path: Path) -> None:
             model="qwen", messages=[{"role": "user", "content": "Say hi."}], max_tokens=16
         )
         assert reply.choices[0].message.content and "<|im_end|>" not in reply.choices[0].message.content
+
+
+# -- hostile input: invalid text, oversized bodies ----------------------------------------------------
+
+
+def test_a_lone_surrogate_is_a_400_in_openais_shape(server: dict[str, Any]) -> None:
+    """JSON may carry "\\ud800"; the tokenizer can't take it. A 400 naming the field, not a 500."""
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    bodies = {
+        "/v1/completions": '{"model": "tiny", "prompt": "def f(\\ud800", "max_tokens": 4}',
+        "/v1/chat/completions": '{"model": "tiny-chat", "messages": [{"role": "user", "content": "\\ud800"}]}',
+        "/v1/generate": '{"model": "tiny", "description": "x\\udfff y"}',
+    }
+    where = {
+        "/v1/completions": "prompt",
+        "/v1/chat/completions": "messages[0].content",
+        "/v1/generate": "description",
+    }
+    for path, body in bodies.items():
+        r = httpx.post(server["url"] + path, content=body, headers=headers, timeout=60)
+        assert r.status_code == 400, (path, r.text)
+        error = r.json()["error"]
+        assert error["type"] == "invalid_request_error" and error["param"] == where[path]
+        assert "lone UTF-16 surrogate" in error["message"]
+    assert httpx.get(server["url"] + "/health").status_code == 200  # the server is still there
+
+
+class SlowTokenizerBackend(FakeBackend):
+    """Tokenizing takes time in proportion to the text, as a real tokenizer's does on a long prompt."""
+
+    def count_tokens(self, text: str) -> int:
+        time.sleep(0.3 + len(text) / 2_000_000)
+        return len(text)
+
+
+def _rss_mib() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_oversized_prompts_get_413_and_health_stays_responsive(tmp_path: Path) -> None:
+    """Three 5 MB prompts (over serve.max_body_bytes: 413 unread, one of them sent in chunks) and three 0.9 MB ones (under it, but
+    over serve.max_prompt_tokens: tokenized in a worker thread, then 400) at once: /health answers
+    within 100 ms all along, and the process's memory stays flat."""
+    cfg = load_config(
+        None, {"serve": {"access_log": str(tmp_path / "log.jsonl"), "max_body_bytes": 1_000_000}}
+    )
+    huge = json.dumps({"model": "slow", "prompt": "x" * 5_000_000}).encode()
+    long = json.dumps({"model": "slow", "prompt": "y" * 900_000}).encode()
+    with running_server(create_app(cfg, backends={"slow": SlowTokenizerBackend()})) as url:
+        httpx.get(url + "/health")
+        rss_before = _rss_mib()
+        answers: list[httpx.Response] = []
+
+        def post(body: bytes | Iterator[bytes]) -> None:
+            answers.append(
+                httpx.post(
+                    url + "/v1/completions",
+                    content=body,
+                    headers={"Content-Type": "application/json"},
+                    timeout=60,
+                )
+            )
+
+        def chunked() -> Iterator[bytes]:  # no Content-Length: the limit counts the bytes as they come
+            yield from (huge[i : i + 65536] for i in range(0, len(huge), 65536))
+
+        threads = [
+            threading.Thread(target=post, args=(b,)) for b in (huge, long, long, long, huge, chunked())
+        ]
+        for t in threads:
+            t.start()
+        latencies: list[float] = []
+        with httpx.Client(base_url=url) as health:
+            while any(t.is_alive() for t in threads) or len(latencies) < 10:
+                started = time.perf_counter()
+                assert health.get("/health").status_code == 200
+                latencies.append(time.perf_counter() - started)
+                time.sleep(0.01)
+        for t in threads:
+            t.join(30)
+        rss_after = _rss_mib()
+    assert sorted(r.status_code for r in answers) == [400, 400, 400, 413, 413, 413]
+    too_large = [r.json()["error"] for r in answers if r.status_code == 413]
+    assert all(e["code"] == "request_too_large" and "serve.max_body_bytes" in e["message"] for e in too_large)
+    too_long = [r.json()["error"] for r in answers if r.status_code == 400]
+    assert all(e["code"] == "context_length_exceeded" for e in too_long)
+    print(
+        f"/health: {len(latencies)} calls, slowest {max(latencies) * 1000:.1f} ms; RSS {rss_before:.0f} -> {rss_after:.0f} MiB"
+    )
+    assert max(latencies) < 0.1, f"/health took {max(latencies) * 1000:.0f} ms while the prompts were handled"
+    assert rss_after - rss_before < 64, f"memory grew from {rss_before:.0f} to {rss_after:.0f} MiB"
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert sorted(r["status"] for r in records if r["path"] == "/v1/completions") == [
+        400,
+        400,
+        400,
+        413,
+        413,
+        413,
+    ]

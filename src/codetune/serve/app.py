@@ -128,6 +128,57 @@ class AccessLogMiddleware:
             )
 
 
+class BodyLimitMiddleware:
+    """Refuses a request body over `limit` bytes with 413 before anything reads it whole: at once when
+    its Content-Length says so, else as soon as the bytes received pass the limit. The app then sees
+    the client as gone and what it answers is dropped, so memory stays bounded whatever is sent."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.limit <= 0:
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            await self._refuse(send, int(length))
+            return
+        received, refused = 0, False
+
+        async def limited_receive() -> Message:
+            nonlocal received, refused
+            message = await receive()
+            if message["type"] == "http.request" and not refused:
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    refused = True
+                    await self._refuse(send, None)
+            return {"type": "http.disconnect"} if refused else message
+
+        async def guarded_send(message: Message) -> None:
+            if not refused:  # after a 413 the app answers a body it never got: nobody is listening
+                await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
+
+    async def _refuse(self, send: Send, length: int | None) -> None:
+        size = f"{length} bytes" if length is not None else f"over {self.limit} bytes"
+        error = ApiError(
+            413,
+            f"request body is {size}, over this server's limit of {self.limit} bytes "
+            "(serve.max_body_bytes); send a shorter prompt",
+            param="request body",
+            code="request_too_large",
+        )
+        body = json.dumps(error.body()).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send(
+            {"type": "http.response.start", "status": 413, "headers": [*headers, (b"connection", b"close")]}
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
 class ServerState:
     """What every request needs: the models, the accepted keys, admission, limits and defaults."""
 
@@ -239,9 +290,10 @@ def load_models(cfg: Config, backends: Mapping[str, Backend] | None = None) -> d
 
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-    first = errors[0] if errors else {"loc": (), "msg": str(exc)}
+    first: dict[str, Any] = dict(errors[0]) if errors else {"loc": (), "msg": str(exc)}
     loc = [str(x) for x in first.get("loc", ()) if x != "body"]
-    where = ".".join(loc) or "request body"
+    ctx = first.get("ctx") or {}  # a custom error may name the field itself
+    where = ".".join(loc) or str(ctx.get("param", "request body"))
     return ApiError(400, f"{where}: {first.get('msg', 'invalid value')}", param=where).response()
 
 
@@ -269,12 +321,16 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def validation(request: Request, exc: Exception) -> JSONResponse:
         return _validation_error(request, exc)
 
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:  # still logged by Starlette
+        return ApiError(500, f"internal error: {type(exc).__name__}", "server_error").response()
+
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(QueueFull, queue_full)
     app.add_exception_handler(GenerationTimeout, timeout)
     app.add_exception_handler(CodetuneError, user_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation)
+    app.add_exception_handler(Exception, unexpected)
 
 
 def create_app(cfg: Config, backends: Mapping[str, Backend] | None = None) -> FastAPI:
@@ -300,5 +356,6 @@ def create_app(cfg: Config, backends: Mapping[str, Backend] | None = None) -> Fa
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _add_error_handlers(app)
-    app.add_middleware(AccessLogMiddleware, log=log)
+    app.add_middleware(BodyLimitMiddleware, limit=cfg.serve.max_body_bytes)
+    app.add_middleware(AccessLogMiddleware, log=log)  # added last: the outermost, so it logs the 413s too
     return app

@@ -20,7 +20,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 
+from codetune.config import GenerateConfig, PromptConfig
 from codetune.errors import CodetuneError
 from codetune.generation import (
     answer_stops,
@@ -107,9 +109,7 @@ def _refuse(condition: bool, message: str, param: str) -> None:
         raise ApiError(400, message, param=param, code="unsupported_parameter")
 
 
-def _settings(
-    state: ServerState, body: _Request, max_tokens: int | None, extra_stop: tuple[str, ...] = ()
-) -> SamplingSettings:
+def _decoding(state: ServerState, body: _Request, max_tokens: int | None) -> GenerateConfig:
     """Decoding settings: the request's, else `generate.*` from the config; limits checked."""
     g, limit = state.cfg.generate, state.cfg.serve.max_tokens_limit
     _refuse(
@@ -127,7 +127,7 @@ def _settings(
             param="max_tokens",
             code="max_tokens_too_large",
         )
-    g = dataclasses.replace(
+    return dataclasses.replace(
         g,
         max_new_tokens=max_tokens,
         temperature=g.temperature if body.temperature is None else body.temperature,
@@ -136,7 +136,6 @@ def _settings(
         seed=g.seed if body.seed is None else body.seed,
         stop=[s for s in body.stops() if s],
     )
-    return sampling_settings(g, extra_stop)
 
 
 def _check_prompt(state: ServerState, served: ServedModel, prompt: str) -> int:
@@ -242,7 +241,7 @@ async def _sse(
                 yield _error_event(e)
                 yield "data: [DONE]\n\n"
                 return
-            tokens = served.backend.count_tokens(text)
+            tokens = await run_in_threadpool(served.backend.count_tokens, text)
             access["completion_tokens"] = tokens
             yield _event(chunk(None, "length" if tokens >= settings.max_new_tokens else "stop"))
             if usage_chunk is not None:
@@ -294,102 +293,131 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=[ModelCard(id=m.name, created=m.created) for m in models])
 
 
+# (prompts, extra stop sequences): built from the request in a worker thread (templates, tokenizers)
+PromptBuilder = Callable[[], tuple[list[str], tuple[str, ...]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shape:
+    """What differs between the generating endpoints' answers."""
+
+    chat: bool = False  # chat.completion(.chunk) objects, else text_completion
+    echo: list[str] | None = None  # /v1/completions echo: each prompt's text goes before its answer
+    extract: PromptConfig | None = None  # /v1/generate: the code is extracted from the answer's Markdown
+
+
+async def _answer(
+    request: Request,
+    served: ServedModel,
+    body: _Request,
+    max_tokens: int | None,
+    build: PromptBuilder,
+    shape: _Shape,
+) -> Response:
+    """The skeleton every generating endpoint shares: check the decoding settings, build the prompts and
+    count their tokens off the event loop (a long prompt must not hold up other requests), then stream
+    the answer or generate it whole, in the endpoint's wire shape."""
+    state = _state(request)
+    decoding = _decoding(state, body, max_tokens)
+
+    def prepare() -> tuple[list[str], tuple[str, ...], list[int]]:
+        prompts, extra_stop = build()
+        return prompts, extra_stop, [_check_prompt(state, served, p) for p in prompts]
+
+    prompts, extra_stop, counts = await run_in_threadpool(prepare)
+    settings = sampling_settings(decoding, extra_stop)
+    _note(request, served, body.stream, sum(counts))
+    rid, created = f"{'chatcmpl' if shape.chat else 'cmpl'}-{uuid.uuid4().hex}", int(time.time())
+
+    def wrap(choices: list[Any], usage: Usage | None = None) -> BaseModel:
+        if shape.chat:
+            return ChatChunk(id=rid, created=created, model=served.name, choices=choices, usage=usage)
+        return CompletionResponse(id=rid, created=created, model=served.name, choices=choices, usage=usage)
+
+    def chunk(text: str | None, reason: str | None) -> BaseModel:
+        if shape.chat:
+            delta = Delta(content=text) if text is not None else Delta()
+            return wrap([ChatChunkChoice(delta=delta, finish_reason=reason)])  # type: ignore[arg-type]
+        return wrap([CompletionChoice(index=0, text=text or "", finish_reason=reason)])  # type: ignore[arg-type]
+
+    if body.stream:
+        _refuse(len(prompts) > 1, "stream takes one prompt, not a list", "prompt")
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        usage_chunk = (lambda u: wrap([], u)) if include_usage else None
+        lead = [chunk(shape.echo[0], None)] if shape.echo else []
+        if shape.chat:
+            lead = [wrap([ChatChunkChoice(delta=Delta(role="assistant", content=""))])]
+        return await _sse(request, served, prompts[0], settings, counts[0], chunk, lead, usage_chunk)
+
+    rows = await _generate(request, served, prompts, settings)
+    usage = _usage(
+        sum(row[0].prompt_tokens for row in rows), sum(c.completion_tokens for r in rows for c in r)
+    )
+    _access(request)["completion_tokens"] = usage.completion_tokens
+    out: BaseModel
+    if shape.chat:
+        chat_choices = [
+            ChatChoice(index=j, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason)
+            for j, c in enumerate(rows[0])
+        ]
+        out = ChatResponse(id=rid, created=created, model=served.name, choices=chat_choices, usage=usage)
+    else:
+        choices = [
+            CompletionChoice(
+                index=i * settings.n + j, text=_final_text(shape, i, c.text), finish_reason=c.finish_reason
+            )
+            for i, row in enumerate(rows)
+            for j, c in enumerate(row)
+        ]
+        out = wrap(choices, usage)
+    return JSONResponse(out.model_dump())
+
+
+def _final_text(shape: _Shape, prompt_index: int, text: str) -> str:
+    if shape.extract is not None:
+        return extract_code(text, shape.extract)
+    return (shape.echo[prompt_index] if shape.echo else "") + text
+
+
 @router.post("/v1/completions", dependencies=auth)
 async def completions(body: CompletionRequest, request: Request) -> Response:
-    state = _state(request)
-    served = state.model(body.model)
+    served = _state(request).model(body.model)
     _refuse(body.logprobs is not None, "logprobs are not supported", "logprobs")
     _refuse((body.best_of or 1) > 1, "best_of > 1 is not supported; use n", "best_of")
     _refuse(body.echo and body.suffix is not None, "echo cannot be combined with suffix", "echo")
     texts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
     _refuse(not texts, "prompt is an empty list", "prompt")
-    prompts: list[str] = texts
-    extra_stop: tuple[str, ...] = ()
-    if body.suffix is not None:  # fill in the middle, with the model's own FIM tokens
-        try:
+
+    def build() -> tuple[list[str], tuple[str, ...]]:
+        if body.suffix is None:
+            return texts, ()
+        try:  # fill in the middle, with the model's own FIM tokens
             built = [infill_prompt(t, body.suffix, served.backend, f"model {served.name!r}") for t in texts]
         except CodetuneError as e:
             raise ApiError(400, str(e), param="suffix", code="fim_not_supported") from None
-        prompts, extra_stop = [p for p, _ in built], built[0][1]
-    settings = _settings(state, body, body.max_tokens, extra_stop)
-    counts = [_check_prompt(state, served, p) for p in prompts]
-    _note(request, served, body.stream, sum(counts))
-    rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        return [p for p, _ in built], built[0][1]
 
-    def chunk(text: str | None, reason: str | None) -> BaseModel:
-        choice = CompletionChoice(index=0, text=text or "", finish_reason=reason)  # type: ignore[arg-type]
-        return CompletionResponse(id=rid, created=created, model=served.name, choices=[choice])
-
-    if body.stream:
-        _refuse(len(prompts) > 1, "stream takes one prompt, not a list", "prompt")
-        include_usage = body.stream_options is not None and body.stream_options.include_usage
-        usage_chunk = (
-            (lambda u: CompletionResponse(id=rid, created=created, model=served.name, choices=[], usage=u))
-            if include_usage
-            else None
-        )
-        lead = [chunk(texts[0], None)] if body.echo else []
-        return await _sse(request, served, prompts[0], settings, counts[0], chunk, lead, usage_chunk)
-    rows = await _generate(request, served, prompts, settings)
-    choices = [
-        CompletionChoice(
-            index=i * settings.n + j,
-            text=(texts[i] if body.echo else "") + c.text,
-            finish_reason=c.finish_reason,
-        )
-        for i, row in enumerate(rows)
-        for j, c in enumerate(row)
-    ]
-    usage = _usage(
-        sum(row[0].prompt_tokens for row in rows), sum(c.completion_tokens for r in rows for c in r)
-    )
-    _access(request)["completion_tokens"] = usage.completion_tokens
-    out = CompletionResponse(id=rid, created=created, model=served.name, choices=choices, usage=usage)
-    return JSONResponse(out.model_dump())
+    shape = _Shape(echo=texts if body.echo else None)
+    return await _answer(request, served, body, body.max_tokens, build, shape)
 
 
 @router.post("/v1/chat/completions", dependencies=auth)
 async def chat_completions(body: ChatRequest, request: Request) -> Response:
-    state = _state(request)
-    served = state.model(body.model)
+    served = _state(request).model(body.model)
     _refuse(bool(body.logprobs), "logprobs are not supported", "logprobs")
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-    try:
-        prompt = served.backend.chat_prompt(messages)
-    except CodetuneError as e:
-        raise ApiError(400, str(e), param="messages", code="no_chat_template") from None
-    except Exception as e:  # a template that rejects these messages (roles, order)
-        msg = f"the chat template of model {served.name!r} rejected the messages: {e}"
-        raise ApiError(400, msg, param="messages") from None
-    settings = _settings(state, body, body.max_completion_tokens or body.max_tokens)
-    count = _check_prompt(state, served, prompt)
-    _note(request, served, body.stream, count)
-    rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
-    def chunk(text: str | None, reason: str | None) -> BaseModel:
-        delta = Delta(content=text) if text is not None else Delta()
-        choice = ChatChunkChoice(delta=delta, finish_reason=reason)  # type: ignore[arg-type]
-        return ChatChunk(id=rid, created=created, model=served.name, choices=[choice])
+    def build() -> tuple[list[str], tuple[str, ...]]:
+        try:
+            return [served.backend.chat_prompt(messages)], ()
+        except CodetuneError as e:
+            raise ApiError(400, str(e), param="messages", code="no_chat_template") from None
+        except Exception as e:  # a template that rejects these messages (roles, order)
+            msg = f"the chat template of model {served.name!r} rejected the messages: {e}"
+            raise ApiError(400, msg, param="messages") from None
 
-    if body.stream:
-        include_usage = body.stream_options is not None and body.stream_options.include_usage
-        usage_chunk = (
-            (lambda u: ChatChunk(id=rid, created=created, model=served.name, choices=[], usage=u))
-            if include_usage
-            else None
-        )
-        opening = ChatChunkChoice(delta=Delta(role="assistant", content=""))
-        lead: list[BaseModel] = [ChatChunk(id=rid, created=created, model=served.name, choices=[opening])]
-        return await _sse(request, served, prompt, settings, count, chunk, lead, usage_chunk)
-    row = (await _generate(request, served, [prompt], settings))[0]
-    choices = [
-        ChatChoice(index=j, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason)
-        for j, c in enumerate(row)
-    ]
-    usage = _usage(row[0].prompt_tokens, sum(c.completion_tokens for c in row))
-    _access(request)["completion_tokens"] = usage.completion_tokens
-    out = ChatResponse(id=rid, created=created, model=served.name, choices=choices, usage=usage)
-    return JSONResponse(out.model_dump())
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    return await _answer(request, served, body, max_tokens, build, _Shape(chat=True))
 
 
 @router.post("/v1/generate", dependencies=auth)
@@ -404,28 +432,12 @@ async def generate_code(body: GenerateRequest, request: Request) -> Response:
     _refuse(
         body.mode == "complete" and not body.description.strip(), "describe the code to write", "description"
     )
-    description = playground_description(body.description, body.language, body.mode, body.code)
-    prompt = description_prompt(description, served.prompt, served.backend)
-    if body.mode == "complete":
-        prompt += body.code  # the start of the answer, continued by the model
-    extra = tuple(state.cfg.generate.stop) + answer_stops(served.prompt)
-    settings = _settings(state, body, body.max_tokens, extra)
-    count = _check_prompt(state, served, prompt)
-    _note(request, served, body.stream, count)
-    rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
-    def chunk(text: str | None, reason: str | None) -> BaseModel:
-        choice = CompletionChoice(index=0, text=text or "", finish_reason=reason)  # type: ignore[arg-type]
-        return CompletionResponse(id=rid, created=created, model=served.name, choices=[choice])
+    def build() -> tuple[list[str], tuple[str, ...]]:
+        description = playground_description(body.description, body.language, body.mode, body.code)
+        prompt = description_prompt(description, served.prompt, served.backend)
+        if body.mode == "complete":
+            prompt += body.code  # the start of the answer, continued by the model
+        return [prompt], tuple(state.cfg.generate.stop) + answer_stops(served.prompt)
 
-    if body.stream:
-        return await _sse(request, served, prompt, settings, count, chunk, [], None)
-    row = (await _generate(request, served, [prompt], settings))[0]
-    choices = [
-        CompletionChoice(index=j, text=extract_code(c.text, served.prompt), finish_reason=c.finish_reason)
-        for j, c in enumerate(row)
-    ]
-    usage = _usage(row[0].prompt_tokens, sum(c.completion_tokens for c in row))
-    _access(request)["completion_tokens"] = usage.completion_tokens
-    out = CompletionResponse(id=rid, created=created, model=served.name, choices=choices, usage=usage)
-    return JSONResponse(out.model_dump())
+    return await _answer(request, served, body, body.max_tokens, build, _Shape(extract=served.prompt))

@@ -7,9 +7,34 @@ penalties) are refused with a 400 by the routes, so nothing is dropped silently.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+
+def lone_surrogate_at(value: Any, where: str = "") -> str | None:
+    """Where in a parsed JSON value a string holds a lone surrogate (JSON allows "\\ud800", Unicode text
+    does not: tokenizers and encoders reject it), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "request body"
+        return None
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = lone_surrogate_at(
+            item, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}".lstrip(".")
+        )
+        if found:
+            return found
+    return None
 
 
 class StreamOptions(BaseModel):
@@ -32,6 +57,15 @@ class _Request(BaseModel):
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode_text_only(cls, data: Any) -> Any:
+        where = lone_surrogate_at(data)
+        if where:
+            msg = "{param} holds a lone UTF-16 surrogate (such as \\ud800), which is not text; send valid Unicode"
+            raise PydanticCustomError("lone_surrogate", msg, {"param": where})
+        return data
 
     def stops(self) -> tuple[str, ...]:
         if self.stop is None:
