@@ -57,11 +57,14 @@ class Program(NamedTuple):
 @dataclass(frozen=True)
 class SandboxSpec:
     """How a benchmark's programs run: limits (a `Limits`), modules each worker imports up front, and
-    whether timeouts are calibrated per task on the reference solutions (`calibrated_limits`)."""
+    whether timeouts are calibrated per task on the reference solutions (`calibrated_limits`: `factor`
+    times the reference's run time, at least `floor_s`)."""
 
     limits: Any
     preload: tuple[str, ...] = ()
     calibrate: bool = False
+    factor: float = 10.0
+    floor_s: float = 2.0
 
 
 @runtime_checkable
