@@ -289,6 +289,7 @@ class ServeConfig:
 @dataclass
 class SelftrainConfig:
     """`selftrain`: sample from the model on training tasks with tests, keep what passes, fine-tune."""
+    max_body_bytes: int = 1_048_576
 
     tasks: list[str] = field(default_factory=lambda: ["dataframebench/train"])
     max_tasks: int | None = None  # the first N tasks only; None: all
@@ -659,6 +660,8 @@ FIELD_HELP: dict[str, str] = {
     "model.name afresh on every sample kept so far",
     "selftrain.temperature": "sampling temperature (> 0 when n > 1); other decoding settings: generate.*",
     "selftrain.seed": "sampling seed: sample j of task i in round k is seeded seed + ((k-1)*tasks + i)*n + j",
+    "serve.max_body_bytes": "largest request body in bytes, refused with 413 before it is read whole or "
+    "parsed (0: no limit)",
     "selftrain.output_dir": "round-K/{samples,verdicts}.jsonl (caches a re-run continues from), "
     "round-K/data (the kept samples as a prepared train split), round-K/train, manifest.json",
     "selftrain.unit_size": "tasks sampled per generation call, and sandbox jobs per batch (the resume grain)",
