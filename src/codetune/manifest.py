@@ -7,10 +7,13 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from codetune.errors import CodetuneError
 
 _PACKAGES = ("codetune", "torch", "transformers", "peft", "accelerate", "tokenizers", "sacrebleu")
 
@@ -34,6 +37,22 @@ def versions() -> dict[str, str]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
+    return out
+
+
+def make_output_dir(path: str | Path, key: str) -> Path:
+    """Create the output folder `path` (config key `key`) and check it takes files; a folder that can't
+    be made (a file on the way, a read-only mount, no permission) stops with one line naming the key."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):  # mkdir succeeds on an existing read-only folder
+            pass
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise CodetuneError(
+            f"{key}: cannot create or write the folder {out} ({reason}); set {key} to a writable folder"
+        ) from None
     return out
 
 

@@ -29,7 +29,7 @@ from codetune.data.steps import (
     write_length_report,
 )
 from codetune.errors import CodetuneError
-from codetune.manifest import sha256_file, write_jsonl, write_manifest
+from codetune.manifest import make_output_dir, sha256_file, write_jsonl, write_manifest
 
 _MAX_LISTED = 50  # ids listed per drop reason in the manifest (all are counted)
 
@@ -79,8 +79,7 @@ def prepare(cfg: Config, console: Console | None = None) -> Path:
     console = console or Console(stderr=True)
     if not cfg.data.sources:
         raise CodetuneError("data.sources is empty: list at least one file with nl_field/code_field")
-    out = Path(cfg.data.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_dir(cfg.data.output_dir, "data.output_dir")
 
     examples: list[Example] = []
     bad: list[BadRecord] = []
