@@ -53,7 +53,7 @@ class SourceConfig:
     (a folder or git checkout) mined for documented functions (`kind: repo`)."""
 
     path: str = ""
-    kind: Literal["file", "repo", "benchmark"] = "file"
+    kind: Literal["file", "repo", "benchmark", "hf"] = "file"
     format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
     nl_field: str = "nl"
     code_field: str = "code"
@@ -62,6 +62,10 @@ class SourceConfig:
     language: str = "python"
     tests_field: str | None = None  # file sources: a field with tests (asserts) for the code
     date_field: str | None = None  # file sources: a field with an ISO date (for split_by: date)
+    # kind: hf (a Hugging Face dataset: hub name, local dataset folder or save_to_disk folder)
+    hf_split: str = "train"
+    hf_subset: str | None = None  # the dataset's configuration name, where it has several
+    hf_revision: str | None = None  # hub: branch, tag or commit
     # kind: repo
     include: list[str] = field(default_factory=list)  # empty: by languages (*.py, *.js, ...)
     exclude: list[str] = field(default_factory=lambda: list(DEFAULT_REPO_EXCLUDE))
@@ -479,7 +483,8 @@ def save_config(cfg: Config, path: Path) -> None:
 # Help text for every key, shown by `codetune <stage> --help` (overrides: --section.key=value).
 FIELD_HELP: dict[str, str] = {
     "data.sources": "inputs: files {path, format, nl_field, code_field, id_field, group_field, language, "
-    "tests_field, date_field} or repositories {kind: repo, path, include, exclude, languages}",
+    "tests_field, date_field}, Hugging Face datasets {kind: hf, path, hf_split, hf_subset, hf_revision, "
+    "and the same fields} or repositories {kind: repo, path, include, exclude, languages}",
     "data.output_dir": "where the splits, manifest.json and config.yaml are written",
     "data.splits": "split names and fractions adding up to 1, e.g. {train: 0.8, valid: 0.1, test: 0.1}",
     "data.split_by": "'group' keeps each source's group_field value (repo, file) inside one split; "
@@ -492,10 +497,15 @@ FIELD_HELP: dict[str, str] = {
     "data.min_code_chars": "drop code shorter than this",
     "data.sources.kind": "file (JSONL/CSV/Parquet of pairs) or repo (a folder or git checkout mined for "
     "documented functions: Python via ast, JavaScript via tree-sitter) or benchmark (a built-in "
-    "benchmark split as pairs, with its tests: path dataframebench/train)",
-    "data.sources.path": "file or folder; a repo path may be @stdlib (this Python's standard library, "
+    "benchmark split as pairs, with its tests: path dataframebench/train) or hf (a Hugging Face dataset "
+    "through the datasets library: a hub name, a local dataset folder or a save_to_disk folder; the same "
+    "field mapping as files; needs pip install -e '.[hf]')",
+    "data.sources.path": "file or folder; an hf path is a hub dataset name or a dataset folder; a repo path may be @stdlib (this Python's standard library, "
     "resolved at run time) or @purelib (its site-packages); a benchmark path is name/split "
     "(dataframebench/train; its val and test splits are refused for training)",
+    "data.sources.hf_split": "hf: which split of the dataset to read (default train)",
+    "data.sources.hf_subset": "hf: the dataset's configuration (subset) name, where it has several",
+    "data.sources.hf_revision": "hf: hub branch, tag or commit to pin",
     "data.sources.tests_field": "file sources: field holding tests (asserts) that augmented code must pass",
     "data.sources.date_field": "file sources: field holding an ISO date (commit or creation) for split_by date",
     "data.sources.include": "repo: globs of files to mine (default: by languages, *.py / *.js)",

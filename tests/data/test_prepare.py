@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,67 @@ def test_other_languages_skip_the_syntax_check_and_say_so(tmp_path: Path) -> Non
     m = json.loads((out / "manifest.json").read_text())
     assert m["counts"]["kept"] == 10
     assert m["notes"] == {"syntax check skipped for language 'javascript'": 10}
+
+
+def _csv_with_one_bad_row(tmp_path: Path, bad_line: bytes) -> Path:
+    """make_pairs() as CSV (each record spans 3 lines: the code field holds newlines) with one bad row
+    after the first 20 records, at line 62."""
+    import io
+
+    rows = make_pairs()
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows[:20])
+    head = text.getvalue().encode()
+    assert head.count(b"\n") == 61
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writerows(rows[20:])
+    path = tmp_path / "pairs.csv"
+    path.write_bytes(head + bad_line + text.getvalue().encode())
+    return path
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "reason"),
+    [
+        # the open quote pairs with the next record's opening quote on line 63
+        (
+            b'broken-1,"Return one.,x = 1,repo0\n',
+            r"bad CSV: 3 fields where the header has 4 \(the record runs to line 63: a quote left open\?\)",
+        ),
+        (
+            b"bad-byte,Return \xff two.,x = 2,repo0\n",
+            "not valid UTF-8 at byte 16; re-encode the file as UTF-8",
+        ),
+    ],
+)
+def test_a_bad_csv_row_costs_only_itself(tmp_path: Path, bad_line: bytes, reason: str) -> None:
+    path = _csv_with_one_bad_row(tmp_path, bad_line)
+    with pytest.raises(CodetuneError, match=rf"pairs.csv:62: {reason}\. Fix the record, or pass --skip-bad"):
+        prepare(tiny_config(tmp_path / "strict", path))
+    out = prepare(tiny_config(tmp_path, path, data={"skip_bad": True}))
+    m = json.loads((out / "manifest.json").read_text())
+    # the 22 records after the bad row survive: all 42 pairs are read, one bad record is counted
+    assert m["counts"]["rows_read"] == 43 and m["counts"]["bad_records"] == 1 and m["counts"]["kept"] == 42
+    assert [(b["line"], bool(re.fullmatch(reason, b["reason"]))) for b in m["bad_records"]] == [(62, True)]
+    ids = {r["id"] for n in ("train", "valid", "test") for r in read_jsonl(out / f"{n}.jsonl")}
+    assert ids == {r["uid"] for r in make_pairs()}
+
+
+def test_a_csv_quote_in_a_plain_field_or_never_closed_is_one_bad_record(tmp_path: Path) -> None:
+    path = _csv_with_one_bad_row(tmp_path, b'stray,Say "hi.,x = 3,repo0\n')
+    out = prepare(tiny_config(tmp_path, path, data={"skip_bad": True}))
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["counts"]["bad_records"] == 1 and m["counts"]["kept"] == 42
+    assert m["bad_records"][0]["line"] == 62
+    # on the last line, an open quote has nothing to pair with
+    path.write_bytes(path.read_bytes().replace(b'stray,Say "hi.,x = 3,repo0\n', b"") + b'last,"Open,x,r\n')
+    out = prepare(tiny_config(tmp_path / "b", path, data={"skip_bad": True}))
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["counts"]["bad_records"] == 1 and m["counts"]["kept"] == 42
+    assert (m["bad_records"][0]["line"], m["bad_records"][0]["reason"]) == (
+        128,
+        "bad CSV: a quote opened here is never closed",
+    )

@@ -9,12 +9,15 @@ augmentation and fill-in-the-middle samples (train only) -> length report (optio
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from codetune.config import Config, config_to_dict, save_config
+from codetune import progress
+from codetune.config import Config, SourceConfig, config_to_dict, save_config
 from codetune.data.clean import dedup_key, normalise_code, normalise_nl, python_syntax_error
 from codetune.data.records import BadRecord, Example
 from codetune.data.sources import read_source
@@ -70,6 +73,22 @@ def _clean(
     return kept
 
 
+@contextmanager
+def _step(name: str, total: int | None, unit: str = "examples") -> Iterator[progress.Task]:
+    """Progress of one prepare step: a start line and an end line with its counts (see progress.py)."""
+    with progress.task(f"prepare: {name}", total, unit=unit) as bar:
+        yield bar
+
+
+def _read_other(src: SourceConfig, steps: StepReports) -> tuple[list[Example], dict[str, Any]]:
+    """A benchmark split or a mined repository (file and hf sources go through read_source)."""
+    if src.kind == "benchmark":
+        from codetune.data.benchmarks import read_benchmark
+
+        return read_benchmark(src)
+    return read_repo(src, steps)
+
+
 def prepare(cfg: Config, console: Console | None = None) -> Path:
     """Read `cfg.data.sources`, clean, deduplicate and split them; write JSONL splits + manifest.
 
@@ -86,24 +105,17 @@ def prepare(cfg: Config, console: Console | None = None) -> Path:
     inputs: list[dict[str, Any]] = []
     steps = StepReports()
     for src in cfg.data.sources:
-        if src.kind == "benchmark":
-            from codetune.data.benchmarks import read_benchmark
-
-            got, info = read_benchmark(src)
+        if src.kind in ("benchmark", "repo"):
+            with _step(f"read {src.kind} {src.path}", None, unit="sources") as bar:
+                got, info = _read_other(src, steps)
+                bar.update(1, examples=len(got))
             examples.extend(got)
             inputs.append(info)
             continue
-        if src.kind == "repo":
-            got, info = read_repo(src, steps)
-            examples.extend(got)
-            inputs.append(info)
-            continue
-        got, bad_here, rows = read_source(src, cfg.data.skip_bad)
+        got, bad_here, info = read_source(src, cfg.data.skip_bad)
         examples.extend(got)
         bad.extend(bad_here)
-        inputs.append(
-            {"path": src.path, "sha256": sha256_file(Path(src.path)), "rows": rows, "read": len(got)}
-        )
+        inputs.append(info)
 
     drops: dict[str, list[str]] = {
         k: [] for k in ("empty_nl", "empty_code", "syntax_error", "exact_duplicate")
@@ -111,22 +123,34 @@ def prepare(cfg: Config, console: Console | None = None) -> Path:
     notes: Counter[str] = Counter()
     for info in inputs:  # a source's own counted notes (e.g. what a benchmark source skipped)
         notes.update(info.pop("notes", {}))
-    kept = _clean(examples, cfg, drops, notes)
+    with _step("clean", len(examples)) as bar:
+        kept = _clean(examples, cfg, drops, notes)
+        bar.update(len(examples), kept=len(kept))
     if not kept:
         raise CodetuneError(
             f"no examples left after cleaning; dropped: { {k: len(v) for k, v in drops.items()} }"
         )
     filtered: dict[str, list[str]] = {}  # drops after cleaning, by reason (near_duplicate, contaminated, ...)
     if cfg.data.near_dup.enabled:
-        kept = remove_near_duplicates(kept, cfg.data.near_dup, filtered, steps)
-    splits = make_splits(kept, cfg, filtered)
+        with _step("near-duplicates", len(kept)) as bar:
+            kept = remove_near_duplicates(kept, cfg.data.near_dup, filtered, steps)
+            bar.update(bar.total or 0, kept=len(kept))
+    with _step("split", len(kept)) as bar:
+        splits = make_splits(kept, cfg, filtered)
+        bar.update(len(kept), **{k: len(v) for k, v in splits.items()})
     if cfg.data.decontamination.eval_sets and "train" in splits:
-        splits["train"] = decontaminate_train(
-            splits, cfg.data.decontamination, cfg.data.near_dup, filtered, steps
-        )
-    splits = augment_train(splits, cfg, steps)
+        with _step("decontaminate train", len(splits["train"])) as bar:
+            splits["train"] = decontaminate_train(
+                splits, cfg.data.decontamination, cfg.data.near_dup, filtered, steps
+            )
+            bar.update(bar.total or 0, kept=len(splits["train"]))
+    with _step("augment train", len(splits.get("train", []))) as bar:
+        splits = augment_train(splits, cfg, steps)
+        bar.update(bar.total or 0, added=sum(steps.added.values()))
     if cfg.data.length_report.tokenizer:
-        write_length_report(splits, cfg, out, steps)
+        with _step("length report", sum(map(len, splits.values()))) as bar:
+            write_length_report(splits, cfg, out, steps)
+            bar.update(bar.total or 0)
     drops.update(filtered)
 
     outputs = {}

@@ -1,16 +1,20 @@
-"""Read NL/code pairs from JSONL, CSV or Parquet files with a configurable field mapping."""
+"""Read NL/code pairs from JSONL, CSV or Parquet files, or a Hugging Face dataset (`kind: hf`, see
+sources_hf.py), with a configurable field mapping."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from codetune import progress
 from codetune.config import SourceConfig
 from codetune.data.records import BadRecord, Example
 from codetune.errors import CodetuneError
+from codetune.manifest import sha256_file
 
 _SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 
@@ -48,16 +52,7 @@ def _raw_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any] | str]
                     continue
                 yield lineno, obj
     elif fmt == "csv":
-        try:
-            with open(path, encoding="utf-8", newline="") as f:
-                reader = csv.DictReader(f)
-                for row in reader:
-                    # line_num is the physical line where this record ended
-                    yield reader.line_num, dict(row)
-        except UnicodeDecodeError as e:
-            yield 0, f"not valid UTF-8 (byte offset {e.start}); re-encode the file as UTF-8"
-        except csv.Error as e:
-            yield 0, f"bad CSV: {e}"
+        yield from _csv_rows(path)
     elif fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -65,59 +60,156 @@ def _raw_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any] | str]
             table = pq.read_table(path)
         except Exception as e:  # pyarrow raises several types for a bad file
             raise CodetuneError(f"{path}: cannot read as Parquet: {e}") from e
-        for i, row in enumerate(table.to_pylist(), start=1):
-            yield i, row
+        yield from enumerate(table.to_pylist(), start=1)
     else:
         raise CodetuneError(f"{path}: unknown format {fmt!r}")
 
 
-def read_source(src: SourceConfig, skip_bad: bool) -> tuple[list[Example], list[BadRecord], int]:
-    """Read one source. Returns (examples, bad records, rows read).
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """CSV records one at a time, so that one bad record costs only itself.
 
-    A malformed row raises CodetuneError naming the file and line, unless `skip_bad` is set, in which
-    case it is returned as a BadRecord to be counted and listed in the manifest.
+    A record is the physical lines from where it starts up to the line where its quotes balance (a quoted
+    field may hold newlines). A record that can't be read (a byte that isn't UTF-8, a quote that never
+    closes or that closes rows later, a field count other than the header's) is yielded as an error at the
+    line it starts on, and reading resumes on the next line. Good records carry the line they end on (as
+    csv.DictReader's line_num did, so ids made from it are unchanged).
     """
+    with open(path, "rb") as f:
+        raw_lines = f.read().splitlines(keepends=True)
+    header: list[str] | None = None
+    i, n = 0, len(raw_lines)
+    while i < n:
+        text, end, problem = _csv_record(raw_lines, i)
+        if problem is None and not text.strip():
+            i = end  # blank line: not a record (as csv.DictReader)
+            continue
+        fields: list[str] = []
+        if problem is None:
+            try:
+                parsed = list(csv.reader(io.StringIO(text)))
+            except csv.Error as e:
+                problem = f"bad CSV: {e}"
+            else:
+                fields = parsed[0] if len(parsed) == 1 else []
+                if len(parsed) != 1:
+                    problem = f"bad CSV: {len(parsed)} records where one was expected (a stray quote?)"
+        if header is None:
+            if problem is not None:
+                raise CodetuneError(f"{path}:{i + 1}: cannot read the CSV header: {problem}")
+            header = [h.lstrip("\ufeff") if k == 0 else h for k, h in enumerate(fields)]
+            i = end
+            continue
+        if problem is None and len(fields) != len(header):
+            problem = f"bad CSV: {len(fields)} fields where the header has {len(header)}" + (
+                f" (the record runs to line {end}: a quote left open?)" if end > i + 1 else ""
+            )
+        if problem is not None:
+            yield i + 1, problem
+            i += 1  # resynchronise on the next physical line
+            continue
+        yield end, dict(zip(header, fields, strict=True))
+        i = end
+
+
+def _csv_record(raw_lines: list[bytes], start: int) -> tuple[str, int, str | None]:
+    """The text of the CSV record starting at line index `start`, the index after its last line, and
+    what is wrong with it (None: nothing)."""
+    parts: list[str] = []
+    quotes = 0
+    for j in range(start, len(raw_lines)):
+        try:
+            line = raw_lines[j].decode("utf-8")
+        except UnicodeDecodeError as e:
+            where = f" (line {j + 1})" if j > start else ""
+            return "", j + 1, f"not valid UTF-8 at byte {e.start}{where}; re-encode the file as UTF-8"
+        parts.append(line)
+        quotes += line.count('"')
+        if quotes % 2 == 0:  # "" inside a quoted field counts twice, so the parity says open or closed
+            return "".join(parts), j + 1, None
+    return "", len(raw_lines), "bad CSV: a quote opened here is never closed"
+
+
+def read_source(src: SourceConfig, skip_bad: bool) -> tuple[list[Example], list[BadRecord], dict[str, Any]]:
+    """Read one file source (JSONL, CSV, Parquet) or `kind: hf` source (Hugging Face `datasets`).
+
+    Returns (examples, bad records, the source's manifest entry: where it came from, its hash or
+    fingerprint, rows read and examples kept). A malformed row raises CodetuneError naming the file and
+    line (hf: the index and field), unless `skip_bad` is set, in which case it is returned as a BadRecord
+    to be counted and listed in the manifest.
+    """
+    if src.kind == "hf":
+        from codetune.data.sources_hf import open_hf_source
+
+        hf = open_hf_source(src)
+        examples, bad = _read_rows(
+            src, hf.rows(), hf.total, skip_bad, where=lambda i: f"{hf.label} index {i}", stem=hf.stem
+        )
+        return examples, bad, {**hf.info, "rows": len(examples) + len(bad), "read": len(examples)}
     path = Path(src.path)
     if not path.is_file():
         raise CodetuneError(f"source file {path} not found (data.sources[].path)")
     fmt = detect_format(src)
+    examples, bad = _read_rows(
+        src,
+        _raw_rows(path, fmt),
+        None,
+        skip_bad,
+        where=(lambda n: f"{path}:{n}") if fmt != "parquet" else (lambda n: f"{path} row {n}"),
+        stem=path.stem,
+    )
+    info = {"path": src.path, "sha256": sha256_file(path), "rows": len(examples) + len(bad)}
+    return examples, bad, {**info, "read": len(examples)}
+
+
+def _read_rows(
+    src: SourceConfig,
+    rows: Iterable[tuple[int, dict[str, Any] | str]],
+    total: int | None,
+    skip_bad: bool,
+    where: Callable[[int], str],
+    stem: str,
+) -> tuple[list[Example], list[BadRecord]]:
+    """(position, row or error text) -> Examples with the source's field mapping, and the bad records."""
     examples: list[Example] = []
     bad: list[BadRecord] = []
-    rows = 0
-    for lineno, row in _raw_rows(path, fmt):
-        rows += 1
-        where = f"{path}:{lineno}" if fmt != "parquet" else f"{path} row {lineno}"
-        problem = row if isinstance(row, str) else _check_fields(row, src)
-        if problem is not None:
-            if not skip_bad:
-                raise CodetuneError(
-                    f"{where}: {problem}. Fix the record, or pass --skip-bad to count and skip it"
+    with progress.task(f"prepare: read {src.path}", total, unit="rows") as bar:
+        for pos, row in rows:
+            bar.advance()
+            problem = row if isinstance(row, str) else _check_fields(row, src)
+            if problem is not None:
+                if not skip_bad:
+                    raise CodetuneError(
+                        f"{where(pos)}: {problem}. Fix the record, or pass --skip-bad to count and skip it"
+                    )
+                bad.append(BadRecord(src.path, pos, problem))
+                continue
+            assert isinstance(row, dict)
+            rid = row.get(src.id_field) if src.id_field else None
+            examples.append(
+                Example(
+                    id=str(rid) if rid not in (None, "") else f"{stem}-{pos}",
+                    nl=str(row[src.nl_field]),
+                    code=str(row[src.code_field]),
+                    language=src.language,
+                    group=str(row[src.group_field])
+                    if src.group_field and row.get(src.group_field) is not None
+                    else None,
+                    source=where(pos),
+                    meta=_extra_fields(row, src),
                 )
-            bad.append(BadRecord(str(path), lineno, problem))
-            continue
-        assert isinstance(row, dict)
-        rid = row.get(src.id_field) if src.id_field else None
-        examples.append(
-            Example(
-                id=str(rid) if rid not in (None, "") else f"{path.stem}-{lineno}",
-                nl=str(row[src.nl_field]),
-                code=str(row[src.code_field]),
-                language=src.language,
-                group=str(row[src.group_field])
-                if src.group_field and row.get(src.group_field) is not None
-                else None,
-                source=where,
-                meta=_extra_fields(row, src),
             )
-        )
-    return examples, bad, rows
+        bar.note(f"{len(examples)} examples, {len(bad)} bad records")
+    return examples, bad
 
 
 def _extra_fields(row: dict[str, Any], src: SourceConfig) -> dict[str, Any]:
     """Optional per-record tests (`tests_field`) and date (`date_field`), kept in `meta`."""
     meta: dict[str, Any] = {}
-    if src.tests_field and row.get(src.tests_field) not in (None, ""):
-        meta["tests"] = str(row[src.tests_field])
+    tests = row.get(src.tests_field) if src.tests_field else None
+    if isinstance(tests, list | tuple):  # e.g. a list of assert lines, as hub datasets often hold them
+        tests = "\n".join(map(str, tests))
+    if tests not in (None, ""):
+        meta["tests"] = str(tests)
     if src.date_field and row.get(src.date_field) not in (None, ""):
         meta["date"] = str(row[src.date_field])
     return meta
