@@ -108,6 +108,9 @@ class Benchmark(Protocol):
 BUILTIN: dict[str, str] = {
     "humaneval": "codetune.benchmarks.humaneval",
     "dataframebench": "codetune.benchmarks.dataframebench",
+    # module:factory where one module holds several benchmarks
+    "humaneval-py2js": "codetune.benchmarks.humaneval_js:py2js",
+    "humaneval-js2py": "codetune.benchmarks.humaneval_js:js2py",
 }
 _REGISTERED: dict[str, Callable[[], Benchmark]] = {}
 
@@ -136,8 +139,9 @@ def get_benchmark(name_or_path: str | Path) -> Benchmark:
     if spec in _REGISTERED:
         return _REGISTERED[spec]()
     if spec in BUILTIN:
-        module = importlib.import_module(BUILTIN[spec])
-        bench: Benchmark = module.benchmark()
+        module_name, _, factory = BUILTIN[spec].partition(":")
+        module = importlib.import_module(module_name)
+        bench: Benchmark = getattr(module, factory or "benchmark")()
         return bench
     path = Path(spec)
     if path.suffix in (".jsonl", ".json") or path.is_dir() or path.is_file():

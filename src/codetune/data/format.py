@@ -32,6 +32,25 @@ def build_prompt(nl: str, prompt: PromptConfig, render_chat: ChatRenderer | None
         raise CodetuneError(f"prompt.template: unknown placeholder {e}; use {{nl}}") from e
 
 
+# Translation, (source language, code) -> target language: causal models get an instruction that the
+# prompt template (or chat template) wraps like any description; seq2seq models get a T5-style task prefix.
+LANGUAGE_NAMES = {"python": "Python", "javascript": "JavaScript", "typescript": "TypeScript", "java": "Java"}
+TRANSLATION_TEMPLATES = {
+    "causal": "Translate this {source} code to {target}, keeping the function names.\n```{source_tag}\n{code}\n```",
+    "seq2seq": "translate {source} to {target}: {code}",
+}
+
+
+def translation_instruction(code: str, source: str, target: str, kind: str = "causal") -> str:
+    """The description of a translation: `code` in language `source` to rewrite in `target`."""
+    if kind not in TRANSLATION_TEMPLATES:
+        raise CodetuneError(f"model.kind {kind!r}: translation prompts exist for causal and seq2seq")
+    names = {lang: LANGUAGE_NAMES.get(lang, lang) for lang in (source, target)}
+    return TRANSLATION_TEMPLATES[kind].format(
+        source=names[source], target=names[target], source_tag=source, code=code.strip("\n")
+    )
+
+
 def build_answer(code: str, prompt: PromptConfig) -> str:
     """The text the model is trained to produce (end-of-sequence is added at tokenisation)."""
     return prompt.answer_template.format(code=code)
