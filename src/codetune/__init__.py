@@ -1,6 +1,6 @@
 """codetune: fine-tune pretrained language models for code, evaluate them honestly, serve them.
 
-    from codetune import load_config, prepare, train, evaluate, generate
+    from codetune import load_config, prepare, train, evaluate, generate, selftrain
 
 Each stage takes a `Config` and hands its output to the next through files with a manifest.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Config", "CodetuneError", "evaluate", "generate", "load_config", "prepare", "train"]
+__all__ = ["Config", "CodetuneError", "evaluate", "generate", "load_config", "prepare", "selftrain", "train"]
 
 if TYPE_CHECKING:
     from codetune.config import Config, load_config
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from codetune.errors import CodetuneError
     from codetune.eval.evaluate import evaluate
     from codetune.generation import generate
+    from codetune.selftraining import selftrain
     from codetune.training.loop import train
 
 _LAZY = {
@@ -28,6 +29,7 @@ _LAZY = {
     "train": "codetune.training.loop",
     "evaluate": "codetune.eval.evaluate",
     "generate": "codetune.generation",
+    "selftrain": "codetune.selftraining",  # not selftrain.py: `codetune.selftrain` is always the function
 }
 
 

@@ -101,6 +101,18 @@ def train(
     print(run(cfg))
 
 
+@app.command(
+    context_settings=_EXTRA, epilog=_OVERRIDES + describe_sections("selftrain", "generate", "train")
+)
+def selftrain(ctx: typer.Context, config: ConfigArg) -> None:
+    """Self-training by execution: sample n answers per training task, keep those that pass its tests
+    in the sandbox (distinct, at most m per task), fine-tune on them; repeat for selftrain.rounds.
+    Re-running continues from what is on disk."""
+    from codetune.selftraining import selftrain as run
+
+    print(run(_config(config, ctx)))
+
+
 @app.command(context_settings=_EXTRA, epilog=_OVERRIDES + describe_sections("eval", "generate"))
 def evaluate(
     ctx: typer.Context,
