@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ TRAIN = [
     Task(id="mul", prompt="Return a times b.", tests="assert f(2, 3) == 6", split="train", benchmark="toy"),
 ]
 TEST = [
-    Task(id="pow", prompt="Return a to the power b.", tests="assert f(2, 3) == 8", benchmark="toy"),
+    Task(id="pow", prompt="Return a to the power b.", tests="assert f(2, 3) == 8", group="g-pow"),
     Task(id="div", prompt="Return a divided by b.", tests="assert f(3, 2) == 1.5", benchmark="toy"),
 ]
 PASSING = {ADD, ADD_DOC, ADD_B, ADD_C, ADD_D, SUB, SUB_B, SUB_C, MUL, MUL_DOC}
@@ -242,7 +243,7 @@ def test_selftrain_keeps_only_passing_distinct_samples_and_trains_on_them(tmp_pa
     assert manifest["leak_check"] == {
         "held_out": [{"split": "toy/test", "tasks": 2}],
         "overlap": 0,
-        "checked_by": ["id", "prompt"],
+        "checked_by": ["id", "prompt", "group"],
     }
 
     # each round's data folder is a prepared train split that `train` read unchanged
@@ -331,8 +332,9 @@ def test_an_evaluation_split_is_refused_as_a_task_source(tmp_path: Path, toy: No
 def test_training_tasks_that_clash_with_held_out_tasks_are_refused(tmp_path: Path, toy: None) -> None:
     same_id = Task(id="pow", prompt="Something else.", tests="assert True", split="train")
     same_prompt = Task(id="p2", prompt="Return  a divided\nby b.", tests="assert True", split="train")
+    same_group = Task(id="p3", prompt="Raise a to b.", tests="assert True", split="train", group="g-pow")
     marked_test = Task(id="t3", prompt="Fine.", tests="assert True", split="test")
-    for task, found in ((same_id, "pow"), (same_prompt, "p2")):
+    for task, found in ((same_id, "pow"), (same_prompt, "p2"), (same_group, "p3")):
         registry.register("toy", functools.partial(Toy, [*TRAIN, task]))
         with pytest.raises(CodetuneError, match=rf"held-out toy/test: {found}"):
             load_training_tasks(toy_config(tmp_path))
@@ -341,6 +343,14 @@ def test_training_tasks_that_clash_with_held_out_tasks_are_refused(tmp_path: Pat
         CodetuneError, match=r"selftrain\.tasks\[0\]: task 't3' of toy/train is marked split 'test'"
     ):
         load_training_tasks(toy_config(tmp_path))
+
+
+def test_tasks_per_group_takes_the_first_paraphrases_of_each_problem(tmp_path: Path, toy: None) -> None:
+    grouped = [replace(t, group="g1" if t.id != "mul" else "g2") for t in TRAIN]
+    registry.register("toy", functools.partial(Toy, grouped))
+    tasks = load_training_tasks(toy_config(tmp_path, tasks_per_group=1))
+    assert [t.id for t in tasks.tasks] == ["add", "mul"]
+    assert tasks.sources == [{"spec": "toy/train", "benchmark": "toy", "split": "train", "tasks": 3}]
 
 
 def test_held_out_splits_can_be_named(tmp_path: Path, toy: None) -> None:

@@ -194,7 +194,8 @@ def _open(spec: str, key: str) -> tuple[Benchmark, str | None]:
 
 
 def load_training_tasks(cfg: Config) -> TaskSet:
-    """The tasks of `selftrain.tasks` (first `max_tasks`), refusing any that is not a train split and
+    """The tasks of `selftrain.tasks` (the first `tasks_per_group` of each group, the first `max_tasks`
+    of those), refusing any that is not a train split and
     any that shares an id or a prompt with a held-out split."""
     s = cfg.selftrain
     if not s.tasks:
@@ -225,10 +226,25 @@ def load_training_tasks(cfg: Config) -> TaskSet:
             benches[task.id] = bench
         tasks.extend(loaded)
         sources.append({"spec": spec, "benchmark": bench.name, "split": split, "tasks": len(loaded)})
+    if s.tasks_per_group is not None:
+        tasks = _first_per_group(tasks, s.tasks_per_group)
     if s.max_tasks is not None:
         tasks = tasks[: s.max_tasks]
     leak_check = check_no_leak(tasks, _held_out(cfg, benches))
     return TaskSet(tasks, {t.id: benches[t.id] for t in tasks}, sources, leak_check)
+
+
+def _first_per_group(tasks: Sequence[Task], k: int) -> list[Task]:
+    """The first `k` tasks of each group (paraphrases of one problem), in task order; ungrouped tasks
+    are their own group."""
+    seen: Counter[str] = Counter()
+    out = []
+    for task in tasks:
+        group = task.group or task.id
+        seen[group] += 1
+        if seen[group] <= k:
+            out.append(task)
+    return out
 
 
 def _held_out(cfg: Config, benches: dict[str, Benchmark]) -> list[tuple[str, list[Task]]]:
@@ -258,22 +274,27 @@ def _prompt_key(text: str) -> str:
 def check_no_leak(tasks: Sequence[Task], held_out: Sequence[tuple[str, Sequence[Task]]]) -> dict[str, Any]:
     """Raise when a training task shares an id or a (whitespace-normalised) prompt with a held-out
     task; else the record for the manifest (the splits checked, overlap 0)."""
-    ids = {t.id: t for t in tasks}
-    prompts = {_prompt_key(t.prompt): t for t in tasks}
+    ids = {t.id for t in tasks}
+    prompts = {_prompt_key(t.prompt): t.id for t in tasks}
+    groups: dict[str, list[str]] = {}
+    for t in tasks:
+        if t.group:
+            groups.setdefault(t.group, []).append(t.id)
     checked = []
     for spec, held in held_out:
         clashes = sorted(
-            {ids[h.id].id for h in held if h.id in ids}
-            | {prompts[_prompt_key(h.prompt)].id for h in held if _prompt_key(h.prompt) in prompts}
+            {h.id for h in held if h.id in ids}
+            | {prompts[_prompt_key(h.prompt)] for h in held if _prompt_key(h.prompt) in prompts}
+            | {tid for h in held if h.group for tid in groups.get(h.group, [])}
         )
         if clashes:
             raise CodetuneError(
-                f"selftrain.tasks: {len(clashes)} training task(s) share an id or a prompt with held-out "
-                f"{spec}: {', '.join(clashes[:10])}; remove them from the task file (they would leak "
-                "the evaluation into training)"
+                f"selftrain.tasks: {len(clashes)} training task(s) share an id, a prompt or a group "
+                f"(paraphrases of one problem) with held-out {spec}: {', '.join(clashes[:10])}; remove "
+                "them from the task file (they would leak the evaluation into training)"
             )
         checked.append({"split": spec, "tasks": len(held)})
-    return {"held_out": checked, "overlap": 0, "checked_by": ["id", "prompt"]}
+    return {"held_out": checked, "overlap": 0, "checked_by": ["id", "prompt", "group"]}
 
 
 # --- one round: sample, judge, select (each cached on disk) ------------------------------------
@@ -660,8 +681,9 @@ def _check(cfg: Config) -> None:
     for key, value in (("n", s.n), ("m", s.m), ("rounds", s.rounds), ("unit_size", s.unit_size)):
         if value < 1:
             raise CodetuneError(f"selftrain.{key} must be at least 1 (got {value})")
-    if s.max_tasks is not None and s.max_tasks < 1:
-        raise CodetuneError(f"selftrain.max_tasks must be at least 1 or unset (got {s.max_tasks})")
+    for key, limit in (("max_tasks", s.max_tasks), ("tasks_per_group", s.tasks_per_group)):
+        if limit is not None and limit < 1:
+            raise CodetuneError(f"selftrain.{key} must be at least 1 or unset (got {limit})")
     if s.n > 1 and s.temperature <= 0:
         raise CodetuneError(
             f"selftrain.temperature={s.temperature}: {s.n} greedy samples per task would be identical; "
