@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,266 +48,623 @@ DEFAULT_REPO_EXCLUDE: tuple[str, ...] = (
 )
 
 
+def setting(
+    default: Any = dataclasses.MISSING, *, help: str, factory: Callable[[], Any] | None = None
+) -> Any:
+    """A config field and its help text: `--help` shows it (`describe_sections`) and a test requires one
+    for every key. `factory` makes a fresh default (a list, a nested section) for each config."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class SourceConfig:
     """One input of `prepare`: a file of NL/code pairs (JSONL, CSV or Parquet), or a code repository
     (a folder or git checkout) mined for documented functions (`kind: repo`)."""
 
-    path: str = ""
-    kind: Literal["file", "repo", "benchmark", "hf"] = "file"
-    format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
-    nl_field: str = "nl"
-    code_field: str = "code"
-    id_field: str | None = None
-    group_field: str | None = None
-    language: str = "python"
-    tests_field: str | None = None  # file sources: a field with tests (asserts) for the code
-    date_field: str | None = None  # file sources: a field with an ISO date (for split_by: date)
-    # kind: hf (a Hugging Face dataset: hub name, local dataset folder or save_to_disk folder)
-    hf_split: str = "train"
-    hf_subset: str | None = None  # the dataset's configuration name, where it has several
-    hf_revision: str | None = None  # hub: branch, tag or commit
-    # kind: repo
-    include: list[str] = field(default_factory=list)  # empty: by languages (*.py, *.js, ...)
-    exclude: list[str] = field(default_factory=lambda: list(DEFAULT_REPO_EXCLUDE))
-    languages: list[str] = field(default_factory=lambda: ["python"])
-    # kind: benchmark (dataframebench/train): keep only tasks whose reference reads as one function
-    # (the adapter's helper inlined); the others are skipped and counted in the manifest
-    one_function_only: bool = False
-    # kind: benchmark (dataframebench/train): answers begin as the task's starter code does (its
-    # imports, type-hinted def line and docstring), as an answer completing the starter code would
-    keep_starter: bool = False
+    path: str = setting(
+        "",
+        help="file or folder; an hf path is a hub dataset name or a dataset folder; a repo path may"
+        " be @stdlib (this Python's standard library, resolved at run time) or @purelib (its "
+        "site-packages); a benchmark path is name/split (dataframebench/train; its val and "
+        "test splits are refused for training)",
+    )
+    kind: Literal["file", "repo", "benchmark", "hf"] = setting(
+        "file",
+        help="file (JSONL/CSV/Parquet of pairs) or repo (a folder or git checkout mined for "
+        "documented functions: Python via ast, JavaScript via tree-sitter) or benchmark (a "
+        "built-in benchmark split as pairs, with its tests: path dataframebench/train) or hf "
+        "(a Hugging Face dataset through the datasets library: a hub name, a local dataset "
+        "folder or a save_to_disk folder; the same field mapping as files; needs pip install "
+        "-e '.[hf]')",
+    )
+    format: Literal["auto", "jsonl", "csv", "parquet"] = setting(
+        "auto",
+        help="file sources: auto (from the extension: .jsonl/.json/.ndjson, .csv, .parquet), jsonl,"
+        " csv or parquet",
+    )
+    nl_field: str = setting(
+        "nl",
+        help="file and hf sources: the field holding the description (the prompt side)",
+    )
+    code_field: str = setting(
+        "code",
+        help="file and hf sources: the field holding the code (the answer side)",
+    )
+    id_field: str | None = setting(
+        None,
+        help="file and hf sources: a field with a stable example id; unset or empty: the file name "
+        "and row number",
+    )
+    group_field: str | None = setting(
+        None,
+        help="file and hf sources: a field (repo, file) whose examples stay in one split under "
+        "split_by group",
+    )
+    language: str = setting(
+        "python",
+        help="language of the code (python is syntax-checked; others are passed through and reported)",
+    )
+    tests_field: str | None = setting(
+        None,
+        help="file sources: field holding tests (asserts) that augmented code must pass",
+    )
+    date_field: str | None = setting(
+        None,
+        help="file sources: field holding an ISO date (commit or creation) for split_by date",
+    )
+    hf_split: str = setting("train", help="hf: which split of the dataset to read (default train)")
+    hf_subset: str | None = setting(
+        None,
+        help="hf: the dataset's configuration (subset) name, where it has several",
+    )
+    hf_revision: str | None = setting(None, help="hf: hub branch, tag or commit to pin")
+    include: list[str] = setting(
+        factory=list,
+        help="repo: globs of files to mine (default: by languages, *.py / *.js)",
+    )
+    exclude: list[str] = setting(
+        factory=lambda: list(DEFAULT_REPO_EXCLUDE),
+        help="repo: globs to skip; 'name/' = a folder at any depth, '*.py' = file names, 'a/b.py' ="
+        " a path from the root (default: tests, vendored, build, site-packages, generated "
+        "files)",
+    )
+    languages: list[str] = setting(
+        factory=lambda: ["python"],
+        help="repo: languages to mine: python, javascript",
+    )
+    one_function_only: bool = setting(
+        False,
+        help="benchmark: keep only tasks whose reference reads as one function (dataframebench's "
+        "adapter helper inlined); the rest are skipped and counted",
+    )
+    keep_starter: bool = setting(
+        False,
+        help="benchmark: answers begin as the task's starter code does: its imports, def line (type"
+        " hints) and docstring (dataframebench), where exactly equivalent",
+    )
 
 
 @dataclass
 class NearDupConfig:
     """MinHash LSH near-duplicate removal on code tokens (one example per cluster is kept)."""
 
-    enabled: bool = False
-    threshold: float = 0.85  # Jaccard similarity of token n-gram sets
-    num_perm: int = 128
-    ngram: int = 5
+    enabled: bool = setting(
+        False,
+        help="remove near-duplicate code, keeping the first example of each cluster",
+    )
+    threshold: float = setting(
+        0.85,
+        help="Jaccard similarity of code-token n-gram sets at which two examples are near-duplicates",
+    )
+    num_perm: int = setting(128, help="MinHash permutations (more: slower, more accurate)")
+    ngram: int = setting(5, help="code tokens per shingle")
 
 
 @dataclass
 class DecontaminationConfig:
     """Drop training examples that overlap an evaluation set (n-grams, or near-dup after renaming)."""
 
-    eval_sets: list[str] = field(default_factory=lambda: ["test_split"])
-    ngram: int = 13
-    near_dup_threshold: float = 0.8
-    on_contamination: Literal["drop", "fail"] = "drop"
+    eval_sets: list[str] = setting(
+        factory=lambda: ["test_split"],
+        help="evaluation sets to check against: test_split, valid_split, humaneval (more can be "
+        "registered); [] turns decontamination off",
+    )
+    ngram: int = setting(
+        13,
+        help="an example sharing one word n-gram of this length with an evaluation item is contaminated",
+    )
+    near_dup_threshold: float = setting(
+        0.8,
+        help="Jaccard similarity, after renaming identifiers canonically, at which code counts as a"
+        " near-duplicate of an evaluation item",
+    )
+    on_contamination: Literal["drop", "fail"] = setting(
+        "drop",
+        help="drop (default: drop and list them) or fail (stop with the list)",
+    )
 
 
 @dataclass
 class AugmentationConfig:
     """Extra training examples (train split only), each marked with its origin."""
 
-    rename_rate: float = 0.0
-    paraphrase_rate: float = 0.0
-    noise_rate: float = 0.0
-    seed: int = 0
-    run_tests: bool = True  # examples with tests: keep a renaming only if the tests still pass (sandbox)
+    rename_rate: float = setting(
+        0.0,
+        help="share of train examples that get a copy with local identifiers renamed (checked by "
+        "parsing and, where tests exist, by running them)",
+    )
+    paraphrase_rate: float = setting(
+        0.0,
+        help="share of train examples that get a copy with the description rephrased by templates",
+    )
+    noise_rate: float = setting(
+        0.0,
+        help="share of train examples that get a copy with sentence-level noise in the description "
+        "(the input side; the code is never changed)",
+    )
+    seed: int = setting(0, help="seed of the augmentation choices")
+    run_tests: bool = setting(
+        True,
+        help="run an example's tests on its renamed copy (in the sandbox) and keep the copy only if"
+        " they pass",
+    )
 
 
 @dataclass
 class FimConfig:
     """Fill-in-the-middle samples added to the train split (loss on the middle only)."""
 
-    rate: float = 0.0
-    spm_rate: float = 0.5
-    convention: str = "auto"  # auto (the model's own tokens) | qwen2.5-coder | starcoder | ...
+    rate: float = setting(
+        0.0,
+        help="share of train examples that also yield a FIM sample (split at statement boundaries)",
+    )
+    spm_rate: float = setting(0.5, help="share of FIM samples in SPM order (suffix first); the rest are PSM")
+    convention: str = setting(
+        "auto",
+        help="auto (the model's own FIM tokens, found at training time) or one of qwen2.5-coder, "
+        "starcoder, deepseek-coder, codellama",
+    )
 
 
 @dataclass
 class LengthReportConfig:
     """Token-length distribution and what each length policy would cost, under a tokenizer."""
 
-    tokenizer: str | None = None  # None: no report; tiny | a model folder | pack | hub name
-    max_length: int | None = None  # default: train.max_length
+    tokenizer: str | None = setting(
+        None,
+        help="tokenizer for the report: tiny (BPE trained on the data) | a model folder | a model "
+        "pack | a hub name; unset: no report",
+    )
+    max_length: int | None = setting(
+        None,
+        help="limit the policies are costed at (default: train.max_length)",
+    )
 
 
 @dataclass
 class DataConfig:
     """`prepare`: read sources, clean, deduplicate, split, write JSONL + manifest."""
 
-    sources: list[SourceConfig] = field(default_factory=list)
-    output_dir: str = "runs/data"
-    splits: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "valid": 0.1, "test": 0.1})
-    split_by: str | None = None  # "group": by each source's group_field (repo, file); "date": split_date
-    seed: int = 42
-    skip_bad: bool = False  # count and list malformed records instead of stopping at the first
-    syntax_check: bool = True  # Python only; other languages are passed through and reported
-    dedup: bool = True
-    min_nl_chars: int = 1
-    min_code_chars: int = 1
-    split_date: str | None = None  # split_by "date": ISO date T; train/valid before T, test from T on
-    near_dup: NearDupConfig = field(default_factory=NearDupConfig)
-    decontamination: DecontaminationConfig = field(default_factory=DecontaminationConfig)
-    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
-    fim: FimConfig = field(default_factory=FimConfig)
-    length_report: LengthReportConfig = field(default_factory=LengthReportConfig)
+    sources: list[SourceConfig] = setting(
+        factory=list,
+        help="inputs: files {path, format, nl_field, code_field, id_field, group_field, language, "
+        "tests_field, date_field}, Hugging Face datasets {kind: hf, path, hf_split, hf_subset,"
+        " hf_revision, and the same fields} or repositories {kind: repo, path, include, "
+        "exclude, languages}",
+    )
+    output_dir: str = setting("runs/data", help="where the splits, manifest.json and config.yaml are written")
+    splits: dict[str, float] = setting(
+        factory=lambda: {"train": 0.8, "valid": 0.1, "test": 0.1},
+        help="split names and fractions adding up to 1, e.g. {train: 0.8, valid: 0.1, test: 0.1}",
+    )
+    split_by: str | None = setting(
+        None,
+        help="'group' keeps each source's group_field value (repo, file) inside one split; 'date' "
+        "splits by data.split_date",
+    )
+    seed: int = setting(42, help="seed of the split shuffle")
+    skip_bad: bool = setting(
+        False,
+        help="count and list malformed records in the manifest instead of stopping",
+    )
+    syntax_check: bool = setting(
+        True,
+        help="drop Python code that does not parse (other languages are reported, not checked)",
+    )
+    dedup: bool = setting(True, help="drop exact duplicates of the code (whitespace-insensitive)")
+    min_nl_chars: int = setting(1, help="drop descriptions shorter than this")
+    min_code_chars: int = setting(1, help="drop code shorter than this")
+    split_date: str | None = setting(
+        None,
+        help="split_by date: ISO date T; code last committed before T goes to train/valid, from T "
+        "on to test (repo sources need a git checkout)",
+    )
+    near_dup: NearDupConfig = setting(
+        factory=NearDupConfig,
+        help="MinHash LSH near-duplicate removal: {enabled, threshold, num_perm, ngram}; clusters "
+        "are listed in manifest.json",
+    )
+    decontamination: DecontaminationConfig = setting(
+        factory=DecontaminationConfig,
+        help="drop training examples that overlap an evaluation set: {eval_sets, ngram, "
+        "near_dup_threshold, on_contamination}; listed in manifest.json under decontamination",
+    )
+    augmentation: AugmentationConfig = setting(
+        factory=AugmentationConfig,
+        help="extra train examples marked with their origin: {rename_rate, paraphrase_rate, "
+        "noise_rate, seed, run_tests}; never applied to valid/test",
+    )
+    fim: FimConfig = setting(
+        factory=FimConfig,
+        help="fill-in-the-middle samples added to train: {rate, spm_rate, convention}",
+    )
+    length_report: LengthReportConfig = setting(
+        factory=LengthReportConfig,
+        help="token-length report at prepare time: {tokenizer, max_length}",
+    )
 
 
 @dataclass
 class TinyModelConfig:
     """Sizes of the random-init `tiny` / `tiny-t5` presets (offline tests and smoke runs)."""
 
-    vocab_size: int = 512
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    intermediate_size: int = 128
-    max_position_embeddings: int = 1024
-    seed: int = 0
+    vocab_size: int = setting(
+        512,
+        help="tiny presets: vocabulary size of the BPE tokenizer trained on the data",
+    )
+    hidden_size: int = setting(64, help="tiny presets: width of the hidden states")
+    num_layers: int = setting(
+        2,
+        help="tiny presets: transformer blocks (encoder and decoder each for tiny-t5)",
+    )
+    num_heads: int = setting(4, help="tiny presets: attention heads (hidden_size must divide by it)")
+    intermediate_size: int = setting(128, help="tiny presets: width of the feed-forward layers")
+    max_position_embeddings: int = setting(1024, help="tiny presets: the longest sequence the model takes")
+    seed: int = setting(0, help="tiny presets: seed of the random initialisation")
 
 
 @dataclass
 class ModelConfig:
     """Which model: `tiny`, `tiny-t5`, a local folder, a model pack name, or a Hugging Face hub name."""
 
-    name: str = "tiny"
-    kind: Literal["auto", "causal", "seq2seq"] = "auto"
-    revision: str | None = None
-    dropout: float | None = None  # overrides the model config's dropout when set
-    trust_remote_code: bool = False
-    # auto: flash_attention_2 on CUDA in bf16/fp16 where the flash-attn package is installed, else PyTorch
-    # SDPA where the model supports it, else eager
-    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = "auto"
-    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    name: str = setting(
+        "tiny",
+        help="tiny | tiny-t5 | a local folder | a model pack (codetune models list) | a hub name | "
+        "encoder-decoder:<encoder folder or hub name> (a seq2seq model warm-started from an "
+        "encoder-only model such as CodeBERT)",
+    )
+    kind: Literal["auto", "causal", "seq2seq"] = setting(
+        "auto",
+        help="auto | causal | seq2seq (auto reads the model config)",
+    )
+    revision: str | None = setting(None, help="hub revision")
+    dropout: float | None = setting(None, help="override the model's dropout")
+    trust_remote_code: bool = setting(False, help="allow model code from the hub")
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = setting(
+        "auto",
+        help="auto | sdpa | flash_attention_2 | eager (auto: flash attention on a GPU in bf16/fp16 "
+        "where flash-attn is installed, else PyTorch SDPA where the model has it, else eager)",
+    )
+    tiny: TinyModelConfig = setting(
+        factory=TinyModelConfig,
+        help="sizes of the tiny presets: vocab_size, hidden_size, num_layers, num_heads, ...",
+    )
 
 
 @dataclass
 class PromptConfig:
     """How a description becomes a prompt. Saved with the model so that generation uses the same."""
 
-    style: Literal["plain", "chat"] = "plain"
-    template: str = "### Instruction:\n{nl}\n### Response:\n"
-    system: str | None = None  # chat style only
-    answer_template: str = "{code}"  # what the model is trained to produce after the prompt
+    style: Literal["plain", "chat"] = setting(
+        "plain",
+        help="plain (template text) or chat (the model's chat template around the template)",
+    )
+    template: str = setting(
+        "### Instruction:\n{nl}\n### Response:\n",
+        help="prompt text with {nl} for the description",
+    )
+    system: str | None = setting(None, help="system message (chat style)")
+    answer_template: str = setting(
+        "{code}",
+        help="what the model learns to write after the prompt, with {code}",
+    )
 
 
 @dataclass
 class LoraSettings:
-    enabled: bool = False
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] | str = "all-linear"
-    top_layers: int | None = None  # adapt only the last N transformer blocks (None: all)
+    enabled: bool = setting(False, help="train LoRA adapters on a frozen base instead of every weight")
+    r: int = setting(8, help="rank of the LoRA update matrices")
+    alpha: int = setting(16, help="LoRA scaling: the update is multiplied by alpha / r")
+    dropout: float = setting(0.05, help="dropout on the LoRA branch's input")
+    target_modules: list[str] | str = setting(
+        "all-linear",
+        help="modules that get adapters: all-linear, or a list of module names (q_proj, v_proj, ...)",
+    )
+    top_layers: int | None = setting(
+        None,
+        help="adapt only the last N transformer blocks (backpropagation stops below them); unset: all",
+    )
+    quantize: Literal["none", "4bit"] = setting(
+        "none",
+        help="QLoRA: none, or 4bit (the frozen base loaded in 4-bit NF4 through bitsandbytes, LoRA "
+        "adapters trained on top; needs a CUDA GPU and `pip install codetune[qlora]`)",
+    )
 
 
 @dataclass
 class TrainConfig:
     """`train`: fine-tune on the prepared train split; validate on the valid split."""
 
-    output_dir: str = "runs/train"
-    data_dir: str | None = None  # default: data.output_dir
-    epochs: float = 1.0
-    max_steps: int | None = None  # optimizer steps; overrides epochs when set
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.05
-    max_grad_norm: float = 1.0
-    seed: int = 42
-    max_length: int = 512  # prompt + completion tokens (causal) or source tokens (seq2seq)
-    max_target_length: int = 256  # seq2seq target tokens
-    length_policy: Literal["drop", "truncate"] = "drop"
-    eval_every: int = 50  # steps; 0 = only at the end
-    save_every: int = 50  # steps; 0 = only at the end
-    keep_checkpoints: int = 2
-    early_stopping_patience: int = 0  # evaluations without improvement; 0 = off
-    resume: bool = False
-    max_valid_examples: int = 256
-    # evaluation by execution at every validation (pass@1 in the sandbox, BLEU)
-    eval_benchmark: str | None = None  # e.g. "dataframebench/val"; None: validation loss only
-    eval_tasks: int | None = None  # the first N tasks of it; None: all
-    eval_max_new_tokens: int = 512
-    eval_backend: Literal["auto", "hf", "llamacpp"] = "auto"
-    select_by: Literal["auto", "valid_loss", "pass@1"] = "auto"  # auto: pass@1 when eval_benchmark is set
-    tensorboard: bool = True  # write {output_dir}/tensorboard (needs the tensorboard package)
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: cuda, else mps, else cpu
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 / fp16 on GPUs, fp32 on CPU
-    gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory)
-    # auto: causal models pack each micro-batch's examples into rows of max_length tokens where a probe
-    # shows it exact for the model; on: the same, or stop; off: pad each micro-batch to its longest
-    packing: Literal["auto", "on", "off"] = "auto"
-    group_by_length: bool = True  # where packing does not apply: micro-batches of similar lengths
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    output_dir: str = setting(
+        "runs/train",
+        help="checkpoints/, best/, final/, metrics.jsonl, length_audit.json, manifest.json",
+    )
+    data_dir: str | None = setting(None, help="prepared data folder (default: data.output_dir)")
+    epochs: float = setting(1.0, help="passes over the train split (fractions allowed)")
+    max_steps: int | None = setting(None, help="optimizer steps; overrides epochs")
+    batch_size: int = setting(8, help="examples per micro-batch")
+    grad_accum: int = setting(1, help="micro-batches per optimizer step")
+    lr: float = setting(5e-4, help="peak learning rate (AdamW)")
+    weight_decay: float = setting(0.01, help="AdamW weight decay (not on biases and norms)")
+    warmup_ratio: float = setting(0.05, help="share of steps with linear warm-up before the cosine decay")
+    max_grad_norm: float = setting(1.0, help="gradient clipping")
+    seed: int = setting(42, help="seed for initialisation, data order and dropout")
+    max_length: int = setting(512, help="token limit of prompt + answer (causal) or of the source (seq2seq)")
+    max_target_length: int = setting(256, help="token limit of the target (seq2seq)")
+    length_policy: Literal["drop", "truncate"] = setting(
+        "drop",
+        help="drop (default) or truncate examples over the limit; always reported",
+    )
+    eval_every: int = setting(
+        50,
+        help="validation every N steps (0: at the end only); the best model goes to best/",
+    )
+    save_every: int = setting(50, help="checkpoint every N steps (0: at the end only)")
+    keep_checkpoints: int = setting(2, help="how many recent checkpoints to keep")
+    early_stopping_patience: int = setting(
+        0,
+        help="stop after N validations without improvement of the selection metric (select_by; 0: off)",
+    )
+    resume: bool = setting(False, help="continue from the latest checkpoint in output_dir")
+    max_valid_examples: int = setting(256, help="cap on validation examples")
+    eval_benchmark: str | None = setting(
+        None,
+        help="at every validation also generate for this benchmark split (dataframebench/val) and "
+        "score pass@1 by execution in the sandbox, plus BLEU; logged to metrics.jsonl and "
+        "TensorBoard",
+    )
+    eval_tasks: int | None = setting(
+        None,
+        help="use the first N tasks of eval_benchmark (a fixed subset); empty: all",
+    )
+    eval_max_new_tokens: int = setting(
+        512,
+        help="token budget per generated answer during training evaluation",
+    )
+    eval_backend: Literal["auto", "hf", "llamacpp"] = setting(
+        "auto",
+        help="auto (llama.cpp with the adapter as a LoRA GGUF when the base came from a GGUF model "
+        "pack, else transformers), hf or llamacpp",
+    )
+    select_by: Literal["auto", "valid_loss", "pass@1"] = setting(
+        "auto",
+        help="what best/ and early stopping follow: valid_loss, pass@1 (ties: lower valid loss), or"
+        " auto (pass@1 when eval_benchmark is set)",
+    )
+    tensorboard: bool = setting(True, help="write TensorBoard event files to {output_dir}/tensorboard")
+    device: Literal["auto", "cpu", "cuda", "mps"] = setting(
+        "auto",
+        help="auto | cpu | cuda | mps (auto: cuda, else mps, else cpu); under accelerate launch or "
+        "torchrun each process takes its own GPU",
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = setting(
+        "auto",
+        help="auto | fp32 | bf16 | fp16: mixed precision (autocast; trainable weights stay fp32, a "
+        "LoRA's frozen base is loaded in the 16-bit type). auto: bf16 on GPUs that have it, "
+        "fp16 with loss scaling on older GPUs, fp32 on CPU and MPS",
+    )
+    gradient_checkpointing: bool = setting(
+        False,
+        help="recompute activations during the backward pass: less memory, ~30% more compute",
+    )
+    packing: Literal["auto", "on", "off"] = setting(
+        "auto",
+        help="auto | on | off: pack each micro-batch's examples into rows of up to max_length "
+        "tokens (position ids restart per example, so none attends to another; the loss per "
+        "token is unchanged) instead of padding them to the longest. auto: for causal models "
+        "where a probe at start shows the model keeps packed examples apart, else padding "
+        "(said and recorded); on: stop if it can't",
+    )
+    group_by_length: bool = setting(
+        True,
+        help="where packing does not apply (seq2seq, or a model it would not be exact for): sort "
+        "each window of 16 micro-batches' examples by length and cut them into micro-batches "
+        "taken in a seeded order, so less is spent on padding (off with train.packing=off: "
+        "plain shuffled batches)",
+    )
+    lora: LoraSettings = setting(
+        factory=LoraSettings,
+        help="LoRA: {enabled, r, alpha, dropout, target_modules, top_layers (adapt only the last N "
+        "blocks: backpropagation stops below them), quantize}",
+    )
 
 
 @dataclass
 class GenerateConfig:
     """Decoding settings and backend for `generate`, `evaluate` and `serve`."""
 
-    backend: Literal["hf", "llamacpp"] = "hf"
-    model: str | None = None  # a model folder, checkpoint, GGUF file or pack name
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    n: int = 1
-    seed: int = 0
-    stop: list[str] = field(default_factory=list)
-    batch_size: int = 8
-    threads: int | None = None
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # transformers backend; auto: cuda, mps, cpu
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # weights' dtype; auto: bf16/fp16 on GPUs
+    backend: Literal["hf", "llamacpp"] = setting("hf", help="hf (transformers) or llamacpp (GGUF)")
+    model: str | None = setting(None, help="model folder, checkpoint, GGUF file or pack name")
+    max_new_tokens: int = setting(256, help="tokens to generate at most")
+    temperature: float = setting(0.0, help="0 = greedy")
+    top_p: float = setting(1.0, help="nucleus sampling")
+    top_k: int = setting(0, help="top-k sampling (0: off)")
+    n: int = setting(1, help="completions per prompt")
+    seed: int = setting(0, help="sampling seed")
+    stop: list[str] = setting(factory=list, help="stop sequences")
+    batch_size: int = setting(8, help="prompts per batch (greedy)")
+    threads: int | None = setting(None, help="CPU threads (llamacpp)")
+    device: Literal["auto", "cpu", "cuda", "mps"] = setting(
+        "auto",
+        help="transformers backend: auto | cpu | cuda | mps (auto: cuda, else mps, else cpu)",
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = setting(
+        "auto",
+        help="transformers backend: auto | fp32 | bf16 | fp16, the weights' dtype (auto: bf16 on "
+        "GPUs that have it, else fp16; fp32 on CPU and MPS)",
+    )
 
 
 @dataclass
 class EvalConfig:
     """`evaluate`: generate for a split or benchmark and score it."""
 
-    models: list[str] = field(default_factory=list)  # default: the trained base and final models
-    output_dir: str = "runs/eval"
-    data_dir: str | None = None  # default: data.output_dir
-    split: str = "test"
-    max_examples: int | None = None
-    benchmark: str | None = None  # e.g. "humaneval"; None scores the prepared split
-    select_from: list[str] = field(default_factory=list)  # labels pooled by sample-then-filter (row "filter")
-    baseline: str | None = None  # the label others are compared with (default: base, else the first)
-    report: bool = True  # write report.html (a benchmark: also compare.json) over output_dir's models
-    workers: int = 1  # generation processes on this machine (each loads the model); results merge by id
+    models: list[str] = setting(
+        factory=list,
+        help="models to compare, as label=path or path (default: the trained base and final)",
+    )
+    output_dir: str = setting("runs/eval", help="predictions, metrics, summary.json and manifest.json")
+    data_dir: str | None = setting(None, help="prepared data folder (default: data.output_dir)")
+    split: str = setting("test", help="which split to score")
+    max_examples: int | None = setting(None, help="score only the first N examples")
+    benchmark: str | None = setting(
+        None,
+        help="score a built-in benchmark instead of a split: humaneval, or dataframebench (its "
+        "eval.split: test, val or train)",
+    )
+    select_from: list[str] = setting(
+        factory=list,
+        help="dataframebench: labels of evaluated models whose answers are pooled; per task the "
+        "first candidate that passes visible checks (examples, else a smoke call) is kept: row"
+        " 'filter'",
+    )
+    baseline: str | None = setting(
+        None,
+        help="label the others are compared with in compare.json and report.html (default: base)",
+    )
+    report: bool = setting(
+        True,
+        help="write report.html over every model folder in output_dir (bootstrap CIs, the largest "
+        "changes against eval.baseline); after a benchmark also compare.json (fixed/broken "
+        "tasks)",
+    )
+    workers: int = setting(
+        1,
+        help="generation processes on this machine, each with its own copy of the model; prompts go"
+        " out in fixed batches and results merge in order, so 1, 2 or 4 workers give the same "
+        "results; generated code still runs only in the sandbox pool of the main process "
+        "(dataframebench: not used)",
+    )
 
 
 @dataclass
 class ServeConfig:
     """`serve`: an OpenAI-compatible HTTP API and web playground over one or more models."""
 
-    host: str = "127.0.0.1"  # loopback only unless asked
-    port: int = 8000
-    models: list[str] | dict[str, str] = field(default_factory=list)  # name=path; default: generate.model
-    backend: Literal["hf", "llamacpp"] | None = None  # default: generate.backend (a .gguf file: llamacpp)
-    api_keys: list[str] = field(default_factory=list)
-    api_keys_file: str | None = None  # one key per line; '#' starts a comment
-    max_concurrent: int = 8  # requests generating at once (non-streamed greedy ones share batches)
-    max_queue: int = 8  # requests waiting for a slot; beyond that: 429
-    request_timeout_s: float = 120.0  # queue wait + generation
-    max_tokens_limit: int = 1024
-    max_prompt_tokens: int = 2048
-    access_log: str | None = None  # JSON-lines file; None: stderr
+    host: str = setting(
+        "127.0.0.1",
+        help="address to bind (127.0.0.1: this machine only; 0.0.0.0 exposes the server: set API keys)",
+    )
+    port: int = setting(8000, help="TCP port")
+    models: list[str] | dict[str, str] = setting(
+        factory=list,
+        help="models to serve as name=path (or a {name: path} mapping); a path is a model folder, "
+        "LoRA adapter folder, checkpoint, GGUF file or pack name; clients pick one by name "
+        "(default: generate.model)",
+    )
+    backend: Literal["hf", "llamacpp"] | None = setting(
+        None,
+        help="hf or llamacpp for every model (default: generate.backend; a .gguf file runs on llamacpp)",
+    )
+    api_keys: list[str] = setting(
+        factory=list,
+        help="accepted API keys (Authorization: Bearer KEY); none and no keys file: no auth",
+    )
+    api_keys_file: str | None = setting(
+        None,
+        help="file with one accepted API key per line ('#' comments); keys are never logged",
+    )
+    max_concurrent: int = setting(
+        8,
+        help="requests generating at once. Non-streamed greedy requests with the same decoding "
+        "settings are decoded together: each backend call takes every such request waiting "
+        "then; streams and sampled requests take turns on the model. 1: one request at a time",
+    )
+    max_queue: int = setting(8, help="requests that may wait for a free slot; more get 429 with Retry-After")
+    request_timeout_s: float = setting(
+        120.0,
+        help="per-request limit in seconds (queue wait + generation); then 504",
+    )
+    max_tokens_limit: int = setting(1024, help="largest max_tokens a request may ask for (more: 400)")
+    max_prompt_tokens: int = setting(2048, help="longest prompt in tokens (more: 400)")
+    max_body_bytes: int = setting(
+        1_048_576,
+        help="largest request body in bytes, refused with 413 before it is read whole or parsed (0:"
+        " no limit)",
+    )
+    access_log: str | None = setting(
+        None,
+        help="JSON-lines access log file (latency, tokens, status; never keys); unset: stderr",
+    )
 
 
 @dataclass
 class SelftrainConfig:
     """`selftrain`: sample from the model on training tasks with tests, keep what passes, fine-tune."""
-    max_body_bytes: int = 1_048_576
 
-    tasks: list[str] = field(default_factory=lambda: ["dataframebench/train"])
-    max_tasks: int | None = None  # the first N tasks only; None: all
-    tasks_per_group: int | None = None  # the first N paraphrases of each problem; None: all
-    held_out: list[str] | None = None  # None: the benchmarks' val/test splits and eval.benchmark
-    n: int = 8
-    m: int = 2
-    rounds: int = 1
-    temperature: float = 0.8
-    seed: int = 0
-    output_dir: str = "runs/selftrain"
-    unit_size: int = 8
-    sandbox_workers: int | None = None
+    tasks: list[str] = setting(
+        factory=lambda: ["dataframebench/train"],
+        help="training tasks with tests: NAME/train of a benchmark (dataframebench/train) or a "
+        "JSONL file or folder of your own tasks (each marked split: train); val/test splits "
+        "are refused",
+    )
+    max_tasks: int | None = setting(
+        None,
+        help="use only the first N training tasks (a short run); empty: all",
+    )
+    tasks_per_group: int | None = setting(
+        None,
+        help="use only the first N tasks of each group (dataframebench: the 5 paraphrases of one "
+        "problem), before max_tasks; empty: all",
+    )
+    held_out: list[str] | None = setting(
+        None,
+        help="splits no training task may share an id, a prompt or a group with (NAME/SPLIT or task "
+        "files); "
+        "empty: every non-train split of the benchmarks in selftrain.tasks, plus "
+        "eval.benchmark at eval.split; the check and its overlap (0) go to the manifest",
+    )
+    n: int = setting(8, help="candidates sampled per task and round")
+    m: int = setting(
+        2,
+        help="passing candidates kept per task at most, over all rounds (after removing duplicates:"
+        " the same code up to docstrings, comments and layout)",
+    )
+    rounds: int = setting(
+        1,
+        help="sample -> keep -> train rounds; round k samples from round k-1's model and trains "
+        "model.name afresh on every sample kept so far",
+    )
+    temperature: float = setting(
+        0.8,
+        help="sampling temperature (> 0 when n > 1); other decoding settings: generate.*",
+    )
+    seed: int = setting(
+        0,
+        help="sampling seed: sample j of task i in round k is seeded seed + ((k-1)*tasks + i)*n + j",
+    )
+    output_dir: str = setting(
+        "runs/selftrain",
+        help="round-K/{samples,verdicts}.jsonl (caches a re-run continues from), round-K/data (the "
+        "kept samples as a prepared train split), round-K/train, manifest.json",
+    )
+    unit_size: int = setting(
+        8,
+        help="tasks sampled per generation call, and sandbox jobs per batch (the resume grain)",
+    )
+    sandbox_workers: int | None = setting(None, help="sandbox worker processes (empty: one per CPU)")
 
 
 @dataclass
@@ -481,205 +839,32 @@ def save_config(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
 
 
-# Help text for every key, shown by `codetune <stage> --help` (overrides: --section.key=value).
-FIELD_HELP: dict[str, str] = {
-    "data.sources": "inputs: files {path, format, nl_field, code_field, id_field, group_field, language, "
-    "tests_field, date_field}, Hugging Face datasets {kind: hf, path, hf_split, hf_subset, hf_revision, "
-    "and the same fields} or repositories {kind: repo, path, include, exclude, languages}",
-    "data.output_dir": "where the splits, manifest.json and config.yaml are written",
-    "data.splits": "split names and fractions adding up to 1, e.g. {train: 0.8, valid: 0.1, test: 0.1}",
-    "data.split_by": "'group' keeps each source's group_field value (repo, file) inside one split; "
-    "'date' splits by data.split_date",
-    "data.seed": "seed of the split shuffle",
-    "data.skip_bad": "count and list malformed records in the manifest instead of stopping",
-    "data.syntax_check": "drop Python code that does not parse (other languages are reported, not checked)",
-    "data.dedup": "drop exact duplicates of the code (whitespace-insensitive)",
-    "data.min_nl_chars": "drop descriptions shorter than this",
-    "data.min_code_chars": "drop code shorter than this",
-    "data.sources.kind": "file (JSONL/CSV/Parquet of pairs) or repo (a folder or git checkout mined for "
-    "documented functions: Python via ast, JavaScript via tree-sitter) or benchmark (a built-in "
-    "benchmark split as pairs, with its tests: path dataframebench/train) or hf (a Hugging Face dataset "
-    "through the datasets library: a hub name, a local dataset folder or a save_to_disk folder; the same "
-    "field mapping as files; needs pip install -e '.[hf]')",
-    "data.sources.path": "file or folder; an hf path is a hub dataset name or a dataset folder; a repo path may be @stdlib (this Python's standard library, "
-    "resolved at run time) or @purelib (its site-packages); a benchmark path is name/split "
-    "(dataframebench/train; its val and test splits are refused for training)",
-    "data.sources.hf_split": "hf: which split of the dataset to read (default train)",
-    "data.sources.hf_subset": "hf: the dataset's configuration (subset) name, where it has several",
-    "data.sources.hf_revision": "hf: hub branch, tag or commit to pin",
-    "data.sources.tests_field": "file sources: field holding tests (asserts) that augmented code must pass",
-    "data.sources.date_field": "file sources: field holding an ISO date (commit or creation) for split_by date",
-    "data.sources.include": "repo: globs of files to mine (default: by languages, *.py / *.js)",
-    "data.sources.exclude": "repo: globs to skip; 'name/' = a folder at any depth, '*.py' = file names, "
-    "'a/b.py' = a path from the root (default: tests, vendored, build, site-packages, generated files)",
-    "data.sources.one_function_only": "benchmark: keep only tasks whose reference reads as one function "
-    "(dataframebench's adapter helper inlined); the rest are skipped and counted",
-    "data.sources.keep_starter": "benchmark: answers begin as the task's starter code does: its imports, "
-    "def line (type hints) and docstring (dataframebench), where exactly equivalent",
-    "data.sources.languages": "repo: languages to mine: python, javascript",
-    "data.split_date": "split_by date: ISO date T; code last committed before T goes to train/valid, "
-    "from T on to test (repo sources need a git checkout)",
-    "data.near_dup": "MinHash LSH near-duplicate removal: {enabled, threshold, num_perm, ngram}; "
-    "clusters are listed in manifest.json",
-    "data.near_dup.enabled": "remove near-duplicate code, keeping the first example of each cluster",
-    "data.near_dup.threshold": "Jaccard similarity of code-token n-gram sets at which two examples are near-duplicates",
-    "data.near_dup.num_perm": "MinHash permutations (more: slower, more accurate)",
-    "data.near_dup.ngram": "code tokens per shingle",
-    "data.decontamination": "drop training examples that overlap an evaluation set: {eval_sets, ngram, "
-    "near_dup_threshold, on_contamination}; listed in manifest.json under decontamination",
-    "data.decontamination.eval_sets": "evaluation sets to check against: test_split, valid_split, humaneval "
-    "(more can be registered); [] turns decontamination off",
-    "data.decontamination.ngram": "an example sharing one word n-gram of this length with an evaluation item is contaminated",
-    "data.decontamination.near_dup_threshold": "Jaccard similarity, after renaming identifiers canonically, "
-    "at which code counts as a near-duplicate of an evaluation item",
-    "data.decontamination.on_contamination": "drop (default: drop and list them) or fail (stop with the list)",
-    "data.augmentation": "extra train examples marked with their origin: {rename_rate, paraphrase_rate, "
-    "noise_rate, seed, run_tests}; never applied to valid/test",
-    "data.augmentation.rename_rate": "share of train examples that get a copy with local identifiers renamed "
-    "(checked by parsing and, where tests exist, by running them)",
-    "data.augmentation.paraphrase_rate": "share of train examples that get a copy with the description "
-    "rephrased by templates",
-    "data.augmentation.noise_rate": "share of train examples that get a copy with sentence-level noise in "
-    "the description (the input side; the code is never changed)",
-    "data.augmentation.seed": "seed of the augmentation choices",
-    "data.augmentation.run_tests": "run an example's tests on its renamed copy (in the sandbox) and keep "
-    "the copy only if they pass",
-    "data.fim": "fill-in-the-middle samples added to train: {rate, spm_rate, convention}",
-    "data.fim.rate": "share of train examples that also yield a FIM sample (split at statement boundaries)",
-    "data.fim.spm_rate": "share of FIM samples in SPM order (suffix first); the rest are PSM",
-    "data.fim.convention": "auto (the model's own FIM tokens, found at training time) or one of "
-    "qwen2.5-coder, starcoder, deepseek-coder, codellama",
-    "data.length_report": "token-length report at prepare time: {tokenizer, max_length}",
-    "data.length_report.tokenizer": "tokenizer for the report: tiny (BPE trained on the data) | a model "
-    "folder | a model pack | a hub name; unset: no report",
-    "data.length_report.max_length": "limit the policies are costed at (default: train.max_length)",
-    "model.name": "tiny | tiny-t5 | a local folder | a model pack (codetune models list) | a hub name | "
-    "encoder-decoder:<encoder folder or hub name> (a seq2seq model warm-started from an encoder-only "
-    "model such as CodeBERT)",
-    "model.kind": "auto | causal | seq2seq (auto reads the model config)",
-    "model.revision": "hub revision",
-    "model.dropout": "override the model's dropout",
-    "model.trust_remote_code": "allow model code from the hub",
-    "model.attn_implementation": "auto | sdpa | flash_attention_2 | eager (auto: flash attention on a GPU "
-    "in bf16/fp16 where flash-attn is installed, else PyTorch SDPA where the model has it, else eager)",
-    "model.tiny": "sizes of the tiny presets: vocab_size, hidden_size, num_layers, num_heads, ...",
-    "prompt.style": "plain (template text) or chat (the model's chat template around the template)",
-    "prompt.template": "prompt text with {nl} for the description",
-    "prompt.system": "system message (chat style)",
-    "prompt.answer_template": "what the model learns to write after the prompt, with {code}",
-    "train.output_dir": "checkpoints/, best/, final/, metrics.jsonl, length_audit.json, manifest.json",
-    "train.data_dir": "prepared data folder (default: data.output_dir)",
-    "train.epochs": "passes over the train split (fractions allowed)",
-    "train.max_steps": "optimizer steps; overrides epochs",
-    "train.batch_size": "examples per micro-batch",
-    "train.grad_accum": "micro-batches per optimizer step",
-    "train.lr": "peak learning rate (AdamW)",
-    "train.weight_decay": "AdamW weight decay (not on biases and norms)",
-    "train.warmup_ratio": "share of steps with linear warm-up before the cosine decay",
-    "train.max_grad_norm": "gradient clipping",
-    "train.seed": "seed for initialisation, data order and dropout",
-    "train.max_length": "token limit of prompt + answer (causal) or of the source (seq2seq)",
-    "train.max_target_length": "token limit of the target (seq2seq)",
-    "train.length_policy": "drop (default) or truncate examples over the limit; always reported",
-    "train.eval_every": "validation every N steps (0: at the end only); the best model goes to best/",
-    "train.save_every": "checkpoint every N steps (0: at the end only)",
-    "train.keep_checkpoints": "how many recent checkpoints to keep",
-    "train.early_stopping_patience": "stop after N validations without improvement of the selection "
-    "metric (select_by; 0: off)",
-    "train.eval_benchmark": "at every validation also generate for this benchmark split (dataframebench/val) "
-    "and score pass@1 by execution in the sandbox, plus BLEU; logged to metrics.jsonl and TensorBoard",
-    "train.eval_tasks": "use the first N tasks of eval_benchmark (a fixed subset); empty: all",
-    "train.eval_max_new_tokens": "token budget per generated answer during training evaluation",
-    "train.eval_backend": "auto (llama.cpp with the adapter as a LoRA GGUF when the base came from a GGUF "
-    "model pack, else transformers), hf or llamacpp",
-    "train.select_by": "what best/ and early stopping follow: valid_loss, pass@1 (ties: lower valid loss), "
-    "or auto (pass@1 when eval_benchmark is set)",
-    "train.tensorboard": "write TensorBoard event files to {output_dir}/tensorboard",
-    "train.resume": "continue from the latest checkpoint in output_dir",
-    "train.max_valid_examples": "cap on validation examples",
-    "train.device": "auto | cpu | cuda | mps (auto: cuda, else mps, else cpu); under accelerate launch or "
-    "torchrun each process takes its own GPU",
-    "train.precision": "auto | fp32 | bf16 | fp16: mixed precision (autocast; trainable weights stay fp32, a "
-    "LoRA's frozen base is loaded in the 16-bit type). auto: bf16 on GPUs that have it, fp16 with loss "
-    "scaling on older GPUs, fp32 on CPU and MPS",
-    "train.gradient_checkpointing": "recompute activations during the backward pass: less memory, ~30% "
-    "more compute",
-    "train.packing": "auto | on | off: pack each micro-batch's examples into rows of up to max_length "
-    "tokens (position ids restart per example, so none attends to another; the loss per token is "
-    "unchanged) instead of padding them to the longest. auto: for causal models where a probe at start "
-    "shows the model keeps packed examples apart, else padding (said and recorded); on: stop if it can't",
-    "train.group_by_length": "where packing does not apply (seq2seq, or a model it would not be exact for): "
-    "sort each window of 16 micro-batches' examples by length and cut them into micro-batches taken in "
-    "a seeded order, so less is spent on padding (off with train.packing=off: plain shuffled batches)",
-    "train.lora": "LoRA: {enabled, r, alpha, dropout, target_modules, top_layers (adapt only the last N blocks: "
-    "backpropagation stops below them)}",
-    "generate.backend": "hf (transformers) or llamacpp (GGUF)",
-    "generate.model": "model folder, checkpoint, GGUF file or pack name",
-    "generate.max_new_tokens": "tokens to generate at most",
-    "generate.temperature": "0 = greedy",
-    "generate.top_p": "nucleus sampling",
-    "generate.top_k": "top-k sampling (0: off)",
-    "generate.n": "completions per prompt",
-    "generate.seed": "sampling seed",
-    "generate.stop": "stop sequences",
-    "generate.batch_size": "prompts per batch (greedy)",
-    "generate.threads": "CPU threads (llamacpp)",
-    "generate.device": "transformers backend: auto | cpu | cuda | mps (auto: cuda, else mps, else cpu)",
-    "generate.precision": "transformers backend: auto | fp32 | bf16 | fp16, the weights' dtype "
-    "(auto: bf16 on GPUs that have it, else fp16; fp32 on CPU and MPS)",
-    "eval.models": "models to compare, as label=path or path (default: the trained base and final)",
-    "eval.output_dir": "predictions, metrics, summary.json and manifest.json",
-    "eval.data_dir": "prepared data folder (default: data.output_dir)",
-    "eval.split": "which split to score",
-    "eval.max_examples": "score only the first N examples",
-    "eval.benchmark": "score a built-in benchmark instead of a split: humaneval, or dataframebench "
-    "(its eval.split: test, val or train)",
-    "eval.select_from": "dataframebench: labels of evaluated models whose answers are pooled; per task the "
-    "first candidate that passes visible checks (examples, else a smoke call) is kept: row 'filter'",
-    "eval.baseline": "label the others are compared with in compare.json and report.html (default: base)",
-    "eval.report": "write report.html over every model folder in output_dir (bootstrap CIs, the largest "
-    "changes against eval.baseline); after a benchmark also compare.json (fixed/broken tasks)",
-    "eval.workers": "generation processes on this machine, each with its own copy of the model; prompts "
-    "go out in fixed batches and results merge in order, so 1, 2 or 4 workers give the same results; "
-    "generated code still runs only in the sandbox pool of the main process (dataframebench: not used)",
-    "serve.host": "address to bind (127.0.0.1: this machine only; 0.0.0.0 exposes the server: set API keys)",
-    "serve.port": "TCP port",
-    "serve.models": "models to serve as name=path (or a {name: path} mapping); a path is a model folder, "
-    "LoRA adapter folder, checkpoint, GGUF file or pack name; clients pick one by name "
-    "(default: generate.model)",
-    "serve.backend": "hf or llamacpp for every model (default: generate.backend; a .gguf file runs on llamacpp)",
-    "serve.api_keys": "accepted API keys (Authorization: Bearer KEY); none and no keys file: no auth",
-    "serve.api_keys_file": "file with one accepted API key per line ('#' comments); keys are never logged",
-    "serve.max_concurrent": "requests generating at once. Non-streamed greedy requests with the same "
-    "decoding settings are decoded together: each backend call takes every such request waiting "
-    "then; streams and sampled requests take turns on the model. 1: one request at a time",
-    "serve.max_queue": "requests that may wait for a free slot; more get 429 with Retry-After",
-    "serve.request_timeout_s": "per-request limit in seconds (queue wait + generation); then 504",
-    "serve.max_tokens_limit": "largest max_tokens a request may ask for (more: 400)",
-    "serve.max_prompt_tokens": "longest prompt in tokens (more: 400)",
-    "serve.access_log": "JSON-lines access log file (latency, tokens, status; never keys); unset: stderr",
-    "selftrain.tasks": "training tasks with tests: NAME/train of a benchmark (dataframebench/train) or "
-    "a JSONL file or folder of your own tasks (each marked split: train); val/test splits are refused",
-    "selftrain.max_tasks": "use only the first N training tasks (a short run); empty: all",
-    "selftrain.tasks_per_group": "use only the first N tasks of each group (dataframebench: the 5 "
-    "paraphrases of one problem), before max_tasks; empty: all",
-    "selftrain.held_out": "splits no training task may share an id, a prompt or a group with (NAME/SPLIT or task "
-    "files); empty: every non-train split of the benchmarks in selftrain.tasks, plus eval.benchmark "
-    "at eval.split; the check and its overlap (0) go to the manifest",
-    "selftrain.n": "candidates sampled per task and round",
-    "selftrain.m": "passing candidates kept per task at most, over all rounds (after removing duplicates: "
-    "the same code up to docstrings, comments and layout)",
-    "selftrain.rounds": "sample -> keep -> train rounds; round k samples from round k-1's model and trains "
-    "model.name afresh on every sample kept so far",
-    "selftrain.temperature": "sampling temperature (> 0 when n > 1); other decoding settings: generate.*",
-    "selftrain.seed": "sampling seed: sample j of task i in round k is seeded seed + ((k-1)*tasks + i)*n + j",
-    "serve.max_body_bytes": "largest request body in bytes, refused with 413 before it is read whole or "
-    "parsed (0: no limit)",
-    "selftrain.output_dir": "round-K/{samples,verdicts}.jsonl (caches a re-run continues from), "
-    "round-K/data (the kept samples as a prepared train split), round-K/train, manifest.json",
-    "selftrain.unit_size": "tasks sampled per generation call, and sandbox jobs per batch (the resume grain)",
-    "selftrain.sandbox_workers": "sandbox worker processes (empty: one per CPU)",
-}
+def config_keys(cls: type = Config, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field[Any]]]:
+    """Every key of the config as (`section.key`, its field), nested sections included
+    (`data.near_dup.ngram`; `data.sources.path` stands for the key of every entry of the list)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if prefix:
+            yield key, f
+        section = _dataclass_in(hints[f.name])
+        if section is not None:
+            yield from config_keys(section, key)
+
+
+def _dataclass_in(tp: Any) -> type | None:
+    """The dataclass a field holds, directly or inside a list or an optional (`list[SourceConfig]`)."""
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return tp
+    for arg in typing.get_args(tp):
+        found = _dataclass_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+# Help for every key, read from the fields (`setting(..., help=...)`); `codetune <stage> --help` shows it.
+FIELD_HELP: dict[str, str] = {key: str(f.metadata.get("help", "")) for key, f in config_keys()}
 
 
 def describe_sections(*sections: str) -> str:
