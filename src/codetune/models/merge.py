@@ -27,6 +27,10 @@ def merge_model(folder: Path, out: Path, dtype: str = "float32") -> Path:
     prompt and a model card. Merging is done in fp32 whatever `dtype` is. Returns `out`."""
     if dtype not in DTYPES:
         raise CodetuneError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if not folder.is_dir():
+        raise CodetuneError(
+            f"{folder}: no such model folder (a train run's final/ or best/, or a checkpoint)"
+        )
     if out.resolve() == folder.resolve():
         raise CodetuneError(f"{out}: the merged model must go to a new folder, not over {folder}")
     model, tok, kind, meta = load_for_inference(str(folder))
