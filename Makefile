@@ -14,7 +14,7 @@ $(error TORCH_BUILD=$(TORCH_BUILD): use auto, cpu or cuda)
 endif
 STAMP  := $(VENV)/.installed-$(TORCH_BUILD)
 
-.PHONY: install quickstart smoke test lint llamacpp clean-quickstart dataframebench gpu-check
+.PHONY: install quickstart smoke test lint llamacpp clean-quickstart dataframebench gpu-check selftrain-dataframebench
 
 # torch first, so the build chosen here is what satisfies every later requirement (pyproject pins 2.13.0).
 # cpu: `torch==2.13.0` finds the CPU build on local disk (2.13.0+cpu sorts above PyPI's 2.13.0, whose
@@ -64,6 +64,18 @@ dataframebench: install
 	$(BIN)/codetune evaluate $(DFB) -m base=$(QUICKSTART_MODEL) --eval.report=false
 	$(BIN)/codetune train $(DFB) --resume
 	$(BIN)/codetune evaluate $(DFB) -m tuned=runs/dfb/train/best '--eval.select_from=[base,tuned]'
+
+# Self-training by execution on DataFrameBench (configs/selftrain-dataframebench.yaml, needs `make llamacpp`):
+# sample n answers per train task, keep those that pass its tests in the sandbox, LoRA-train on them
+# (runs/dfb-st/manifest.json: tasks tried/solved, samples kept per task, the leak check), then score base
+# and the tuned model on the 100 test tasks. Re-running continues from the cached samples and checkpoints.
+DFB_ST := configs/selftrain-dataframebench.yaml
+selftrain-dataframebench: install
+	$(BIN)/codetune models fetch $(QUICKSTART_MODEL)
+	$(BIN)/codetune selftrain $(DFB_ST)
+	$(BIN)/codetune evaluate $(DFB_ST) -m base=$(QUICKSTART_MODEL) --eval.report=false
+	$(BIN)/codetune evaluate $(DFB_ST) -m tuned=$$($(BIN)/python -c "import json; \
+		print(json.load(open('runs/dfb-st/manifest.json'))['final_model'])")
 
 # The same pipeline on a tiny random-init model: seconds to minutes, no model download.
 smoke: install
