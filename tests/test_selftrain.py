@@ -17,8 +17,10 @@ from codetune.benchmarks import base as registry
 from codetune.config import Config, load_config
 from codetune.errors import CodetuneError
 from codetune.manifest import read_jsonl
+from codetune.models.backends.base import Completion
 from codetune.selftraining import (
     Candidate,
+    ModelSampler,
     SandboxJudge,
     load_training_tasks,
     normalised_code,
@@ -357,6 +359,62 @@ def test_held_out_splits_can_be_named(tmp_path: Path, toy: None) -> None:
     tasks = load_training_tasks(toy_config(tmp_path, held_out=["toy/test", "toy/test"], max_tasks=2))
     assert [t.id for t in tasks.tasks] == ["add", "sub"]
     assert tasks.leak_check["held_out"] == [{"split": "toy/test", "tasks": 2}]
+
+
+# --- the model sampler, on a scripted backend ------------------------------------------------------
+
+
+class ScriptedBackend:
+    """Answers every prompt with ADD in a fence; records the prompts and settings it was given."""
+
+    name = "scripted"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], Any]] = []
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+    def generate(self, prompts: Sequence[str], settings: Any) -> list[list[Completion]]:
+        self.calls.append((list(prompts), settings))
+        reply = Completion(f"```python\n{ADD}```", "stop", 3, 7)
+        return [[reply] * settings.n for _ in prompts]
+
+
+class FencedToy(Toy):
+    def stops(self, style: PromptStyle) -> tuple[str, ...]:
+        return ("\n# end",)
+
+    def sanitise(self, task: Task, completion: str, style: PromptStyle) -> str:
+        return completion.removeprefix("```python\n").removesuffix("```")
+
+
+def test_the_model_sampler_prompts_as_training_does_and_seeds_by_position(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import codetune.generation
+
+    backend = ScriptedBackend()
+    loaded: list[tuple[Any, str]] = []
+    monkeypatch.setattr(codetune.generation, "load_backend", lambda g, m: loaded.append((g, m)) or backend)
+    cfg = toy_config(tmp_path)
+    cfg.prompt = replace(cfg.prompt, style="chat", template="{nl}", answer_template="```python\n{code}\n```")
+    one, other = FencedToy(), FencedToy()  # two benchmarks: add and sub from one, mul from the other
+    sampler = ModelSampler(cfg, "some-model", {"add": one, "sub": one, "mul": other})
+    rows = sampler(TRAIN, 3, 100)
+
+    assert [m for _, m in loaded] == ["some-model"] and loaded[0][0].temperature == 0.8
+    assert [prompts for prompts, _ in backend.calls] == [
+        ["<user>Return a plus b.<assistant>", "<user>Return a minus b.<assistant>"],
+        ["<user>Return a times b.<assistant>"],
+    ]
+    seeds = [(s.seed, s.n, s.temperature) for _, s in backend.calls]
+    assert seeds == [(100, 3, 0.8), (106, 3, 0.8)]  # task i's samples start at seed + i*n
+    assert backend.calls[0][1].stop == ("\n```", "\n# end")  # the answer's closing fence, the benchmark's
+    assert [[c.code for c in row] for row in rows] == [[ADD] * 3] * 3
+    assert rows[0][0] == Candidate(ADD, f"```python\n{ADD}```", "stop")
+    sampler(TRAIN[:1], 3, 0)
+    assert len(loaded) == 1  # the model is loaded once
 
 
 # --- the real sandbox ----------------------------------------------------------------------------

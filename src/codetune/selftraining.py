@@ -22,6 +22,7 @@ Output layout (a re-run continues: sampled candidates, verdicts and trained roun
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import io
 import json
@@ -529,8 +530,8 @@ def selftrain(
             judge = stack.enter_context(SandboxJudge(taskset.benchmarks, s.sandbox_workers))
         for k in range(1, s.rounds + 1):
             started = time.perf_counter()
-            sampler = sampler_for(model) if sampler_for else ModelSampler(cfg, model, taskset.benchmarks)
-            row = _round(cfg, k, model, sampler, judge, taskset, kept, out / f"round-{k}", console)
+            make_sampler = sampler_for or functools.partial(ModelSampler, cfg, benchmarks=taskset.benchmarks)
+            row = _round(cfg, k, model, make_sampler, judge, taskset, kept, out / f"round-{k}", console)
             model = row["model_out"]
             rounds.append({**row, "seconds_this_run": round(time.perf_counter() - started, 1)})
             _write_manifest(out, cfg, taskset, rounds, model)
@@ -541,7 +542,7 @@ def _round(
     cfg: Config,
     k: int,
     model: str,
-    sampler: Sampler,
+    make_sampler: Callable[[str], Sampler],
     judge: Judge,
     taskset: TaskSet,
     kept: dict[str, list[str]],
@@ -562,9 +563,10 @@ def _round(
         "seed": seed,
         "prompt": asdict(cfg.prompt),
     }
-    candidates, units = sample_round(
-        tasks, sampler, s.n, seed, json.dumps(decoding, sort_keys=True), rdir / "samples.jsonl", s.unit_size
-    )
+    identity = json.dumps(decoding, sort_keys=True)
+    sampler = make_sampler(model)
+    candidates, units = sample_round(tasks, sampler, s.n, seed, identity, rdir / "samples.jsonl", s.unit_size)
+    del sampler  # a model it loaded is not kept in memory through training
     statuses, judged = judge_round(tasks, candidates, judge, rdir / "verdicts.jsonl", s.unit_size)
     selection = select_passing(tasks, candidates, statuses, s.m, kept)
     for tid, codes in selection.kept.items():
