@@ -396,7 +396,12 @@ def test_the_model_sampler_prompts_as_training_does_and_seeds_by_position(
 
     backend = ScriptedBackend()
     loaded: list[tuple[Any, str]] = []
-    monkeypatch.setattr(codetune.generation, "load_backend", lambda g, m: loaded.append((g, m)) or backend)
+
+    def load_backend(g: Any, model: str) -> ScriptedBackend:
+        loaded.append((g, model))
+        return backend
+
+    monkeypatch.setattr(codetune.generation, "load_backend", load_backend)
     cfg = toy_config(tmp_path)
     cfg.prompt = replace(cfg.prompt, style="chat", template="{nl}", answer_template="```python\n{code}\n```")
     one, other = FencedToy(), FencedToy()  # two benchmarks: add and sub from one, mul from the other
