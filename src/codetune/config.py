@@ -7,10 +7,12 @@ next to every stage's output (`config.yaml`), so a run can be repeated exactly.
 from __future__ import annotations
 
 import dataclasses
+import string
 import types
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -831,7 +833,63 @@ def load_config(
         extra = parse_overrides(overrides) if isinstance(overrides, list) else overrides
         raw = _merge(raw, extra)
         where += " + overrides"
-    return config_from_dict(raw, where)
+    return validate(config_from_dict(raw, where), where)
+
+
+def validate(cfg: Config, where: str = "config") -> Config:
+    """Check the rules that span fields, or that a field's type cannot say, when the config loads:
+    a config that cannot run stops here, before any data is read or model loaded, with every broken
+    rule named by its keys."""
+    problems = [*_data_rules(cfg.data), *_train_rules(cfg.train), *_prompt_rules(cfg.prompt)]
+    problems += [*_generate_rules(cfg.generate, cfg.eval), *_serve_rules(cfg.serve)]
+    if problems:
+        raise CodetuneError(f"{where}: " + "; ".join(problems))
+    return cfg
+
+
+def _data_rules(d: DataConfig) -> Iterator[str]:
+    if d.split_by == "date" and not d.split_date:
+        yield "data.split_by=date needs data.split_date (an ISO date, e.g. 2024-01-01)"
+    if d.split_date:
+        try:
+            datetime.fromisoformat(d.split_date)
+        except ValueError:
+            yield f"data.split_date {d.split_date!r} is not an ISO date (e.g. 2024-01-01)"
+
+
+def _train_rules(t: TrainConfig) -> Iterator[str]:
+    if t.select_by == "pass@1" and not t.eval_benchmark:
+        yield "train.select_by=pass@1 needs train.eval_benchmark (e.g. dataframebench/val), which scores it"
+    if t.eval_tasks is not None and not t.eval_benchmark:
+        yield "train.eval_tasks is set but train.eval_benchmark is not; set both or neither"
+    if t.eval_backend == "llamacpp" and not t.lora.enabled:
+        yield "train.eval_backend=llamacpp needs train.lora.enabled (a LoRA over a GGUF model pack); use auto or hf"
+
+
+def _prompt_rules(p: PromptConfig) -> Iterator[str]:
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(p.template) if name is not None}
+    except ValueError as e:
+        names = {f"(unbalanced braces: {e})"}
+    if names != {"nl"}:
+        unknown = ", ".join(sorted(n or "{}" for n in names - {"nl"}))
+        yield "prompt.template needs the {nl} placeholder and no other" + (
+            f" (has {unknown})" if unknown else ""
+        )
+
+
+def _generate_rules(g: GenerateConfig, e: EvalConfig) -> Iterator[str]:
+    if g.n > 1 and g.temperature <= 0:
+        yield f"generate.n={g.n} needs generate.temperature > 0: greedy samples would all be the same"
+    if e.workers < 1:
+        yield f"eval.workers={e.workers}: need at least 1 generation process"
+
+
+def _serve_rules(s: ServeConfig) -> Iterator[str]:
+    if s.max_concurrent < 1 or s.max_queue < 0:
+        yield "serve.max_concurrent must be >= 1 and serve.max_queue >= 0"
+    if s.max_body_bytes < 0:
+        yield "serve.max_body_bytes must be >= 0 (0: no limit)"
 
 
 def save_config(cfg: Config, path: Path) -> None:

@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterator
 
 from codetune.config import Config
-from codetune.errors import CodetuneError
 
 log = logging.getLogger("codetune.serve")
 
@@ -46,9 +45,7 @@ def serve(cfg: Config) -> None:
     the web playground at /."""
     from codetune.serve.app import create_app
 
-    s = cfg.serve
-    if s.max_concurrent < 1 or s.max_queue < 0:
-        raise CodetuneError("serve.max_concurrent must be >= 1 and serve.max_queue >= 0")
+    s = cfg.serve  # limits checked when the config loaded (config.validate)
     app = create_app(cfg)
     if not app.state.codetune.keys and not _is_loopback(s.host):
         logging.getLogger("uvicorn.error").warning(

@@ -413,8 +413,7 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
             "DeepSpeed shard; unset it there (use DDP, or evaluate the checkpoints with codetune evaluate)"
         )
     select_by = t.select_by if t.select_by != "auto" else ("pass@1" if exec_eval else "valid_loss")
-    if select_by == "pass@1" and exec_eval is None:
-        raise CodetuneError("train.select_by=pass@1 needs train.eval_benchmark (e.g. dataframebench/val)")
+    # pass@1 without train.eval_benchmark is refused when the config loads (config.validate)
     state: dict[str, Any] = {
         "step": 0,
         "best_valid_loss": None,
