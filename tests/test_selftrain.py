@@ -429,9 +429,10 @@ def test_the_sandbox_judge_passes_only_code_that_passes_its_tests(toy: None) -> 
     task = TRAIN[0]
     forged = "import os, sys\nprint('passed')\nsys.stdout.flush()\nos._exit(0)\n"
     with SandboxJudge({task.id: Toy()}, workers=1) as judge:
-        statuses = judge([(task, ADD), (task, SUB), (task, forged)])
+        statuses = judge([(task, ADD), (task, SUB), (task, forged), (task, "import sys\nsys.exit(0)\n")])
+        assert judge.isolation["toy"]  # what the manifest records
     assert statuses[:2] == ["passed", "failed"]
-    assert statuses[2] != "passed"
+    assert "passed" not in statuses[2:]  # exiting "successfully" before the tests is no pass
 
 
 # --- the command ---------------------------------------------------------------------------------

@@ -534,7 +534,7 @@ def selftrain(
             row = _round(cfg, k, model, make_sampler, judge, taskset, kept, out / f"round-{k}", console)
             model = row["model_out"]
             rounds.append({**row, "seconds_this_run": round(time.perf_counter() - started, 1)})
-            _write_manifest(out, cfg, taskset, rounds, model)
+            _write_manifest(out, cfg, taskset, rounds, model, getattr(judge, "isolation", None))
     return out
 
 
@@ -658,7 +658,12 @@ def _train_round(cfg: Config, data_dir: Path, train_dir: Path, console: Console)
 
 
 def _write_manifest(
-    out: Path, cfg: Config, taskset: TaskSet, rounds: list[dict[str, Any]], model: str
+    out: Path,
+    cfg: Config,
+    taskset: TaskSet,
+    rounds: list[dict[str, Any]],
+    model: str,
+    sandbox: dict[str, str] | None,
 ) -> None:
     s = cfg.selftrain
     write_manifest(
@@ -670,6 +675,7 @@ def _write_manifest(
         task_sources=taskset.sources,
         splits_used=sorted({src["split"] for src in taskset.sources}),
         leak_check=taskset.leak_check,
+        sandbox_isolation=sandbox,  # by benchmark; None: a judge handed in (tests)
         rounds=[{k: v for k, v in r.items() if k != "kept_per_task"} for r in rounds],
         kept_per_task={
             tid: [r["kept_per_task"].get(tid, 0) for r in rounds] for tid in rounds[0]["kept_per_task"]
