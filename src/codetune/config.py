@@ -456,6 +456,23 @@ class TrainConfig:
         " auto (pass@1 when eval_benchmark is set)",
     )
     tensorboard: bool = setting(True, help="write TensorBoard event files to {output_dir}/tensorboard")
+    report_to: list[Literal["wandb", "mlflow"]] = setting(
+        factory=list,
+        help="experiment trackers besides TensorBoard, off by default: wandb (Weights & Biases; "
+        "WANDB_MODE=offline keeps the run in {output_dir}/wandb), mlflow (mlflow_tracking_uri, else "
+        "MLFLOW_TRACKING_URI, else a file store in {output_dir}/mlruns); pip install -e '.[tracking]'",
+    )
+    tracking_project: str = setting(
+        "codetune", help="wandb project / MLflow experiment the run is logged under (report_to)"
+    )
+    run_name: str | None = setting(
+        None, help="run name in wandb / MLflow (default: the output folder's name)"
+    )
+    mlflow_tracking_uri: str | None = setting(
+        None,
+        help="MLflow tracking URI (a server, or file:///path for a local file store); default: "
+        "MLFLOW_TRACKING_URI, else {output_dir}/mlruns",
+    )
     device: Literal["auto", "cpu", "cuda", "mps"] = setting(
         "auto",
         help="auto | cpu | cuda | mps (auto: cuda, else mps, else cpu); under accelerate launch or "

@@ -275,7 +275,8 @@ def task(
     is where plain lines go (default: the current sys.stderr).
     """
     out = stream or (console.file if console is not None else sys.stderr)
-    t = Task(label, total, unit, out, _mode(out))
+    quiet_console = console is not None and getattr(console, "quiet", False)  # e.g. other ranks' consoles
+    t = Task(label, total, unit, out, "quiet" if quiet_console else _mode(out))
     t._start(console)
     try:
         yield t

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from codetune import progress
 from codetune.config import Config, config_to_dict, save_config
 from codetune.data.format import IGNORE_INDEX, Encoded, LengthAudit, audit_lengths
 from codetune.data.records import Example
@@ -58,6 +58,7 @@ from codetune.training.checkpoint import (
     trainable_state,
 )
 from codetune.training.exec_eval import better, make_exec_eval, run_exec_eval
+from codetune.training.tracking import Trackers, open_trackers
 
 # Re-exported: the data side lived here before codetune.training.batches.
 __all__ = ["chat_renderer", "collate", "encode_examples", "read_split", "token_loss_sum", "train"]
@@ -412,8 +413,8 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
             "train.eval_benchmark generates with the whole model on the main process, which FSDP and "
             "DeepSpeed shard; unset it there (use DDP, or evaluate the checkpoints with codetune evaluate)"
         )
-    select_by = t.select_by if t.select_by != "auto" else ("pass@1" if exec_eval else "valid_loss")
     # pass@1 without train.eval_benchmark is refused when the config loads (config.validate)
+    select_by = t.select_by if t.select_by != "auto" else ("pass@1" if exec_eval else "valid_loss")
     state: dict[str, Any] = {
         "step": 0,
         "best_valid_loss": None,
@@ -487,10 +488,12 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
 
     run = _Run(accelerator, model, tok, kind, cfg, out, model_meta, ckpt_meta, base_ref, console)
     metrics_path = out / "metrics.jsonl"
-    board = None
+    board: Trackers | None = None  # TensorBoard, wandb, MLflow (training/tracking.py)
     if main:
         _truncate_metrics(metrics_path, state["step"])  # rows after the checkpoint belong to the lost tail
-        board = _tensorboard(out, state["step"], console) if t.tensorboard else None
+        board = open_trackers(cfg, out, state["step"], console)
+        if board.names:
+            console.print(f"  tracking: {', '.join(board.names)}")
     params = [p for p in model.parameters() if p.requires_grad]
     batches = iter(loader)
     first_step = state["step"]
@@ -498,17 +501,8 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
     started = time.perf_counter()
     tokens_this_run = 0
     last_loss = float("nan")
-    with Progress(
-        TextColumn("[bold]train"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TextColumn("{task.fields[tps]} tok/s"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    ) as progress:
-        task = progress.add_task("train", total=total_steps, completed=state["step"], loss="-", tps="-")
+    with progress.task("train", total_steps, unit="steps", console=console) as bar:
+        bar.update(state["step"])
         while state["step"] < total_steps:
             # forward/backward over grad_accum micro-batches. Each process's loss sum is scaled by
             # processes x accumulation / (label tokens of the whole global step): Accelerate divides by
@@ -549,10 +543,16 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
                 row = {"step": state["step"], "loss": step_loss, "lr": lr, "grad_norm": float(grad_norm)}
                 _append_metrics(metrics_path, {**row, "tokens_per_s": tps})
                 if board is not None:
-                    board.add_scalar("train/loss", step_loss, state["step"])
-                    board.add_scalar("train/lr", lr, state["step"])
-                    board.add_scalar("train/grad_norm", float(grad_norm), state["step"])
-            progress.update(task, completed=state["step"], loss=f"{step_loss:.4f}", tps=f"{tps:,.0f}")
+                    board.log(
+                        {
+                            "train/loss": step_loss,
+                            "train/lr": lr,
+                            "train/grad_norm": float(grad_norm),
+                            "train/tokens_per_s": tps,
+                        },
+                        state["step"],
+                    )
+            bar.update(state["step"], tokens=tokens_this_run, loss=f"{step_loss:.4f}")
             if on_step is not None:
                 on_step(state["step"], step_loss)
             # validation, best model, early stopping
@@ -564,9 +564,7 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
             if (t.save_every and state["step"] % t.save_every == 0) or at_end or stop_early:
                 _checkpoint(run, optimizer, scheduler, state)
             if stop_early:
-                progress.console.print(
-                    f"  early stopping: {state['bad_evals']} evaluations without improvement"
-                )
+                console.print(f"  early stopping: {state['bad_evals']} evaluations without improvement")
                 break
 
     _export(accelerator, model, tok, out / "final", model_meta)
@@ -666,10 +664,8 @@ def _validate(
     if acc.is_main_process:
         _append_metrics(run.out / "metrics.jsonl", row)
         if board is not None:
-            for key, name in (("valid_loss", "loss"), ("valid_pass@1", "pass@1"), ("valid_bleu", "bleu")):
-                if key in row:
-                    board.add_scalar(f"valid/{name}", row[key], step)
-            board.flush()
+            names = (("valid_loss", "loss"), ("valid_pass@1", "pass@1"), ("valid_bleu", "bleu"))
+            board.log({f"valid/{name}": row[key] for key, name in names if key in row}, step)
     shown = f"valid loss {vloss:.4f}"
     if "valid_pass@1" in row:
         shown += (
@@ -721,18 +717,6 @@ def _checkpoint(run: _Run, optimizer: Any, scheduler: Any, state: dict[str, Any]
 
 def _global(run: _Run) -> int:
     return run.cfg.train.batch_size * run.accelerator.num_processes
-
-
-def _tensorboard(out: Path, step: int, console: Console) -> Any:
-    """A SummaryWriter on {out}/tensorboard that drops events after `step` (a resumed run's lost tail)."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        console.print(
-            "  [yellow]tensorboard is not installed: no TensorBoard events (metrics.jsonl has all)[/]"
-        )
-        return None
-    return SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step else None)
 
 
 def _append_metrics(path: Path, row: dict[str, Any]) -> None:
