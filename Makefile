@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed $(VENV)/.installed-*
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(TORCH_INSTALL_$(TORCH_BUILD))
-	$(BIN)/python -m pip install --quiet -e '.[dev,dataframebench,hf]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,dataframebench,hf,tracking]'
 	$(BIN)/python -c "import torch, sys; sys.exit(0 if $(TORCH_CHECK_$(TORCH_BUILD)) else \
 		'TORCH_BUILD=$(TORCH_BUILD): unexpected torch build %s (CUDA %s, GPU usable: %s)' \
 		% (torch.__version__, torch.version.cuda, torch.cuda.is_available()))"
