@@ -249,6 +249,48 @@ def serve(
     run(_config(config, ctx, {"serve": s}))
 
 
+@app.command("export")
+def export_cmd(
+    folder: Annotated[
+        Path,
+        typer.Argument(
+            help="Trained model folder: a LoRA adapter or full model (final/, best/) or a checkpoint."
+        ),
+    ],
+    merged: Annotated[
+        Path | None,
+        typer.Option(
+            "--merged", help="Write a merged full model here (LoRA folded in) that transformers loads."
+        ),
+    ] = None,
+    gguf: Annotated[
+        Path | None,
+        typer.Option(
+            "--gguf", help="Write a GGUF here (file.gguf) for llama.cpp, with an Ollama Modelfile beside it."
+        ),
+    ] = None,
+    quant: Annotated[
+        str, typer.Option("--quant", help="GGUF weights: q4_k_m (needs `make llamacpp`), q8_0 or f16.")
+    ] = "q4_k_m",
+    push_to_hub: Annotated[
+        str | None,
+        typer.Option(
+            "--push-to-hub",
+            help="Upload to this hub repository (owner/name): what --merged/--gguf wrote, else FOLDER as is.",
+        ),
+    ] = None,
+    private: Annotated[bool, typer.Option("--private", help="Create the hub repository as private.")] = False,
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="Weights of the merged model: float32, bfloat16 or float16.")
+    ] = "float32",
+) -> None:
+    """Export a trained model: merged for transformers, GGUF for llama.cpp and Ollama, and/or to the hub."""
+    from codetune.models.export import export as run
+
+    for path in run(folder, merged, gguf, quant, push_to_hub, private, dtype):
+        print(path)
+
+
 @models_app.command("list")
 def models_list() -> None:
     """List the model packs that `codetune models fetch` can install."""
