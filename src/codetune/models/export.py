@@ -103,3 +103,43 @@ def _gguf_arch(hf_config: dict[str, Any]) -> Any:
     if arch is None:
         raise CodetuneError(f"model_type {model_type!r} has no llama.cpp architecture to export to")
     return arch
+
+
+def export(
+    folder: Path,
+    merged: Path | None = None,
+    gguf_out: Path | None = None,
+    quant: str = "q4_k_m",
+    push_to_hub: str | None = None,
+    private: bool = False,
+    dtype: str = "float32",
+) -> list[Path]:
+    """The `export` stage: a tuned model folder out as a merged transformers folder, a GGUF (+ Ollama
+    Modelfile) and/or to a hub repository (what was written, else the folder itself). Returns the paths
+    written."""
+    if merged is None and gguf_out is None and push_to_hub is None:
+        raise CodetuneError(
+            "export: nothing to do; give --merged OUT, --gguf OUT.gguf and/or --push-to-hub REPO"
+        )
+    if not folder.is_dir():
+        raise CodetuneError(
+            f"{folder}: no such model folder (a train run's final/ or best/, or a checkpoint)"
+        )
+    written: list[Path] = []
+    if merged is not None:
+        from codetune.models.merge import merge_model
+
+        written.append(merge_model(folder, merged, dtype))
+    if gguf_out is not None:
+        from codetune.models.export_gguf import MODELFILE, export_gguf
+
+        if gguf_out.suffix != ".gguf":
+            raise CodetuneError(f"--gguf {gguf_out}: name the file to write, ending in .gguf")
+        path = export_gguf(folder, gguf_out, quant)
+        written += [path, path.with_name(MODELFILE)]
+    if push_to_hub is not None:
+        from codetune.models.export_hub import push
+
+        folders = [p for p in written if p.is_dir()] or ([] if written else [folder])
+        push(push_to_hub, folders, [p for p in written if p.is_file()], private=private)
+    return written

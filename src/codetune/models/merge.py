@@ -34,7 +34,11 @@ def merge_model(folder: Path, out: Path, dtype: str = "float32") -> Path:
     if out.resolve() == folder.resolve():
         raise CodetuneError(f"{out}: the merged model must go to a new folder, not over {folder}")
     model, tok, kind, meta = load_for_inference(str(folder))
-    prompt = prompt_config_of(meta, PromptConfig())
+    # a model codetune didn't train (no codetune.json) is prompted through its own chat template if any
+    fallback = (
+        PromptConfig(style="chat", template="{nl}") if getattr(tok, "chat_template", None) else PromptConfig()
+    )
+    prompt = prompt_config_of(meta, fallback)
     if kind == "causal" and not getattr(tok, "chat_template", None) and prompt.style == "plain":
         tok.chat_template = plain_chat_template(prompt)
     tmp = out.with_name(out.name + ".tmp")
@@ -47,7 +51,7 @@ def merge_model(folder: Path, out: Path, dtype: str = "float32") -> Path:
         format="full",
         kind=kind,
         base_model="",
-        prompt=meta.get("prompt") or _prompt_dict(prompt),
+        prompt=_prompt_dict(prompt),
         lora=None,
         merged_from={
             "folder": str(folder),
