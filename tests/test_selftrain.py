@@ -288,7 +288,7 @@ def test_a_rerun_neither_samples_nor_judges_nor_trains_again(tmp_path: Path, toy
     assert again.sampled == [] and again.judged == []
     assert weights.stat().st_mtime_ns == mtime
     after = json.loads((out / "manifest.json").read_text())["rounds"]
-    drop = ("seconds_this_run",)
+    drop = ("seconds_this_run", "seconds")  # wall times of this run
     assert [{k: v for k, v in r.items() if k not in drop} for r in after] == [
         {k: v for k, v in r.items() if k not in drop} for r in before
     ]
@@ -417,7 +417,7 @@ def test_the_model_sampler_prompts_as_training_does_and_seeds_by_position(
     assert seeds == [(100, 3, 0.8), (106, 3, 0.8)]  # task i's samples start at seed + i*n
     assert backend.calls[0][1].stop == ("\n```", "\n# end")  # the answer's closing fence, the benchmark's
     assert [[c.code for c in row] for row in rows] == [[ADD] * 3] * 3
-    assert rows[0][0] == Candidate(ADD, f"```python\n{ADD}```", "stop")
+    assert rows[0][0] == Candidate(ADD, f"```python\n{ADD}```", "stop", tokens=7)
     sampler(TRAIN[:1], 3, 0)
     assert len(loaded) == 1  # the model is loaded once
 

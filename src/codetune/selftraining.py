@@ -7,7 +7,7 @@ round k-1's model; every round trains from `model.name` afresh on the samples ke
 does: errors of one round's model are not compounded, and a LoRA never stacks on a LoRA).
 
 Nothing from an evaluation split feeds sampling or training: a task source that is a val/test split is
-refused, every task must be marked `split: train`, and task ids and prompts are checked against the
+refused, every task must be marked `split: train`, and task ids, prompts and groups are checked against the
 held-out splits (`selftrain.held_out`, by default the evaluation splits of the benchmarks in use).
 
 Output layout (a re-run continues: sampled candidates, verdicts and trained rounds are reused):
@@ -37,12 +37,14 @@ from typing import Any
 
 from rich.console import Console
 
+from codetune import progress
 from codetune.benchmarks import Benchmark, PromptStyle, Task, get_benchmark
 from codetune.benchmarks.base import available, split_spec
 from codetune.config import Config, config_to_dict, save_config
 from codetune.data.records import Example
 from codetune.errors import CodetuneError
 from codetune.manifest import sha256_file, write_jsonl, write_manifest
+from codetune.pyparse import parse_python
 
 TRAIN_SPLIT = "train"
 
@@ -54,10 +56,12 @@ class Candidate:
     code: str
     raw: str = ""
     finish_reason: str = "stop"
+    tokens: int = 0  # completion tokens generated
 
 
 # (tasks, n, seed) -> n candidates per task, in task order; sample j of task i is seeded seed + i*n + j
 Sampler = Callable[[Sequence[Task], int, int], list[list[Candidate]]]
+Progress = Callable[[int, int], None]  # (done, total)
 # [(task, code), ...] -> one sandbox status per job ("passed", "failed", "timeout", ...), in job order
 Judge = Callable[[Sequence[tuple[Task, str]]], list[str]]
 
@@ -69,9 +73,8 @@ def normalised_code(code: str) -> str:
     """What two samples must share to count as duplicates: the AST without docstrings (comments,
     blank lines, quoting and layout don't count); code that does not parse: its tokens without
     comments and whitespace."""
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
+    tree = parse_python(code)
+    if tree is None:
         return _token_key(code)
     for node in ast.walk(tree):
         if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
@@ -328,7 +331,14 @@ def _append(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def sample_round(
-    tasks: Sequence[Task], sampler: Sampler, n: int, seed: int, identity: str, path: Path, unit: int
+    tasks: Sequence[Task],
+    sampler: Sampler,
+    n: int,
+    seed: int,
+    identity: str,
+    path: Path,
+    unit: int,
+    progress: Progress | None = None,
 ) -> tuple[list[list[Candidate]], int]:
     """`n` candidates per task, from the cache at `path` where a row for the same task, prompt and
     `identity` (model, decoding) exists, else sampled in units of `unit` tasks and appended. Sample j
@@ -339,6 +349,8 @@ def sample_round(
     for start in range(0, len(tasks), max(1, unit)):
         stop = min(start + max(1, unit), len(tasks))
         if all(keys[i] in cached for i in range(start, stop)):
+            if progress is not None:
+                progress(stop, len(tasks))
             continue
         rows = sampler(tasks[start:stop], n, seed + start * n)
         calls += 1
@@ -352,11 +364,18 @@ def sample_round(
         ]
         _append(path, new)
         cached.update({r["key"]: r for r in new})
+        if progress is not None:
+            progress(stop, len(tasks))
     return [[Candidate(**c) for c in cached[k]["candidates"]] for k in keys], calls
 
 
 def judge_round(
-    tasks: Sequence[Task], candidates: Sequence[Sequence[Candidate]], judge: Judge, path: Path, unit: int
+    tasks: Sequence[Task],
+    candidates: Sequence[Sequence[Candidate]],
+    judge: Judge,
+    path: Path,
+    unit: int,
+    progress: Progress | None = None,
 ) -> tuple[list[list[str]], int]:
     """Sandbox status of every candidate: each distinct (task, tests, code) is run once, its status
     appended to the cache at `path` (a re-run judges only what is missing). Returns (statuses, run)."""
@@ -382,6 +401,8 @@ def judge_round(
             ],
         )
         cached.update({k: s for (k, _), s in zip(chunk, statuses, strict=True)})
+        if progress is not None:
+            progress(start + len(chunk), len(pending))
     out = [
         [cached[_digest(t.id, t.tests, c.code)] for c in row]
         for t, row in zip(tasks, candidates, strict=True)
@@ -432,7 +453,10 @@ class ModelSampler:
                 [bench.build_prompt(t, style) for t in run], replace(settings, seed=seed + len(out) * n)
             )
             out += [
-                [Candidate(bench.sanitise(t, c.text, style), c.text, c.finish_reason) for c in row]
+                [
+                    Candidate(bench.sanitise(t, c.text, style), c.text, c.finish_reason, c.completion_tokens)
+                    for c in row
+                ]
                 for t, row in zip(run, rows, strict=True)
             ]
         return out
@@ -557,6 +581,7 @@ def _round(
         "temperature": s.temperature,
         "top_p": cfg.generate.top_p,
         "top_k": cfg.generate.top_k,
+        "backend": cfg.generate.backend,
         "max_new_tokens": cfg.generate.max_new_tokens,
         "stop": cfg.generate.stop,
         "n": s.n,
@@ -564,15 +589,26 @@ def _round(
         "prompt": asdict(cfg.prompt),
     }
     identity = json.dumps(decoding, sort_keys=True)
+    started = time.perf_counter()
     sampler = make_sampler(model)
-    candidates, units = sample_round(tasks, sampler, s.n, seed, identity, rdir / "samples.jsonl", s.unit_size)
+    with progress.task(f"selftrain round {k}: sample", len(tasks), unit="tasks", console=console) as bar:
+        candidates, units = sample_round(
+            tasks, sampler, s.n, seed, identity, rdir / "samples.jsonl", s.unit_size, bar.callback
+        )
     del sampler  # a model it loaded is not kept in memory through training
-    statuses, judged = judge_round(tasks, candidates, judge, rdir / "verdicts.jsonl", s.unit_size)
+    sample_s, started = time.perf_counter() - started, time.perf_counter()
+    with progress.task(f"selftrain round {k}: run in the sandbox", unit="samples", console=console) as bar:
+        statuses, judged = judge_round(
+            tasks, candidates, judge, rdir / "verdicts.jsonl", s.unit_size, bar.callback
+        )
+    judge_s = time.perf_counter() - started
     selection = select_passing(tasks, candidates, statuses, s.m, kept)
     for tid, codes in selection.kept.items():
         kept.setdefault(tid, []).extend(codes)
     examples = train_examples(tasks, kept)
     c = selection.counts
+    c["generated_tokens"] = sum(cand.tokens for row in candidates for cand in row)
+    c["seconds"] = {"sample": round(sample_s, 1), "judge": round(judge_s, 1)}  # this run (0: cached)
     console.print(
         f"  round {k}: sampled {c['samples']} ({units} unit(s) new, the rest cached), judged {judged} new; "
         f"{c['tasks_solved']}/{c['tasks_tried']} tasks solved, {c['passed']} passed, {c['duplicates']} "
@@ -585,7 +621,9 @@ def _round(
             f"{data_dir}/manifest.json); raise selftrain.n or selftrain.temperature, or start from a "
             "stronger model"
         )
+    started = time.perf_counter()
     model_out = _train_round(cfg, data_dir, rdir / "train", console)
+    c["seconds"]["train"] = round(time.perf_counter() - started, 1)
     return {
         "round": k,
         "model_in": model,
