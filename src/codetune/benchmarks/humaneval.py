@@ -31,6 +31,7 @@ from codetune.errors import CodetuneError
 from codetune.eval.sandbox import Limits
 from codetune.manifest import sha256_file
 from codetune.models.backends.base import cut_at_stop
+from codetune.pyparse import parse_python
 
 Style = Literal["base", "chat"]
 Problem = dict[str, Any]
@@ -162,9 +163,8 @@ def sanitize_chat(reply: str, entry_point: str, *, opened: bool = False) -> str:
     found, cut at `if __name__`, so that it fails in the sandbox like it would for a user.
     """
     code = extract_code_block(reply, entry_point, opened=opened)
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
+    tree = parse_python(code)
+    if tree is None:
         return cut_at_stop(code, ("\nif __name__",))[0].rstrip() + "\n"
     lines = code.splitlines()
     defined = {

@@ -17,7 +17,6 @@ from __future__ import annotations
 import ast
 import random
 import re
-import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -26,6 +25,7 @@ from typing import Any
 from codetune.config import AugmentationConfig
 from codetune.data.neardup import _KEEP
 from codetune.data.records import Example
+from codetune.pyparse import parse_python
 
 _WORD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DYNAMIC = {"locals", "vars", "eval", "exec", "globals", "__dict__"}
@@ -92,15 +92,6 @@ class Renamed:
 
 
 _Scope = ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda
-
-
-def _parse(code: str) -> ast.Module | None:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return ast.parse(code)
-    except (SyntaxError, ValueError, RecursionError):
-        return None
 
 
 def _scope_bindings(scope: _Scope) -> set[str]:
@@ -196,7 +187,7 @@ def _spans(tree: ast.Module, mapping: dict[str, str]) -> list[tuple[int, int, st
 
 def rename_identifiers(code: str, rng: random.Random, protected: Sequence[str] = ()) -> Renamed | str:
     """Consistently rename the code's local names; returns `Renamed`, or the reason it can't."""
-    tree = _parse(code)
+    tree = parse_python(code)
     if tree is None:
         return "does_not_parse"
     used = set(_WORD_RE.findall(code))
@@ -216,7 +207,7 @@ def rename_identifiers(code: str, rng: random.Random, protected: Sequence[str] =
             return "positions_unreliable"  # e.g. a name inside a multi-line f-string
         lines[lineno - 1] = line[:col] + new.encode() + line[col + len(old.encode()) :]
     renamed = b"\n".join(lines).decode("utf-8")
-    check = _parse(renamed)
+    check = parse_python(renamed)
     if check is None or ast.dump(check) != ast.dump(_Renamer(mapping).visit(tree)):
         return "changed_structure"
     return Renamed(renamed, mapping)

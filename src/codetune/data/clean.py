@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ast
 import textwrap
-import warnings
 
 
 def normalise_text(text: str) -> str:
@@ -26,19 +24,6 @@ def normalise_code(code: str) -> str:
 def normalise_nl(nl: str) -> str:
     """Descriptions: normalised lines, dedented (docstrings keep their paragraph structure)."""
     return textwrap.dedent(normalise_text(nl)).strip()
-
-
-def python_syntax_error(code: str) -> str | None:
-    """None when `code` parses as Python, else a short reason ("line 3: invalid syntax")."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # SyntaxWarning for odd escapes is not an error
-            ast.parse(code)
-    except SyntaxError as e:
-        return f"line {e.lineno}: {e.msg}"
-    except (ValueError, RecursionError, MemoryError) as e:  # null bytes, absurd nesting
-        return f"{type(e).__name__}: {e}"
-    return None
 
 
 def dedup_key(code: str) -> str:

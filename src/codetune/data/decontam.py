@@ -19,7 +19,6 @@ from __future__ import annotations
 import ast
 import importlib
 import re
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 from codetune.data.neardup import LSHIndex, MinHasher, canonical_tokens, jaccard, shingles
 from codetune.data.records import Example
 from codetune.errors import CodetuneError
+from codetune.pyparse import parse_python
 
 _WORD_RE = re.compile(r"[A-Za-z0-9_]+")
 _LISTED = 50
@@ -100,11 +100,8 @@ def resolve_eval_set(name: str) -> EvalSetLoader:
 def strip_docstrings(code: str) -> str:
     """`code` without the docstrings of its functions, classes and module, and without its top-level
     imports (a function lifted out of a file has none); unchanged if it doesn't parse."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            tree = ast.parse(code)
-    except (SyntaxError, ValueError):
+    tree = parse_python(code)
+    if tree is None:
         return code
     drop: set[int] = set()
     for node in ast.walk(tree):

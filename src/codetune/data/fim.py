@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ast
 import random
-import warnings
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -22,6 +21,7 @@ from codetune.data.records import Example
 from codetune.errors import CodetuneError
 from codetune.models.backends.base import FimTokens
 from codetune.models.fim import FIM_CONVENTIONS, detect_fim_tokens, fim_prompt
+from codetune.pyparse import parse_python
 
 Mode = Literal["psm", "spm"]
 
@@ -52,12 +52,7 @@ def split_points(code: str, language: str = "python") -> list[int]:
     starts = _line_starts(code)
     points = set(starts)
     if language == "python":
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                tree = ast.parse(code)
-        except (SyntaxError, ValueError, RecursionError):
-            tree = None
+        tree = parse_python(code)
         if tree is not None:
             lines = code.split("\n")
             points = set()

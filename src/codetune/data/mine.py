@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sysconfig
-import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Any
 from codetune.config import SourceConfig
 from codetune.data.records import Example
 from codetune.errors import CodetuneError
+from codetune.pyparse import parse_python
 
 LANGUAGE_SUFFIXES: dict[str, tuple[str, ...]] = {
     "python": (".py",),
@@ -275,11 +275,8 @@ _STUB_NAMES = {"NotImplementedError", "NotImplemented"}
 
 def mine_python(text: str, rel: str, stats: MineStats) -> list[MinedFunction] | None:
     """Documented functions and methods of one Python file (None if it doesn't parse)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            tree = ast.parse(text)
-    except (SyntaxError, ValueError, RecursionError):
+    tree = parse_python(text)
+    if tree is None:
         stats.skip_file("syntax_error", rel)
         return None
     lines = text.split("\n")

@@ -18,7 +18,7 @@ from rich.console import Console
 
 from codetune import progress
 from codetune.config import Config, SourceConfig, config_to_dict, save_config
-from codetune.data.clean import dedup_key, normalise_code, normalise_nl, python_syntax_error
+from codetune.data.clean import dedup_key, normalise_code, normalise_nl
 from codetune.data.records import BadRecord, Example
 from codetune.data.sources import read_source
 from codetune.data.steps import (
@@ -33,6 +33,7 @@ from codetune.data.steps import (
 )
 from codetune.errors import CodetuneError
 from codetune.manifest import make_output_dir, sha256_file, write_jsonl, write_manifest
+from codetune.pyparse import python_syntax_error
 
 _MAX_LISTED = 50  # ids listed per drop reason in the manifest (all are counted)
 

@@ -7,7 +7,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 
-from codetune.data.clean import python_syntax_error
+from codetune.pyparse import python_syntax_error
 
 
 def sacre_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
