@@ -25,8 +25,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from codetune.benchmarks.base import Benchmark
-from codetune.benchmarks.task import Task
 from codetune.errors import CodetuneError
 from codetune.manifest import read_jsonl, write_json, write_jsonl, write_manifest
 from codetune.pyparse import python_syntax_error
@@ -128,7 +126,7 @@ def select(
             elif v.status in ("failed",) and kinds[task.task_id] == "examples":
                 cand["tier"] = 1 if _ran_to_checks(v) else 2
             else:
-                cand["tier"] = 2 if python_syntax_error(_code(cand["sample"])) is None else 3
+                cand["tier"] = 2 if python_syntax_error(cand["sample"]["code"]) is None else 3
             cand["visible"] = v.status
         best = min(mine, key=lambda c: c["tier"])  # min is stable: the first of the best tier
         tiers[("visible", "runs", "parses", "none")[best["tier"]]] += 1
