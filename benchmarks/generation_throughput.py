@@ -32,7 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from codetune.eval.humaneval import build_prompt, load_problems, style_stops
+from codetune.benchmarks.humaneval import build_prompt, load_problems, style_stops
 from codetune.models.backends.base import Backend, Completion, SamplingSettings
 
 PACK = "qwen2.5-coder-0.5b-instruct"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from codetune.eval.humaneval import build_prompt, load_problems, style_stops
+from codetune.benchmarks.humaneval import build_prompt, load_problems, style_stops
 from codetune.models.backends.base import SamplingSettings
 from codetune.models.backends.hf import HFBackend
 from codetune.models.loading import resolve_source

@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     args = parser.parse_args()
-    from codetune.eval.humaneval import load_problems
+    from codetune.benchmarks.humaneval import load_problems
     from codetune.models.pack import fetch_model
 
     gguf = args.gguf or fetch_model("qwen2.5-coder-0.5b-instruct", convert=False).gguf_path

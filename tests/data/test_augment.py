@@ -2,11 +2,11 @@ import json
 import random
 from pathlib import Path
 
+from codetune.benchmarks.humaneval import load_problems
 from codetune.config import AugmentationConfig
 from codetune.data.augment import add_noise, augment_examples, paraphrase, rename_identifiers
 from codetune.data.prepare import prepare
 from codetune.data.records import Example
-from codetune.eval.humaneval import load_problems
 from codetune.eval.sandbox import SandboxPool
 from codetune.manifest import read_jsonl
 from tests.conftest import make_pairs, tiny_config, write_jsonl

@@ -1,6 +1,7 @@
 """DataFrameBench plumbing on a fake wheel (same layout, two tiny pandas tasks per split): loading and
-placeholder filling, sha256 pinning, training targets that still pass their tests in the sandbox, the
-prepare source (val/test refused), decontamination, and sample-then-filter selection."""
+placeholder filling, sha256 pinning, the training recipe (`recipes/dataframebench_train.py`: targets that
+still pass their tests in the sandbox, a file `prepare` reads as an ordinary source), decontamination,
+and sample-then-filter selection."""
 
 from __future__ import annotations
 
@@ -12,11 +13,27 @@ from typing import Any
 
 import pytest
 
+from codetune.benchmarks import dataframebench as dfb
+from codetune.benchmarks.runner import score_codes
 from codetune.config import load_config
 from codetune.errors import CodetuneError
-from codetune.eval import dataframebench as dfb
 from codetune.eval.sandbox import run_tests
 from codetune.manifest import read_jsonl, sha256_file, write_jsonl
+
+
+def _load_recipe() -> Any:
+    """recipes/dataframebench_train.py, a script outside the package, loaded as a module."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "recipes" / "dataframebench_train.py"
+    spec = importlib.util.spec_from_file_location("dataframebench_train", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+recipe = _load_recipe()
 
 STUB = '{library_import}\n\ndef task_func(records, column="x"):\n    """Sum a column."""\n'
 REFERENCE = '''import pandas as pd
@@ -103,12 +120,13 @@ def fake_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_tasks_load_with_both_placeholders_filled(fake_wheel: Path) -> None:
     tasks = dfb.load_tasks("test")
-    assert [t.task_id for t in tasks] == ["DFB/B0001", "DFB/B0002"]
+    assert [t.id for t in tasks] == ["DFB/B0001", "DFB/B0002"]
     t = tasks[0]
     assert "{library" not in t.prompt
     assert "Use pandas as the data processing library in your solution." in t.prompt
     assert "import pandas as pd\n\ndef task_func" in t.prompt and t.stub.startswith("import pandas as pd")
-    assert t.reference == REFERENCE_TEST and t.seed_id == "s4"
+    assert t.reference == REFERENCE_TEST and t.group == "s4" and t.split == "test"
+    assert t.tests == TESTS and t.entry_point == "task_func" and t.category == "aggregation"
     polars = dfb.load_tasks("val", "polars")[0]
     assert "import polars as pl" in polars.prompt and "Use polars" in polars.prompt
     with pytest.raises(CodetuneError, match="split 'dev'"):
@@ -125,8 +143,8 @@ def test_the_wheel_is_pinned_by_sha256(fake_wheel: Path, monkeypatch: pytest.Mon
 
 
 def test_training_target_drops_the_docstring_and_inlines_the_helper() -> None:
-    target, shape = dfb.shaped_target(REFERENCE)
-    assert shape == "one-function" and dfb.training_target(REFERENCE) == target
+    target, shape = recipe.shaped_target(REFERENCE)
+    assert shape == "one-function" and recipe.training_target(REFERENCE) == target
     assert target == (
         "import pandas as pd\n\n\n"
         'def task_func(records, column="x"):\n'
@@ -137,16 +155,16 @@ def test_training_target_drops_the_docstring_and_inlines_the_helper() -> None:
     wrapped = REFERENCE.replace(
         "_reference_impl = task_func\n", "_reference_impl = task_func\nimport pandas as pd\n"
     )
-    assert dfb.training_target(wrapped) == target  # the adapter's own imports join the block at the top
+    assert recipe.training_target(wrapped) == target  # the adapter's own imports join the block at the top
     # a reference without the adapter idiom is one function already; what it can't rewrite is left alone
     plain = "def task_func():\n    return 1\n"
-    assert dfb.shaped_target(plain) == (plain, "one-function")
+    assert recipe.shaped_target(plain) == (plain, "one-function")
     recursive = REFERENCE.replace("df = pd.DataFrame(records)", "df = pd.DataFrame(records)\n    task_func")
-    assert dfb.shaped_target(recursive) == (recursive, "as-shipped")
+    assert recipe.shaped_target(recursive) == (recursive, "as-shipped")
 
 
 def test_a_helper_that_returns_early_is_nested_inside_task_func() -> None:
-    target, shape = dfb.shaped_target(REFERENCE_OTHER)
+    target, shape = recipe.shaped_target(REFERENCE_OTHER)
     assert shape == "nested-helper"
     assert "A long docstring" not in target and "_reference_impl = task_func" not in target
     assert target.startswith("import pandas as pd\n") and target.count("import pandas") == 1
@@ -185,7 +203,7 @@ def task_func(records, column="x", scale=1.0):
 )
 def test_a_helper_with_guard_clauses_becomes_branches_of_one_function(target: str, tail: str) -> None:
     reference = GUARDED.replace("TARGET", target).replace("TAIL", tail)
-    shaped, shape = dfb.shaped_target(reference)
+    shaped, shape = recipe.shaped_target(reference)
     assert shape == "one-function" and "_reference_impl" not in shaped, shaped
     # each guard's return assigns what the wrapper assigns the call to; a guard right after another
     # is its `elif`; the rest sits under the last `else:` (no blank line after it)
@@ -216,11 +234,11 @@ def test_guard_clauses_of_a_helper_whose_call_is_returned_assign_a_fresh_result(
         "    TARGET = _reference_impl(records, column, scale)\n    return TAIL",
         "    return _reference_impl(records, column, scale)",
     )
-    shaped, shape = dfb.shaped_target(reference)
+    shaped, shape = recipe.shaped_target(reference)
     assert shape == "one-function" and "        result = pd.DataFrame(), 0.0\n" in shaped, shaped
     assert shaped.rstrip().endswith("\n    return result")
     taken = reference.replace('scale=1.0):\n    """', 'scale=1.0):\n    result = _result = 0\n    """')
-    assert dfb.shaped_target(taken)[1] == "nested-helper"  # no free name for it: nested instead
+    assert recipe.shaped_target(taken)[1] == "nested-helper"  # no free name for it: nested instead
     check = "assert task_func([{'x': 1}], 'y', 1.0)[1] == -1.0\nassert task_func([], 'x', 1.0)[1] == 0.0\n"
     for program in (reference, shaped):
         verdict = run_tests(program, check)
@@ -235,7 +253,7 @@ def test_a_wrapper_variable_named_like_a_global_the_helper_reads_keeps_two_funct
         "    LIMIT = _reference_impl(records)\n    return LIMIT\n"
     )
     # inlined or nested, the helper's `LIMIT` would be the wrapper's, still unbound when it is read
-    shaped, shape = dfb.shaped_target(reference)
+    shaped, shape = recipe.shaped_target(reference)
     assert shape == "two-functions", shaped
     verdict = run_tests(shaped, "assert task_func([]) == 3\nassert task_func([1, 2]) == 5\n")
     assert verdict.passed, verdict.detail + verdict.stderr_tail
@@ -285,7 +303,7 @@ def test_inlining_binds_arguments_and_refuses_what_would_change_the_meaning(
             + "def task_func(records, n=2):\n"
             + ("    frame = pd.DataFrame(records)" + wrapper_tail + "\n")
         )
-    target, got = dfb.shaped_target(reference)
+    target, got = recipe.shaped_target(reference)
     assert got == shape, target
     if shape == "one-function":
         # each argument bound to its parameter: positional (frame, a wrapper variable: the parameter
@@ -333,7 +351,7 @@ def test_inlining_renames_instead_of_alias_lines_where_exact(
     body: str, tail: str, aliases: list[str], expected: str | None
 ) -> None:
     reference = RENAMING.replace("BODY", body).replace("TAIL", tail)
-    target, shape = dfb.shaped_target(reference)
+    target, shape = recipe.shaped_target(reference)
     assert shape == "one-function" and "_reference_impl" not in target
     found = [line.strip() for line in target.splitlines() if re.fullmatch(r"\s*\w+ = \w+", line)]
     assert found == aliases, target
@@ -347,27 +365,40 @@ def test_inlining_renames_instead_of_alias_lines_where_exact(
 def test_references_and_targets_pass_their_tests_in_the_sandbox(fake_wheel: Path) -> None:
     tasks = dfb.load_tasks("test")
     wrong = "def task_func(records, column='x'):\n    return 1.0\n"
-    with dfb.open_pool(workers=1) as pool:
-        verdicts = dfb.score(
-            pool,
-            [tasks[0], tasks[0], tasks[1]],
-            [tasks[0].reference, dfb.training_target(tasks[0].reference), wrong],
-        )
-    assert [v.status for v in verdicts] == ["passed", "passed", "failed"], [v.detail for v in verdicts]
+    target = recipe.training_target(tasks[0].reference)
+    scored = score_codes(
+        dfb.DataFrameBench(), tasks, [tasks[0].reference, target, tasks[1].reference, wrong], workers=1
+    )
+    verdicts = scored.verdicts
+    assert [v.status for v in verdicts] == ["passed", "passed", "passed", "failed"], [
+        v.detail for v in verdicts
+    ]
+    assert len(scored.limits) == 2 and all(lim.timeout_s >= dfb.CALIBRATION_FLOOR_S for lim in scored.limits)
+
+
+def _recipe_source(path: Path) -> dict[str, Any]:
+    """The file source that reads the recipe's output (as configs/dataframebench-qwen0.5b-lora.yaml does)."""
+    return {"path": str(path), "id_field": "id", "group_field": "group", "tests_field": "tests"}
 
 
 def test_one_function_only_skips_the_rest_and_counts_them(fake_wheel: Path, tmp_path: Path) -> None:
     from codetune.data.prepare import prepare
 
-    source = {"kind": "benchmark", "path": "dataframebench/train", "one_function_only": True}
-    raw = {"data": {"sources": [source], "output_dir": str(tmp_path / "data"), "splits": {"train": 1.0}}}
-    out = prepare(load_config(None, raw))
-    assert [r["id"] for r in read_jsonl(out / "train.jsonl")] == ["DFB/T0001"]  # T1001: its duplicate
-    manifest = json.loads((out / "manifest.json").read_text())
-    (info,) = manifest["inputs"]
+    written = recipe.write_training_file(tmp_path / "train-v1.jsonl", one_function_only=True)
+    assert [r["id"] for r in read_jsonl(written)] == ["DFB/T0001", "DFB/T1001"]
+    info = json.loads((tmp_path / "train-v1.jsonl.manifest.json").read_text())
     assert info["target_shapes"] == {"one-function": 2, "nested-helper": 1}
     assert info["skipped_not_one_function"] == 1 and info["skipped_ids"] == ["DFB/T0002"]
-    assert list(manifest["notes"].values()) == [1] and "one_function_only" in next(iter(manifest["notes"]))
+    assert info["recipe_version"] == recipe.RECIPE_VERSION and info["sha256"] == sha256_file(written)
+    raw = {
+        "data": {
+            "sources": [_recipe_source(written)],
+            "output_dir": str(tmp_path / "data"),
+            "splits": {"train": 1.0},
+        }
+    }
+    out = prepare(load_config(None, raw))
+    assert [r["id"] for r in read_jsonl(out / "train.jsonl")] == ["DFB/T0001"]  # T1001: its duplicate
 
 
 STARTER = (
@@ -382,52 +413,49 @@ ANSWER = (
 
 
 def test_keep_starter_begins_the_answer_as_the_starter_code_does() -> None:
-    assert dfb.with_starter(ANSWER, STARTER) == (
+    assert recipe.with_starter(ANSWER, STARTER) == (
         "import pandas as pd\nfrom typing import Dict, List\nimport numpy as np\n\n\n"
         'def task_func(records: List[Dict], column: str = "x") -> float:\n    """Sum a column."""\n'
         "    df = pd.DataFrame(records)\n    return float(np.sum(df[column])) if len(df) else 0.0\n"
     )
     # other parameters (here a default): the answer's own header stays, the docstring still comes first
-    other = dfb.with_starter(ANSWER.replace('column="x"', 'column="y"'), STARTER)
+    other = recipe.with_starter(ANSWER.replace('column="x"', 'column="y"'), STARTER)
     assert 'def task_func(\n    records,\n    column="y",\n):\n    """Sum a column."""\n    df =' in other
     # a function that has a docstring keeps it; one whose body is on the def line is left alone
     documented = ANSWER.replace("    df = pd", '    """Mine."""\n    df = pd')
-    assert '"""Sum a column."""' not in dfb.with_starter(documented, STARTER)
+    assert '"""Sum a column."""' not in recipe.with_starter(documented, STARTER)
     one_line = "def task_func(records, column='x'): return 0.0\n"
-    assert dfb.with_starter(one_line, STARTER) == one_line
+    assert recipe.with_starter(one_line, STARTER) == one_line
 
 
 def test_keep_starter_keeps_the_answers_meaning_where_both_bind_a_name() -> None:
     starter = 'from datetime import datetime\n\ndef task_func(n: int) -> int:\n    """Year n."""\n'
     answer = "import datetime\n\n\ndef task_func(n):\n    return datetime.datetime(n, 1, 1).year\n"
-    rewritten = dfb.with_starter(answer, starter)
+    rewritten = recipe.with_starter(answer, starter)
     assert rewritten.startswith("from datetime import datetime\nimport datetime\n")
     namespace: dict[str, Any] = {}
     exec(compile(rewritten, "<answer>", "exec"), namespace)  # our own fixed text, not generated code
     assert namespace["task_func"](2020) == 2020
 
 
-def test_prepare_keep_starter_rewrites_and_counts(fake_wheel: Path, tmp_path: Path) -> None:
-    from codetune.data.prepare import prepare
-
-    source = {"kind": "benchmark", "path": "dataframebench/train", "keep_starter": True}
-    raw = {"data": {"sources": [source], "output_dir": str(tmp_path / "data"), "splits": {"train": 1.0}}}
-    out = prepare(load_config(None, raw))
-    codes = {r["id"]: r["code"] for r in read_jsonl(out / "train.jsonl")}
+def test_keep_starter_rewrites_and_counts(fake_wheel: Path, tmp_path: Path) -> None:
+    written = recipe.write_training_file(tmp_path / "train-v1.jsonl", keep_starter=True)
+    codes = {r["id"]: r["code"] for r in read_jsonl(written)}
     assert (
         'def task_func(records, column="x"):\n    """Sum a column."""\n    df = pd.DataFrame'
         in codes["DFB/T0001"]
     )
-    (info,) = json.loads((out / "manifest.json").read_text())["inputs"]
-    assert info["starter_rewritten"] == 3
+    info = json.loads((tmp_path / "train-v1.jsonl.manifest.json").read_text())
+    assert info["starter_rewritten"] == 3 and info["options"]["keep_starter"] is True
 
 
-def test_prepare_reads_train_and_refuses_evaluation_splits(fake_wheel: Path, tmp_path: Path) -> None:
+def test_prepare_reads_the_recipes_file_as_an_ordinary_source(fake_wheel: Path, tmp_path: Path) -> None:
     from codetune.data.prepare import prepare
 
-    raw = {
+    written = recipe.write_training_file(tmp_path / "train-v1.jsonl")
+    raw: dict[str, Any] = {
         "data": {
-            "sources": [{"kind": "benchmark", "path": "dataframebench/train"}],
+            "sources": [_recipe_source(written)],
             "output_dir": str(tmp_path / "data"),
             "splits": {"train": 1.0},
             "decontamination": {"eval_sets": ["dataframebench/test"], "ngram": 50},
@@ -439,15 +467,21 @@ def test_prepare_reads_train_and_refuses_evaluation_splits(fake_wheel: Path, tmp
     assert sorted(r["id"] for r in rows) == ["DFB/T0001", "DFB/T0002"]
     first = next(r for r in rows if r["id"] == "DFB/T0001")
     assert first["meta"]["tests"] == TESTS and first["group"] == "s1"
-    assert first["code"].strip() == dfb.training_target(REFERENCE).strip()
+    assert first["code"].strip() == recipe.training_target(REFERENCE).strip()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["dropped"]["exact_duplicate"] == 1
-    for split in ("val", "test"):
-        raw["data"]["sources"] = [{"kind": "benchmark", "path": f"dataframebench/{split}"}]
-        with pytest.raises(CodetuneError, match="evaluation-only"):
+    # the recipe reads only the train split; the generic source config has no benchmark-only fields left
+    assert recipe.SPLIT == "train"
+    for bad in (
+        {"kind": "benchmark", "path": "dataframebench/train"},
+        {**_recipe_source(written), "keep_starter": True},
+    ):
+        raw["data"]["sources"] = [bad]
+        with pytest.raises(CodetuneError, match="kind|keep_starter"):
             prepare(load_config(None, raw))
-    raw["data"]["sources"] = [{"kind": "benchmark", "path": "humaneval/train"}]
-    with pytest.raises(CodetuneError, match="not a built-in benchmark"):
+    raw["data"]["sources"] = [_recipe_source(written)]
+    raw["data"]["decontamination"]["eval_sets"] = ["humaneval/train"]
+    with pytest.raises(CodetuneError, match="humaneval has one split"):
         prepare(load_config(None, raw))
 
 
@@ -455,7 +489,8 @@ def test_filter_selects_the_candidate_that_passes_visible_checks(fake_wheel: Pat
     from codetune.eval.select import select, visible_checks
 
     tasks = dfb.load_tasks("test")
-    good = dfb.training_target(REFERENCE)
+    good = recipe.training_target(REFERENCE)
+    bench = dfb.DataFrameBench()
     crashes = "import pandas as pd\nDATA = pd.read_csv('missing.csv')\n\n\ndef task_func(records, column='x'):\n    return 0.0\n"
     broken_syntax = "def task_func(:\n"
 
@@ -464,14 +499,14 @@ def test_filter_selects_the_candidate_that_passes_visible_checks(fake_wheel: Pat
         write_jsonl(
             folder / "samples.jsonl",
             [
-                {"task_id": t.task_id, "code": c, "raw": c, "finish_reason": "stop"}
+                {"task_id": t.id, "completion": c, "raw": c, "finish_reason": "stop"}
                 for t, c in zip(tasks, codes, strict=True)
             ],
         )
         write_jsonl(
             folder / "results.jsonl",
             [
-                {"task_id": t.task_id, "n": 1, "c": int(s == "passed"), "verdicts": [{"status": s}]}
+                {"task_id": t.id, "n": 1, "c": int(s == "passed"), "verdicts": [{"status": s}]}
                 for t, s in zip(tasks, statuses, strict=True)
             ],
         )
@@ -479,7 +514,7 @@ def test_filter_selects_the_candidate_that_passes_visible_checks(fake_wheel: Pat
     # task 1: base crashes, tuned is right; task 2: base is right, tuned doesn't parse
     model("base", [crashes, good], ["error", "passed"])
     model("tuned", [good, broken_syntax], ["passed", "error"])
-    metrics = select(tmp_path / "eval", ["base", "tuned"], tasks, "filter", program_for=dfb.program_for)
+    metrics = select(tmp_path / "eval", ["base", "tuned"], bench, tasks, "filter")
     assert metrics["pass@1"] == 1.0 and metrics["oracle"] == 1.0
     assert metrics["chosen_from"] == {"base": 1, "tuned": 1}
     assert metrics["visible_checks"] == {"examples": 0, "smoke": 2}
@@ -550,13 +585,17 @@ def test_a_re_score_from_cached_generations_reports_no_generation_speed(
             return [[Completion("def task_func():\n    return 1\n", "stop", 10, 7)] for _ in prompts]
 
     def run() -> dict:
-        return dfb.run_dataframebench(
-            Fixed(),
+        from codetune.benchmarks.base import PromptStyle
+        from codetune.benchmarks.runner import run_benchmark
+
+        bench = dfb.DataFrameBench()
+        return run_benchmark(
+            bench,
+            bench.load("test")[:2],
+            Fixed(),  # type: ignore[arg-type]
             SamplingSettings(),
-            prompt_for=str,
+            style=PromptStyle("chat"),
             out_dir=tmp_path / "out",
-            split="test",
-            limit=2,
             workers=1,
         )
 

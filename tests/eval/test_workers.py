@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
+from codetune.benchmarks import humaneval as he
+from codetune.benchmarks.base import PromptStyle
+from codetune.benchmarks.runner import run_benchmark
 from codetune.config import Config, GenerateConfig
 from codetune.errors import CodetuneError
-from codetune.eval import humaneval as he
 from codetune.eval.evaluate import evaluate
 from codetune.generation import GenerationWorkers, load_backend
 from codetune.models.backends.base import SamplingSettings
@@ -66,18 +68,19 @@ def _results_without_timings(path: Path) -> list[dict[str, Any]]:
 def test_humaneval_samples_and_results_are_the_same_with_1_2_or_4_workers(model: str, tmp_path: Path) -> None:
     g = GenerateConfig(max_new_tokens=24, batch_size=1)
     backend = load_backend(g, model)  # renders the prompts here; generation goes to the workers
-    settings = SamplingSettings(max_new_tokens=24, temperature=0.8, seed=11)
+    settings = SamplingSettings(max_new_tokens=24, temperature=0.8, seed=11, n=2)
+    bench = he.HumanEval()
     samples, results = {}, {}
     for workers in WORKER_COUNTS:
         out = tmp_path / f"w{workers}"
-        he.run_humaneval(
+        run_benchmark(
+            bench,
+            bench.load("test")[:5],
             backend,
             settings,
-            style="base",
-            n=2,
+            style=PromptStyle("base", chat_prompt=backend.chat_prompt),
             ks=(1, 2),
             out_dir=out,
-            limit=5,
             workers=2,
             batch=1,
             generation_workers=GenerationWorkers(g, model, workers),

@@ -204,9 +204,9 @@ def ensure_environment() -> None:
 class DataFrameBench:
     """DataFrameBench's test, val and train splits, prompts filled for one library."""
 
-    name = "dataframebench"
-    splits = ("test", "val", "train")
-    ks = (1, 5, 10)
+    name: str = "dataframebench"
+    splits: tuple[str, ...] = ("test", "val", "train")
+    ks: tuple[int, ...] = (1, 5, 10)
 
     def __init__(self, library: str = "pandas") -> None:
         self.library = library
@@ -219,7 +219,7 @@ class DataFrameBench:
         return style.render(task.prompt)
 
     def stops(self, style: PromptStyle) -> tuple[str, ...]:
-        return REPLY_STOPS
+        return (*style.stops, *REPLY_STOPS)
 
     def sanitise(self, task: Task, completion: str, style: PromptStyle) -> str:
         return sanitize_chat(completion, task.entry_point)

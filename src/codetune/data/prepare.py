@@ -82,11 +82,7 @@ def _step(name: str, total: int | None, unit: str = "examples") -> Iterator[prog
 
 
 def _read_other(src: SourceConfig, steps: StepReports) -> tuple[list[Example], dict[str, Any]]:
-    """A benchmark split or a mined repository (file and hf sources go through read_source)."""
-    if src.kind == "benchmark":
-        from codetune.data.benchmarks import read_benchmark
-
-        return read_benchmark(src)
+    """A mined repository (file and hf sources go through read_source)."""
     return read_repo(src, steps)
 
 
@@ -106,7 +102,7 @@ def prepare(cfg: Config, console: Console | None = None) -> Path:
     inputs: list[dict[str, Any]] = []
     steps = StepReports()
     for src in cfg.data.sources:
-        if src.kind in ("benchmark", "repo"):
+        if src.kind == "repo":
             with _step(f"read {src.kind} {src.path}", None, unit="sources") as bar:
                 got, info = _read_other(src, steps)
                 bar.update(1, examples=len(got))

@@ -6,16 +6,18 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
+from codetune import progress
 from codetune.config import Config, config_to_dict, save_config
 from codetune.data.format import build_prompt
+from codetune.data.records import Example
 from codetune.errors import CodetuneError
-from codetune.eval.metrics import text_metrics
+from codetune.eval.metrics import edit_similarity, text_metrics
 from codetune.generation import (
     GenerationWorkers,
     answer_stops,
@@ -106,6 +108,11 @@ def _evaluate_model(
     prompt_cfg = model_prompt_config(path, cfg.prompt)
     prompts = [build_prompt(ex.nl, prompt_cfg, loaded.chat_prompt) for ex in examples]
     settings = sampling_settings(cfg.generate, answer_stops(prompt_cfg))
+    n = settings.n
+    if n > 1 and settings.temperature == 0:
+        raise CodetuneError(
+            f"generate.n={n} greedy samples would be identical; set generate.temperature > 0 or generate.n=1"
+        )
     workers = GenerationWorkers(cfg.generate, path, cfg.eval.workers)
     # with workers (and more than one unit for them), this copy only renders the prompts: each worker
     # loads its own
@@ -116,27 +123,37 @@ def _evaluate_model(
     processes = f" in {workers.count} processes" if in_workers else ""
     console.print(f"[bold]evaluate[/bold] {label} ({path}): {len(prompts)} examples{where}{processes}")
     started = time.perf_counter()
-    results = generate_units(
-        prompts, settings, unit_size=cfg.generate.batch_size, backend=backend, workers=workers
-    )
+    with progress.task(f"evaluate {label}: generate", len(prompts), unit="prompts") as bar:
+        results = generate_units(
+            prompts,
+            settings,
+            unit_size=cfg.generate.batch_size,
+            backend=backend,
+            workers=workers,
+            progress=bar.callback,
+        )
+        bar.update(len(prompts), tokens=sum(c.completion_tokens for row in results for c in row))
     seconds = time.perf_counter() - started
-    predictions = [extract_code(row[0].text, prompt_cfg) for row in results]
+    samples = [[extract_code(c.text, prompt_cfg) for c in row] for row in results]
     rows = [
         {
             "id": ex.id,
             "prompt": p,
             "reference": ex.code,
-            "prediction": pred,
+            "prediction": preds[0],
             "finish_reason": row[0].finish_reason,
+            **({"predictions": preds, "finish_reasons": [c.finish_reason for c in row]} if n > 1 else {}),
         }
-        for ex, p, pred, row in zip(examples, prompts, predictions, results, strict=True)
+        for ex, p, preds, row in zip(examples, prompts, samples, results, strict=True)
     ]
     write_jsonl(folder / "predictions.jsonl", rows)
     language = examples[0].language if examples else "python"
-    metrics: dict[str, Any] = text_metrics(predictions, [ex.code for ex in examples], language)
-    n_tokens = sum(row[0].completion_tokens for row in results)
+    metrics: dict[str, Any] = sample_text_metrics(samples, [ex.code for ex in examples], language)
+    metrics.update(split_pass_at_k(cfg, examples, samples, folder))
+    n_tokens = sum(c.completion_tokens for row in results for c in row)
     metrics.update(
         examples=len(examples),
+        samples=sum(len(row) for row in results),
         seconds=round(seconds, 2),
         tokens_per_s=round(n_tokens / max(seconds, 1e-9), 1),
     )
@@ -155,86 +172,99 @@ def _evaluate_model(
     return metrics
 
 
-def _benchmark(cfg: Config, out: Path, console: Console) -> Report:
-    name = cfg.eval.benchmark
-    if name == "dataframebench":
-        return _dataframebench(cfg, out, console)
-    if name != "humaneval":
-        raise CodetuneError(f"eval.benchmark {name!r} is not known; available: humaneval, dataframebench")
-    from codetune.eval import humaneval
+def sample_text_metrics(samples: list[list[str]], references: list[str], language: str) -> dict[str, Any]:
+    """Text metrics of n samples per example: with n = 1 those of the one answer; with n > 1 the mean
+    over the n samples (sample j of every example scored together) and `best_of_n_*`: per example the
+    sample closest to the reference (edit similarity), as an upper bound of picking one."""
+    n = min((len(s) for s in samples), default=1)
+    if n <= 1:
+        return text_metrics([s[0] for s in samples], references, language)
+    per_sample = [text_metrics([s[j] for s in samples], references, language) for j in range(n)]
+    out: dict[str, Any] = {k: round(sum(m[k] for m in per_sample) / n, 4) for k in per_sample[0]}
+    best = [_closest(s[:n], r) for s, r in zip(samples, references, strict=True)]
+    out.update({f"best_of_{n}_{k}": v for k, v in text_metrics(best, references, language).items()})
+    out["n"] = n
+    return out
 
+
+def _closest(candidates: list[str], reference: str) -> str:
+    """The first of `candidates` with the highest edit similarity to `reference`."""
+    scores = [edit_similarity([c], [reference]) for c in candidates]
+    return candidates[scores.index(max(scores))]
+
+
+def split_pass_at_k(
+    cfg: Config, examples: list[Example], samples: list[list[str]], folder: Path
+) -> dict[str, Any]:
+    """pass@k on the examples of a split that carry tests (a file source's `tests_field`), all n samples
+    of each run in the sandbox; per-example verdicts in `exec_results.jsonl`. {} when none has tests."""
+    from codetune.benchmarks.base import PromptStyle
+    from codetune.benchmarks.runner import benchmark_metrics, score_codes, task_results
+    from codetune.benchmarks.user_tasks import UserTasks, task_from_row
+
+    tested = []
+    for ex, preds in zip(examples, samples, strict=True):
+        task = task_from_row(ex.to_dict(), f"{cfg.eval.split}.jsonl: {ex.id}", cfg.eval.split)
+        if task is not None:
+            tested.append((task, preds))
+    if not tested:
+        return {}
+    bench = UserTasks(cfg.eval_data_dir / f"{cfg.eval.split}.jsonl")
+    tasks = [t for t, _ in tested]
+    n = min(len(p) for _, p in tested)
+    codes = [bench.sanitise(t, p, PromptStyle()) for t, preds in tested for p in preds[:n]]
+    started = time.perf_counter()
+    with progress.task(f"evaluate {cfg.eval.split}: execute", len(codes), unit="programs") as bar:
+        scored = score_codes(bench, tasks, codes)
+        bar.update(len(codes), passed=sum(v.passed for v in scored.verdicts))
+    results = task_results(tasks, n, bench.ks, scored.verdicts)
+    write_jsonl(folder / "exec_results.jsonl", results)
+    m = benchmark_metrics(results, bench.ks, scored.verdicts, [], None, time.perf_counter() - started)
+    keep = [k for k in m if k.startswith("pass@")] + ["passed_samples", "statuses", "scoring_s"]
+    return {
+        **{k: m[k] for k in keep},
+        "tested_examples": len(tasks),
+        "untested_examples": len(examples) - len(tasks),
+    }
+
+
+def _benchmark(cfg: Config, out: Path, console: Console) -> Report:
+    """Score `eval.benchmark` (a name, NAME/SPLIT, or a task file or folder) with each model through the
+    one runner; then the sample-then-filter row over `eval.select_from`, if set."""
+    from codetune.benchmarks.base import get_benchmark, resolve_split, split_spec
+    from codetune.benchmarks.runner import prompt_style, run_benchmark
+
+    name, named_split = split_spec(str(cfg.eval.benchmark))
+    bench = get_benchmark(name)
+    split = named_split or resolve_split(bench, cfg.eval.split)
+    tasks = bench.load(split)[: cfg.eval.max_examples]
+    specs = cfg.eval.models or ([cfg.generate.model] if cfg.generate.model else default_models(cfg))
     report = Report(out)
-    specs = cfg.eval.models or ([cfg.generate.model] if cfg.generate.model else [])
-    if not specs:
-        raise CodetuneError("eval.benchmark needs a model: set eval.models or generate.model")
     for spec in specs:
         label, path = parse_model_spec(spec)
         backend = load_backend(cfg.generate, path)
-        # instruct models get their chat template and code-block extraction; base models plain completion
-        style: Literal["base", "chat"] = "chat" if cfg.prompt.style == "chat" else "base"
-        metrics = humaneval.run_humaneval(
+        style = prompt_style(backend.chat_prompt, model_prompt_config(path, cfg.prompt))
+        console.print(f"[bold]{bench.name}[/bold] {split}: {label} ({path}), {len(tasks)} tasks")
+        # generation and execution progress: the runner's (codetune.progress; --quiet silences it)
+        report.metrics[label] = run_benchmark(
+            bench,
+            tasks,
             backend,
             sampling_settings(cfg.generate),
             style=style,
-            n=cfg.generate.n,
-            ks=(1, 10, 100),
-            out_dir=out / label,
-            limit=cfg.eval.max_examples,
-            batch=cfg.generate.batch_size,
-            generation_workers=GenerationWorkers(cfg.generate, path, cfg.eval.workers),
-        )
-        report.models[label] = path
-        report.metrics[label] = metrics
-    write_json(out / "summary.json", {"models": report.models, "metrics": report.metrics})
-    _print_table(console, report)
-    if cfg.eval.report:
-        _report_or_say_why(console, write_benchmark_report, cfg, out, list(report.models.values()))
-    return report
-
-
-def _dataframebench(cfg: Config, out: Path, console: Console) -> Report:
-    from codetune.eval import dataframebench as dfb
-
-    dfb.ensure_environment()
-    if cfg.eval.workers > 1:
-        console.print(
-            f"[yellow]note[/yellow]: eval.workers={cfg.eval.workers} is not used by dataframebench; "
-            "it generates in this process"
-        )
-    specs = cfg.eval.models or default_models(cfg)
-    split = cfg.eval.split if cfg.eval.split in dfb.SPLIT_SIZES else "test"
-    report = Report(out)
-    for spec in specs:
-        label, path = parse_model_spec(spec)
-        backend = load_backend(cfg.generate, path)
-        prompt_cfg = model_prompt_config(path, cfg.prompt)
-        # The closing fence, and example usage at top level (dropped by the sanitiser anyway).
-        settings = sampling_settings(cfg.generate, (*answer_stops(prompt_cfg), *dfb.REPLY_STOPS))
-        console.print(f"[bold]dataframebench[/bold] {split}: {label} ({path})")
-
-        def progress(done: int, total: int, label: str = label) -> None:
-            if done % 10 == 0 or done == total:
-                console.print(f"  {label}: generated {done}/{total}")
-
-        metrics = dfb.run_dataframebench(
-            backend,
-            settings,
-            prompt_for=lambda text, p=prompt_cfg, b=backend: build_prompt(text, p, b.chat_prompt),
             out_dir=out / label,
             split=split,
-            limit=cfg.eval.max_examples,
-            progress=progress,
+            batch=cfg.generate.batch_size,
+            generation_workers=GenerationWorkers(cfg.generate, path, cfg.eval.workers),
             label=label,
         )
-        del backend
         report.models[label] = path
-        report.metrics[label] = metrics
+        del backend
     if cfg.eval.select_from:
         from codetune.eval.select import select
 
-        tasks = dfb.load_tasks(split)[: cfg.eval.max_examples]
         label = "filter"
-        report.metrics[label] = select(out, cfg.eval.select_from, tasks, label, program_for=dfb.program_for)
+        report.metrics[label] = select(out, cfg.eval.select_from, bench, tasks, label)
         report.models[label] = "sample-then-filter over " + ", ".join(cfg.eval.select_from)
     write_json(out / "summary.json", {"models": report.models, "metrics": report.metrics})
     _print_table(console, report)

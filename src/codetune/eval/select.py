@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from codetune.benchmarks.base import Benchmark
+from codetune.benchmarks.task import Task
 from codetune.errors import CodetuneError
 from codetune.manifest import read_jsonl, write_json, write_jsonl, write_manifest
 from codetune.pyparse import python_syntax_error
@@ -67,22 +69,22 @@ def visible_checks(prompt: str, entry_point: str) -> tuple[str, str]:
 def select(
     eval_dir: Path,
     labels: Sequence[str],
-    tasks: Sequence[Any],
+    bench: Benchmark,
+    tasks: Sequence[Task],
     out_label: str,
     *,
-    program_for: Any = None,
     workers: int | None = None,
 ) -> dict[str, Any]:
     """Choose one candidate per task from `labels`' samples; write `eval_dir/out_label/`; return metrics.
 
-    `tasks` need `task_id`, `prompt`, `entry_point`; `program_for(code)` prefixes what the benchmark's own
-    harness runs before the code (e.g. the matplotlib Agg header)."""
-    from codetune.eval import dataframebench as dfb
+    A candidate's program is what the benchmark assembles for it (`bench.assemble`: e.g. HumanEval's
+    prompt before the completion, DataFrameBench's matplotlib Agg header); the visible checks replace
+    the hidden tests."""
+    from codetune.benchmarks.runner import open_pool
     from codetune.eval.passk import bootstrap_ci
 
     if not labels:
         raise CodetuneError("select: name at least one evaluated model to take candidates from")
-    program_for = program_for or (lambda code: code)
     per_label = []
     for label in labels:
         folder = eval_dir / label
@@ -109,13 +111,16 @@ def select(
             for index, sample in enumerate(samples[task.task_id]):
                 verdict = results[task.task_id]["verdicts"][index]
                 mine.append({"label": label, "index": index, "sample": sample, "hidden": verdict})
-                jobs.append((program_for(sample["code"]), checks))
+                jobs.append((bench.assemble(task, _code(sample)).code, checks))
         candidates.append(mine)
 
-    with dfb.open_pool(workers) as pool:
+    with open_pool(bench, workers) as pool:
         verdicts = pool.map(jobs)
     cursor = 0
-    rows, chosen_samples, counts, tiers = [], [], [], {"visible": 0, "runs": 0, "parses": 0, "none": 0}
+    rows: list[dict[str, Any]] = []
+    chosen_samples: list[dict[str, Any]] = []
+    counts: list[tuple[int, int]] = []
+    tiers = {"visible": 0, "runs": 0, "parses": 0, "none": 0}
     oracle = 0
     for task, mine in zip(tasks, candidates, strict=True):
         for cand in mine:
@@ -126,7 +131,7 @@ def select(
             elif v.status in ("failed",) and kinds[task.task_id] == "examples":
                 cand["tier"] = 1 if _ran_to_checks(v) else 2
             else:
-                cand["tier"] = 2 if python_syntax_error(cand["sample"]["code"]) is None else 3
+                cand["tier"] = 2 if python_syntax_error(_code(cand["sample"])) is None else 3
             cand["visible"] = v.status
         best = min(mine, key=lambda c: c["tier"])  # min is stable: the first of the best tier
         tiers[("visible", "runs", "parses", "none")[best["tier"]]] += 1
@@ -136,7 +141,7 @@ def select(
         rows.append(
             {
                 "task_id": task.task_id,
-                "category": getattr(task, "category", None),
+                "category": task.category or None,
                 "n": 1,
                 "c": int(passed),
                 "pass@1": float(passed),
@@ -156,7 +161,8 @@ def select(
         chosen_samples.append(
             {
                 "task_id": task.task_id,
-                **{k: best["sample"][k] for k in ("code", "raw", "finish_reason") if k in best["sample"]},
+                "completion": _code(best["sample"]),
+                **{k: best["sample"][k] for k in ("raw", "finish_reason") if k in best["sample"]},
             }
         )
     out = eval_dir / out_label
@@ -182,6 +188,11 @@ def select(
     write_json(out / "metrics.json", metrics)
     write_manifest(out, "select", selection="filter", candidates_from=list(labels), metrics=metrics)
     return metrics
+
+
+def _code(sample: dict[str, Any]) -> str:
+    """A sample's sanitised code ("code" in folders written before the one runner)."""
+    return str(sample.get("completion", sample.get("code", "")))
 
 
 def _ran_to_checks(verdict: Any) -> bool:

