@@ -136,16 +136,6 @@ class SourceConfig:
         factory=lambda: ["python"],
         help="repo: languages to mine: python, javascript",
     )
-    one_function_only: bool = setting(
-        False,
-        help="benchmark: keep only tasks whose reference reads as one function (dataframebench's "
-        "adapter helper inlined); the rest are skipped and counted",
-    )
-    keep_starter: bool = setting(
-        False,
-        help="benchmark: answers begin as the task's starter code does: its imports, def line (type"
-        " hints) and docstring (dataframebench), where exactly equivalent",
-    )
 
 
 @dataclass
@@ -433,8 +423,9 @@ class TrainConfig:
     max_valid_examples: int = setting(256, help="cap on validation examples")
     eval_benchmark: str | None = setting(
         None,
-        help="at every validation also generate for this benchmark split (dataframebench/val) and "
-        "score pass@1 by execution in the sandbox, plus BLEU; logged to metrics.jsonl and "
+        help="at every validation also generate for these tasks and score pass@1 by execution in "
+        "the sandbox, plus BLEU: a benchmark split (dataframebench/val), a task file or folder, or "
+        "a prepared split whose examples have tests (valid); logged to metrics.jsonl and "
         "TensorBoard",
     )
     eval_tasks: int | None = setting(
@@ -550,12 +541,13 @@ class EvalConfig:
     max_examples: int | None = setting(None, help="score only the first N examples")
     benchmark: str | None = setting(
         None,
-        help="score a built-in benchmark instead of a split: humaneval, or dataframebench (its "
-        "eval.split: test, val or train)",
+        help="score a benchmark instead of a split: humaneval, dataframebench (at eval.split: test,"
+        " val or train), or your own problems with tests: a JSONL file or folder of them "
+        "(configs/tasks/example.jsonl); pass@k from generate.n samples per task",
     )
     select_from: list[str] = setting(
         factory=list,
-        help="dataframebench: labels of evaluated models whose answers are pooled; per task the "
+        help="benchmarks: labels of evaluated models whose answers are pooled; per task the "
         "first candidate that passes visible checks (examples, else a smoke call) is kept: row"
         " 'filter'",
     )
