@@ -15,7 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from codetune.eval.humaneval import run_humaneval
+from codetune.benchmarks.base import PromptStyle
+from codetune.benchmarks.humaneval import HumanEval
+from codetune.benchmarks.runner import run_benchmark
 from codetune.models.backends.base import SamplingSettings
 from codetune.models.backends.llamacpp import LlamaCppBackend
 from codetune.models.pack import fetch_model
@@ -32,11 +34,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/humaneval"))
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=8,
+        help="prompts per backend call (generate.batch_size); freed slots refill",
+    )
+    parser.add_argument("--max-batch", type=int, default=16, help="sequences llama.cpp decodes together")
     args = parser.parse_args()
 
     started = time.perf_counter()
     model = fetch_model(PACK, convert=False)
-    backend = LlamaCppBackend(model.gguf_path, n_ctx=4096, n_threads=args.threads, seed=0)
+    backend = LlamaCppBackend(
+        model.gguf_path, n_ctx=4096, n_threads=args.threads, seed=0, max_batch=args.max_batch
+    )
     settings = SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=0.0)
     out = args.out / args.style
 
@@ -44,8 +55,17 @@ def main() -> None:
         elapsed = time.perf_counter() - started
         print(f"  generated {done}/{total} ({elapsed:.0f} s)", file=sys.stderr, flush=True)
 
-    metrics = run_humaneval(
-        backend, settings, style=args.style, n=1, ks=(1,), out_dir=out, limit=args.limit, progress=progress
+    bench = HumanEval()
+    metrics = run_benchmark(
+        bench,
+        bench.load("test")[: args.limit],
+        backend,
+        settings,
+        style=PromptStyle(args.style, chat_prompt=backend.chat_prompt),
+        ks=(1,),
+        out_dir=out,
+        progress=progress,
+        batch=args.batch,
     )
     lo, hi = metrics["pass@1_ci95"]
     passed, problems = metrics["passed_samples"], metrics["problems"]
