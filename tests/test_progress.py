@@ -130,3 +130,57 @@ def test_models_fetch_prints_a_summary_not_a_repr(tmp_path: Path, monkeypatch: p
         f"  GGUF file: {tmp_path / 'p.gguf'} (2.0 MB; for --backend llamacpp)",
         "  transformers folder: not converted (--no-convert)",
     ]
+
+
+class _Canonical:
+    """A backend that answers every HumanEval prompt with its canonical solution (7 tokens each)."""
+
+    name = "canonical"
+
+    def __init__(self, table: dict[str, str]) -> None:
+        self.table = table
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        return "".join(m["content"] for m in messages)
+
+    def generate(self, prompts: list[str], settings: object) -> list[list[object]]:
+        from codetune.models.backends.base import Completion
+
+        return [[Completion(self.table[p], "stop", 5, 7)] for p in prompts]
+
+
+def test_humaneval_generation_and_execution_log_progress_with_tokens_per_s(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from codetune.benchmarks import humaneval as he
+    from codetune.benchmarks.base import PromptStyle
+    from codetune.benchmarks.runner import run_benchmark
+    from codetune.models.backends.base import SamplingSettings
+
+    problems = he.load_problems()[:3]
+    table = {he.build_prompt(p, "base", None): p["canonical_solution"] for p in problems}  # type: ignore[arg-type]
+    bench = he.HumanEval(problems)
+    metrics = run_benchmark(
+        bench,
+        bench.load("test"),
+        _Canonical(table),  # type: ignore[arg-type]
+        SamplingSettings(temperature=0.0, n=1),
+        style=PromptStyle(name="base"),
+        out_dir=tmp_path / "he",
+        label="base",
+        batch=1,
+        workers=1,
+    )
+    assert metrics["passed_samples"] == 3
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    gen = [ln for ln in lines if ln.startswith("humaneval base: generate: ")]
+    assert gen[0] == "humaneval base: generate: started (3 prompts)"
+    assert any(ln.startswith("humaneval base: generate: 1/3 prompts (33%)") and "tok/s" in ln for ln in gen)
+    assert gen[-1].startswith("humaneval base: generate: done, 3 prompts in ") and " tok/s" in gen[-1]
+    execute = [ln for ln in lines if ln.startswith("humaneval base: execute: ")]
+    assert execute[0] == "humaneval base: execute: started (3 programs)"
+    assert (
+        execute[-1].startswith("humaneval base: execute: done, 3 programs in ") and "passed 3" in execute[-1]
+    )
+    assert "\x1b" not in err and "\r" not in err
