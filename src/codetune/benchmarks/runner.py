@@ -27,11 +27,14 @@ from typing import Any
 
 from codetune.benchmarks.base import Benchmark, PromptStyle, tasks_by_id
 from codetune.benchmarks.task import Task
+from codetune.config import PromptConfig
+from codetune.data.format import build_prompt
 from codetune.errors import CodetuneError
 from codetune.eval.passk import available_ks, bootstrap_ci, pass_at_k, pass_at_k_report
 from codetune.eval.sandbox import Limits, SandboxPool, Verdict, calibrated_limits, sandbox_manifest
 from codetune.generation import (
     GenerationWorkers,
+    answer_stops,
     backend_runtime,
     generate_units,
     generation_units,
@@ -61,6 +64,18 @@ class Scored:
     verdicts: list[Verdict]
     limits: list[Limits]
     isolation: str
+
+
+def prompt_style(chat_prompt: Callable[[list[dict[str, str]]], str], prompt: PromptConfig) -> PromptStyle:
+    """How a model is prompted for a benchmark: its chat template for an instruct model (prompt.style
+    chat), plain completion otherwise; an instruction rendered as in training (`build_prompt`), and the
+    answer template's closing stop."""
+    return PromptStyle(
+        name="chat" if prompt.style == "chat" else "base",
+        render=lambda text: build_prompt(text, prompt, chat_prompt),
+        chat_prompt=chat_prompt,
+        stops=answer_stops(prompt),
+    )
 
 
 # --- generation with a cache -----------------------------------------------------------------------
@@ -318,9 +333,7 @@ def run_benchmark(
         raise CodetuneError(f"{bench.name} ({split}): no tasks to evaluate")
     tasks_by_id(tasks)  # ids must be unique: results are keyed by them
     ks = tuple(ks or bench.ks)
-    settings = replace(
-        settings, stop=tuple(dict.fromkeys((*settings.stop, *style.stops, *bench.stops(style))))
-    )
+    settings = replace(settings, stop=tuple(dict.fromkeys((*settings.stop, *bench.stops(style)))))
     prompts = [bench.build_prompt(t, style) for t in tasks]
     out_dir.mkdir(parents=True, exist_ok=True)
     gen = generate_cached(
@@ -366,7 +379,10 @@ def run_benchmark(
     metrics["reused_generations"] = gen.reused
     metrics["wall_s"] = round(time.perf_counter() - started, 2)
     write_json(out_dir / "metrics.json", metrics)
-    _write_manifest(out_dir, bench, split, tasks, prompts, settings, style, backend, scored, metrics, label)
+    count = generation_workers.count if generation_workers is not None else 1
+    _write_manifest(
+        out_dir, bench, split, tasks, prompts, settings, style, backend, scored, metrics, label, count
+    )
     return metrics
 
 
@@ -382,6 +398,7 @@ def _write_manifest(
     scored: Scored,
     metrics: dict[str, Any],
     label: str | None,
+    generation_workers: int,
 ) -> None:
     versions = {}
     for package in ("llama_cpp_python", "torch", "transformers", "pandas", "numpy"):
@@ -405,6 +422,7 @@ def _write_manifest(
             "lora": getattr(backend, "lora_path", None),
         },
         runtime=backend_runtime(backend) if backend is not None else None,
+        generation_workers=generation_workers,
         sandbox={
             **sandbox_manifest(),
             "isolation_used": scored.isolation,
