@@ -129,7 +129,8 @@ def evaluate(
         str | None,
         typer.Option(
             "--benchmark",
-            help="Score a built-in benchmark instead of the prepared split: humaneval, dataframebench.",
+            help="Score a benchmark instead of the prepared split: humaneval, dataframebench[/SPLIT], "
+            "or a JSONL file or folder of your own problems with tests.",
         ),
     ] = None,
 ) -> None:

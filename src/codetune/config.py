@@ -565,8 +565,7 @@ class EvalConfig:
         1,
         help="generation processes on this machine, each with its own copy of the model; prompts go"
         " out in fixed batches and results merge in order, so 1, 2 or 4 workers give the same "
-        "results; generated code still runs only in the sandbox pool of the main process "
-        "(dataframebench: not used)",
+        "results; generated code still runs only in the sandbox pool of the main process",
     )
 
 

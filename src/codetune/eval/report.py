@@ -424,7 +424,7 @@ def _case(tid: str, left: Side, right: Side, short: bool) -> str:
     for (label, row, samples), (_, other, _) in ((left, right), (right, left)):
         ok = task_pass1(row) > task_pass1(other)
         i, v = _pick(row, passed=ok)
-        # DataFrameBench keeps the program as "code", HumanEval the model's part as "completion"
+        # the sanitised code is "completion" (folders written before the one runner: DataFrameBench's "code")
         code = (
             str(samples[i].get("code", samples[i].get("completion", "")))
             if i < len(samples)
