@@ -184,3 +184,23 @@ def test_humaneval_generation_and_execution_log_progress_with_tokens_per_s(
         execute[-1].startswith("humaneval base: execute: done, 3 programs in ") and "passed 3" in execute[-1]
     )
     assert "\x1b" not in err and "\r" not in err
+
+
+def test_split_evaluate_logs_generation_progress_with_tokens_per_s(
+    trained_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dataclasses import replace
+
+    from codetune.eval.evaluate import evaluate
+
+    cfg = replace(
+        trained_run, eval=replace(trained_run.eval, output_dir=str(tmp_path / "eval"), max_examples=4)
+    )
+    evaluate(cfg)
+    err = capsys.readouterr().err
+    for label in ("base", "final"):
+        lines = [ln for ln in err.splitlines() if ln.startswith(f"evaluate {label}: generate: ")]
+        assert lines[0] == f"evaluate {label}: generate: started (4 prompts)"
+        assert lines[-1].startswith(f"evaluate {label}: generate: done, 4 prompts in ")
+        assert lines[-1].endswith(" tok/s")
+    assert "\x1b" not in err and "\r" not in err
