@@ -355,6 +355,27 @@ def test_tasks_per_group_takes_the_first_paraphrases_of_each_problem(tmp_path: P
     assert tasks.sources == [{"spec": "toy/train", "benchmark": "toy", "split": "train", "tasks": 3}]
 
 
+def test_a_task_file_feeds_its_train_tasks_and_holds_out_its_others(tmp_path: Path) -> None:
+    rows = [
+        {"id": "add", "prompt": "Return a plus b.", "tests": "assert f(2, 3) == 5", "split": "train"},
+        {"id": "sub", "prompt": "Return a minus b.", "tests": "assert f(2, 3) == -1", "split": "train"},
+        {"id": "pow", "prompt": "Return a to the power b.", "tests": "assert f(2, 3) == 8"},  # test
+    ]
+    file = tmp_path / "mine.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = load_training_tasks(toy_config(tmp_path, tasks=[str(file)]))
+    assert [t.id for t in got.tasks] == ["add", "sub"]
+    assert got.leak_check["held_out"] == [{"split": f"{file} [test]", "tasks": 1}]
+
+    rows[1]["prompt"] = "Return  a to the power b."  # a train task that is the test task reworded by space
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(CodetuneError, match=rf"held-out {file} \[test\]: sub"):
+        load_training_tasks(toy_config(tmp_path, tasks=[str(file)]))
+    file.write_text(json.dumps(rows[2]) + "\n")  # nothing marked train
+    with pytest.raises(CodetuneError, match=r"selftrain\.tasks\[0\]: .* is the 'test' split.*mark its tasks"):
+        load_training_tasks(toy_config(tmp_path, tasks=[str(file)]))
+
+
 def test_held_out_splits_can_be_named(tmp_path: Path, toy: None) -> None:
     tasks = load_training_tasks(toy_config(tmp_path, held_out=["toy/test", "toy/test"], max_tasks=2))
     assert [t.id for t in tasks.tasks] == ["add", "sub"]

@@ -39,7 +39,7 @@ from rich.console import Console
 
 from codetune import progress
 from codetune.benchmarks import Benchmark, PromptStyle, Task, get_benchmark
-from codetune.benchmarks.base import available, split_spec
+from codetune.benchmarks.base import available, resolve_split, split_spec
 from codetune.config import Config, config_to_dict, save_config
 from codetune.data.records import Example
 from codetune.errors import CodetuneError
@@ -197,44 +197,66 @@ def _open(spec: str, key: str) -> tuple[Benchmark, str | None]:
         raise CodetuneError(f"{key}: {e}") from e
 
 
+def _label(spec: str, bench: Benchmark, split: str) -> str:
+    """How a split is named in messages and the manifest: NAME/SPLIT, or a task file and its split."""
+    return f"{bench.name}/{split}" if bench.name in available() else f"{split_spec(spec)[0]} [{split}]"
+
+
+def _train_split_of(spec: str, key: str) -> tuple[Benchmark, list[Task]]:
+    """The train tasks of one task source; an evaluation split, or a task marked as one, is refused."""
+    bench, split = _open(spec, key)
+    split = split or (TRAIN_SPLIT if TRAIN_SPLIT in bench.splits else bench.splits[0])
+    if split != TRAIN_SPLIT:
+        fix = f"use {bench.name}/train" if bench.name in available() else 'mark its tasks "split": "train"'
+        raise CodetuneError(
+            f"{key}: {spec!r} is the {split!r} split: only train splits may feed self-training "
+            f"(evaluation splits stay unseen); {fix}"
+        )
+    tasks = bench.load(split)
+    for task in tasks:
+        if task.split != TRAIN_SPLIT:
+            raise CodetuneError(
+                f"{key}: task {task.id!r} of {spec} is marked split {task.split!r}; only tasks "
+                "marked split: train may feed self-training"
+            )
+    return bench, tasks
+
+
 def load_training_tasks(cfg: Config) -> TaskSet:
     """The tasks of `selftrain.tasks` (the first `tasks_per_group` of each group, the first `max_tasks`
-    of those), refusing any that is not a train split and
-    any that shares an id or a prompt with a held-out split."""
+    of those), refusing any that is not a train split and any that shares an id, a prompt or a group
+    with a held-out split."""
     s = cfg.selftrain
     if not s.tasks:
         raise CodetuneError("selftrain.tasks is empty: list dataframebench/train or a JSONL file of tasks")
     tasks: list[Task] = []
     benches: dict[str, Benchmark] = {}
-    sources = []
+    sources: list[dict[str, Any]] = []
+    held_out: dict[str, tuple[Benchmark, str]] = {}  # label -> the split's benchmark and name
     for i, spec in enumerate(s.tasks):
         key = f"selftrain.tasks[{i}]"
-        bench, split = _open(spec, key)
-        if split is None and TRAIN_SPLIT in bench.splits:
-            split = TRAIN_SPLIT
-        split = split or bench.splits[0]
-        if split != TRAIN_SPLIT:
-            raise CodetuneError(
-                f"{key}: {spec!r} is the {split!r} split: only train splits may feed self-training "
-                f"(evaluation splits stay unseen); use {bench.name}/train or your own task file"
-            )
-        loaded = bench.load(split)
+        bench, loaded = _train_split_of(spec, key)
         for task in loaded:
-            if task.split != TRAIN_SPLIT:
-                raise CodetuneError(
-                    f"{key}: task {task.id!r} of {spec} is marked split {task.split!r}; only tasks "
-                    "marked split: train may feed self-training"
-                )
             if task.id in benches:
                 raise CodetuneError(f"{key}: task id {task.id!r} also comes from another task source")
             benches[task.id] = bench
         tasks.extend(loaded)
-        sources.append({"spec": spec, "benchmark": bench.name, "split": split, "tasks": len(loaded)})
+        sources.append({"spec": spec, "benchmark": bench.name, "split": TRAIN_SPLIT, "tasks": len(loaded)})
+        held_out.update({_label(spec, bench, sp): (bench, sp) for sp in bench.splits if sp != TRAIN_SPLIT})
     if s.tasks_per_group is not None:
         tasks = _first_per_group(tasks, s.tasks_per_group)
     if s.max_tasks is not None:
         tasks = tasks[: s.max_tasks]
-    leak_check = check_no_leak(tasks, _held_out(cfg, benches))
+    if s.held_out is not None:  # named: these instead of the task sources' evaluation splits
+        held_out = {}
+        for i, spec in enumerate(s.held_out):
+            bench, split = _open(spec, f"selftrain.held_out[{i}]")
+            held_out[_label(spec, bench, split or bench.splits[0])] = (bench, split or bench.splits[0])
+    elif cfg.eval.benchmark:
+        bench, split = _open(cfg.eval.benchmark, "eval.benchmark")
+        split = split or resolve_split(bench, cfg.eval.split)
+        held_out[_label(cfg.eval.benchmark, bench, split)] = (bench, split)
+    leak_check = check_no_leak(tasks, [(label, b.load(sp)) for label, (b, sp) in held_out.items()])
     return TaskSet(tasks, {t.id: benches[t.id] for t in tasks}, sources, leak_check)
 
 
@@ -248,26 +270,6 @@ def _first_per_group(tasks: Sequence[Task], k: int) -> list[Task]:
         seen[group] += 1
         if seen[group] <= k:
             out.append(task)
-    return out
-
-
-def _held_out(cfg: Config, benches: dict[str, Benchmark]) -> list[tuple[str, list[Task]]]:
-    """(spec, tasks) of every held-out split: `selftrain.held_out`, or by default the non-train splits
-    of the registered benchmarks the tasks come from plus `eval.benchmark` at `eval.split`."""
-    specs = cfg.selftrain.held_out
-    if specs is None:
-        specs = []
-        by_name = {b.name: b for b in benches.values()}
-        for name in sorted(set(by_name) & set(available())):  # registered ones, not task files
-            specs += [f"{name}/{sp}" for sp in by_name[name].splits if sp != TRAIN_SPLIT]
-        if cfg.eval.benchmark:
-            name, split = split_spec(cfg.eval.benchmark)
-            registered = name in available()
-            specs.append(f"{name}/{split or cfg.eval.split}" if registered else cfg.eval.benchmark)
-    out = []
-    for i, spec in enumerate(dict.fromkeys(specs)):
-        bench, split = _open(spec, f"selftrain.held_out[{i}]")
-        out.append((spec, bench.load(split or bench.splits[0])))
     return out
 
 
