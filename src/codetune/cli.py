@@ -207,6 +207,71 @@ def generate(
             print(f"{header}\n{c.text}\n")
 
 
+def _generate_options(**values: Any) -> dict[str, Any]:
+    """The `generate` section from the options given (None: not given)."""
+    return {"generate": {k: v for k, v in values.items() if v is not None}}
+
+
+@app.command(context_settings=_EXTRA, epilog=_OVERRIDES + describe_sections("generate", "prompt"))
+def translate(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="Source file to translate (its extension says its language).")],
+    to: Annotated[str, typer.Option("--to", help="Language to translate to: python, javascript, ...")],
+    source: Annotated[
+        str | None, typer.Option("--from", help="Language of FILE, where its extension doesn't say.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Model folder, checkpoint, GGUF file or pack name.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML config for decoding and prompt settings.")
+    ] = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Tokens at most.")] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help="hf or llamacpp.")] = None,
+) -> None:
+    """Translate a source file into another programming language and print the translation."""
+    from codetune.translate import translate as run
+
+    cfg = _config(config, ctx, _generate_options(model=model, max_new_tokens=max_new_tokens, backend=backend))
+    for completion in run(file, to, cfg, source=source):
+        print(completion.text, end="")
+
+
+@app.command(context_settings=_EXTRA, epilog=_OVERRIDES + describe_sections("generate"))
+def complete(
+    ctx: typer.Context,
+    location: Annotated[
+        str, typer.Argument(help="FILE:LINE or FILE:LINE:COL (1-based; no COL: the end of the line).")
+    ],
+    neighbour: Annotated[
+        list[Path] | None,
+        typer.Option("--with", help="A neighbouring file to show the model as context; repeat for several."),
+    ] = None,
+    context_tokens: Annotated[
+        int, typer.Option("--context-tokens", help="Tokens of file context at most (far lines are cut).")
+    ] = 2048,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="A FIM-capable model: folder, GGUF file or pack name.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML config for decoding settings.")
+    ] = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Tokens at most.")] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help="hf or llamacpp.")] = None,
+) -> None:
+    """Fill in code at a place in a file (fill-in-the-middle) and print what goes there."""
+    from codetune.complete import complete as run
+    from codetune.complete import parse_location
+
+    cfg = _config(config, ctx, _generate_options(model=model, max_new_tokens=max_new_tokens, backend=backend))
+    infill = run(parse_location(location), cfg, context_tokens=context_tokens, neighbours=neighbour or ())
+    note = infill.fitted.note()
+    if note:
+        err.print(f"note: {note}", highlight=False, soft_wrap=True)
+    for completion in infill.completions:
+        print(completion.text)
+
+
 @app.command(context_settings=_EXTRA, epilog=_OVERRIDES + describe_sections("serve", "generate"))
 def serve(
     ctx: typer.Context,

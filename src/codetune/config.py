@@ -72,14 +72,15 @@ class SourceConfig:
         "site-packages); a benchmark path is name/split (dataframebench/train; its val and "
         "test splits are refused for training)",
     )
-    kind: Literal["file", "repo", "benchmark", "hf"] = setting(
+    kind: Literal["file", "repo", "benchmark", "hf", "translation"] = setting(
         "file",
         help="file (JSONL/CSV/Parquet of pairs) or repo (a folder or git checkout mined for "
         "documented functions: Python via ast, JavaScript via tree-sitter) or benchmark (a "
         "built-in benchmark split as pairs, with its tests: path dataframebench/train) or hf "
         "(a Hugging Face dataset through the datasets library: a hub name, a local dataset "
         "folder or a save_to_disk folder; the same field mapping as files; needs pip install "
-        "-e '.[hf]')",
+        "-e '.[hf]') or translation (code in source_language -> the same code in language: a file"
+        " with source_field/target_field, or a folder of files paired by name, util.py with util.js)",
     )
     format: Literal["auto", "jsonl", "csv", "parquet"] = setting(
         "auto",
@@ -108,6 +109,12 @@ class SourceConfig:
         "python",
         help="language of the code (python is syntax-checked; others are passed through and reported)",
     )
+    source_language: str = setting(
+        "python",
+        help="translation: the language translated from (language is the one translated to)",
+    )
+    source_field: str = setting("source", help="translation files: the field holding the source code")
+    target_field: str = setting("target", help="translation files: the field holding its translation")
     tests_field: str | None = setting(
         None,
         help="file sources: field holding tests (asserts) that augmented code must pass",

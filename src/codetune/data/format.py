@@ -51,6 +51,19 @@ def translation_instruction(code: str, source: str, target: str, kind: str = "ca
     )
 
 
+def build_example_prompt(
+    nl: str, meta: dict[str, Any], kind: str, prompt: PromptConfig, render_chat: ChatRenderer | None = None
+) -> str:
+    """The prompt of a prepared example: a translation pair (`meta.translation`) prompts a seq2seq model
+    with the task prefix and the source code alone; everything else is `build_prompt(nl)`."""
+    pair = meta.get("translation")
+    if pair is not None and kind == "seq2seq":
+        return translation_instruction(
+            pair["source_code"], pair["source_language"], pair["target_language"], "seq2seq"
+        )
+    return build_prompt(nl, prompt, render_chat)
+
+
 def build_answer(code: str, prompt: PromptConfig) -> str:
     """The text the model is trained to produce (end-of-sequence is added at tokenisation)."""
     return prompt.answer_template.format(code=code)

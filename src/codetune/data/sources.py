@@ -137,6 +137,10 @@ def read_source(src: SourceConfig, skip_bad: bool) -> tuple[list[Example], list[
     line (hf: the index and field), unless `skip_bad` is set, in which case it is returned as a BadRecord
     to be counted and listed in the manifest.
     """
+    if src.kind == "translation":
+        from codetune.data.translation import read_translation_source
+
+        return read_translation_source(src, skip_bad)
     if src.kind == "hf":
         from codetune.data.sources_hf import open_hf_source
 

@@ -20,7 +20,7 @@ from codetune.data.format import (
     IGNORE_INDEX,
     Encoded,
     build_answer,
-    build_prompt,
+    build_example_prompt,
     encode_causal,
     encode_seq2seq,
 )
@@ -55,7 +55,10 @@ def encode_examples(examples: Sequence[Example], cfg: Config, tokenizer: Any, ki
         fim.encode(ex.id, ex.meta["fim"], kind)
         if "fim" in ex.meta
         else encode(
-            ex.id, build_prompt(ex.nl, cfg.prompt, render), build_answer(ex.code, cfg.prompt), tokenizer
+            ex.id,
+            build_example_prompt(ex.nl, ex.meta, kind, cfg.prompt, render),
+            build_answer(ex.code, cfg.prompt),
+            tokenizer,
         )
         for ex in examples
     ]
