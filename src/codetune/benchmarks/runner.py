@@ -377,6 +377,9 @@ def run_benchmark(
         generated_tokens=gen.fresh_tokens,
     )
     metrics["reused_generations"] = gen.reused
+    text_metrics = getattr(bench, "text_metrics", None)  # optional: BLEU/CodeBLEU against references
+    if text_metrics is not None:
+        metrics.update(text_metrics(tasks, [code for _, code, _ in samples]))
     metrics["wall_s"] = round(time.perf_counter() - started, 2)
     write_json(out_dir / "metrics.json", metrics)
     count = generation_workers.count if generation_workers is not None else 1
