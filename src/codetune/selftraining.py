@@ -38,7 +38,7 @@ from typing import Any
 from rich.console import Console
 
 from codetune import progress
-from codetune.benchmarks import Benchmark, PromptStyle, Task, get_benchmark
+from codetune.benchmarks import Benchmark, Task, get_benchmark
 from codetune.benchmarks.base import available, resolve_split, split_spec
 from codetune.config import Config, config_to_dict, save_config
 from codetune.data.records import Example
@@ -415,20 +415,6 @@ def judge_round(
 # --- the real sampler and judge ----------------------------------------------------------------
 
 
-def prompt_style(prompt: Any, backend: Any) -> PromptStyle:
-    """How a model trained with `prompt` (a PromptConfig) is prompted: the same template and chat
-    template that training used, so a kept sample is trained on under the prompt that produced it."""
-    from codetune.data.format import build_prompt
-    from codetune.generation import answer_stops
-
-    return PromptStyle(
-        name="chat" if prompt.style == "chat" else "base",
-        render=lambda text: build_prompt(text, prompt, backend.chat_prompt),
-        chat_prompt=backend.chat_prompt,
-        stops=answer_stops(prompt),
-    )
-
-
 class ModelSampler:
     """Samples from `model` with `generate`'s backend (loaded on first use, so a round whose samples are
     all cached never loads it) at `selftrain.temperature`; code taken from replies by each task's
@@ -442,12 +428,13 @@ class ModelSampler:
         self.backend: Any = None
 
     def __call__(self, tasks: Sequence[Task], n: int, seed: int) -> list[list[Candidate]]:
+        from codetune.benchmarks.runner import prompt_style
         from codetune.generation import load_backend, sampling_settings
 
         g = replace(self.cfg.generate, temperature=self.cfg.selftrain.temperature, n=n, seed=seed)
         if self.backend is None:
             self.backend = load_backend(g, self.model)
-        style = prompt_style(self.prompt, self.backend)
+        style = prompt_style(self.backend.chat_prompt, self.prompt)
         out: list[list[Candidate]] = []
         for bench, run in _runs_by_benchmark(tasks, self.benchmarks):
             settings = sampling_settings(g, (*style.stops, *bench.stops(style)))
@@ -503,10 +490,9 @@ class SandboxJudge:
 
     def _pool(self, bench: Benchmark) -> Any:
         if bench.name not in self.pools:
-            from codetune.eval.sandbox import SandboxPool
+            from codetune.benchmarks.runner import open_pool
 
-            spec = bench.sandbox()
-            self.pools[bench.name] = SandboxPool(self.workers, spec.limits, preload=spec.preload)
+            self.pools[bench.name] = open_pool(bench, self.workers)
             self.isolation[bench.name] = self.pools[bench.name].isolation
         return self.pools[bench.name]
 
