@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed $(VENV)/.installed-*
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(TORCH_INSTALL_$(TORCH_BUILD))
-	$(BIN)/python -m pip install --quiet -e '.[dev,dataframebench,hf,tracking]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,dataframebench,hf,tracking,export]'
 	$(BIN)/python -c "import torch, sys; sys.exit(0 if $(TORCH_CHECK_$(TORCH_BUILD)) else \
 		'TORCH_BUILD=$(TORCH_BUILD): unexpected torch build %s (CUDA %s, GPU usable: %s)' \
 		% (torch.__version__, torch.version.cuda, torch.cuda.is_available()))"
@@ -87,6 +87,7 @@ smoke: install
 # Qwen2.5-Coder-0.5B-shaped LoRA training in bf16 (tokens/s, MFU, against transformers.Trainer), batched
 # generation. Without a CUDA GPU it says so and exits 0; `--device cpu --quick` checks the code paths.
 gpu-check: install
+	$(BIN)/python -m pip install --quiet -e '.[qlora]'  # section f) QLoRA: bitsandbytes
 	$(BIN)/python benchmarks/gpu_check.py --out runs/gpu-check
 
 lint: install
@@ -111,6 +112,8 @@ LLAMACPP_CMAKE_ARGS ?= -DLLAMA_CURL=OFF $(if $(filter amx_int8,$(CPU_FLAGS)),-DG
 llamacpp: install
 	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" $(BIN)/python -m pip install --no-binary=llama-cpp-python \
 		-e '.[llamacpp]'
+	# codetune export --gguf: llama.cpp's converter from the same version's sdist (sha256-checked, ~/.cache)
+	$(BIN)/python -c "from codetune.models.export_gguf import converter_dir; print(converter_dir())"
 
 clean-quickstart:
 	rm -rf runs/quickstart runs/smoke-tiny

@@ -12,6 +12,10 @@
   d) Trainer   the same model, data, LoRA, batch, precision and steps through transformers.Trainer;
                the ratio codetune/Trainer (goal >= 1.0)
   e) generate  greedy generation with codetune's transformers backend, batch 1 against batch N
+  f) qlora     codetune train with train.lora.quantize=4bit (NF4 base through bitsandbytes, LoRA on top)
+               on the same model: the loss must fall, the base's linear layers must be 4-bit, peak GPU
+               memory against plain bf16 LoRA, and the adapter must merge into the full-precision base
+               (on --device cpu: the one clear error it must give instead)
 
 MFU = model FLOPs/s / the peak measured in a). Model FLOPs per token for LoRA = 4 N (forward 2 N, backward
 2 N for the input gradients; frozen weights get no weight gradients, the adapters' own are negligible),
@@ -391,6 +395,72 @@ def check_codetune(plan: Plan, ct: Any, data_dir: Path, model: Path, peak: float
     return {"tokens_per_s": tps, "tokens": tokens, "seconds": seconds, "mfu": mfu, "n_params": n}
 
 
+# --- f) QLoRA: a 4-bit base through bitsandbytes, LoRA adapters on top ----------------------------
+
+
+def check_qlora(plan: Plan, ct: Any, data_dir: Path, model: Path) -> dict[str, Any]:
+    """train.lora.quantize=4bit through codetune train, then the same steps as plain LoRA: loss, peak
+    memory, the 4-bit layers seen in the model train() built, and the adapter merged for inference."""
+    steps = 6 if plan.quick else 30
+    lora4 = {**LORA, "quantize": "4bit"}
+    raw = codetune_raw(plan, data_dir, plan.out / "qlora", steps, lr=LR, lora=lora4, warmup_ratio=0.0)
+    raw["model"] = {"name": str(model), "attn_implementation": attention(plan)}
+    if plan.device != "cuda":
+        from codetune.errors import CodetuneError
+
+        try:
+            run_train(ct, raw)
+        except CodetuneError as e:
+            print(f"f) qlora     on {plan.device}: {e}")
+            return {"cpu_error": str(e)}
+        raise AssertionError("train.lora.quantize=4bit on a CPU did not stop with a CodetuneError")
+    import codetune.models.loading as loading
+
+    four_bit: list[int] = []
+    original = loading.load_pretrained
+
+    def counting(*args: Any, **kwargs: Any) -> Any:  # count bitsandbytes' 4-bit layers as train() loads
+        loaded = original(*args, **kwargs)
+        four_bit.append(sum(type(m).__name__ == "Linear4bit" for m in loaded.modules()))
+        return loaded
+
+    peaks, losses = {}, {}
+    for name, settings in (("qlora", lora4), ("lora", LORA)):
+        raw["train"]["lora"] = settings
+        raw["train"]["output_dir"] = str(plan.out / name)
+        torch.cuda.reset_peak_memory_stats()
+        loading.load_pretrained = counting if name == "qlora" else original
+        try:
+            out = run_train(ct, raw)
+        finally:
+            loading.load_pretrained = original
+        peaks[name] = torch.cuda.max_memory_allocated() / 2**30
+        losses[name] = [r["loss"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
+    q = losses["qlora"]
+    first, last = sum(q[:3]) / 3, sum(q[-3:]) / 3
+    merged, tok, _, _ = loading.load_for_inference(str(plan.out / "qlora" / "final"))
+    merged_ok = all(p.dtype == torch.float32 for p in merged.parameters()) and not any(
+        type(m).__name__ == "Linear4bit" for m in merged.modules()
+    )
+    print(
+        f"f) qlora     {len(q)} steps, LoRA r={LORA['r']} on a 4-bit NF4 base ({four_bit[0] if four_bit else 0} "
+        f"Linear4bit layers): loss {q[0]:.3f} -> {q[-1]:.3f} (first 3 {first:.3f}, last 3 {last:.3f}); "
+        f"plain bf16 LoRA {losses['lora'][0]:.3f} -> {losses['lora'][-1]:.3f}; peak GPU memory "
+        f"{peaks['qlora']:.2f} GiB vs {peaks['lora']:.2f} GiB; adapter merges into the fp32 base: {merged_ok}"
+    )
+    if not four_bit or four_bit[0] == 0:
+        raise AssertionError("train.lora.quantize=4bit: the model train() loaded has no 4-bit layers")
+    if not last < first:
+        raise AssertionError(f"QLoRA: the loss did not fall ({first:.3f} -> {last:.3f})")
+    if not merged_ok:
+        raise AssertionError("the QLoRA adapter did not merge into a full-precision model")
+    return {
+        "steps": len(q), "linear4bit_layers": four_bit[0], "first_loss": q[0], "last_loss": q[-1],
+        "lora_first_loss": losses["lora"][0], "lora_last_loss": losses["lora"][-1],
+        "peak_gib": peaks["qlora"], "lora_peak_gib": peaks["lora"], "merged_fp32": merged_ok,
+    }  # fmt: skip
+
+
 # --- d) the same through transformers.Trainer ---------------------------------------------------
 
 
@@ -653,6 +723,7 @@ def main() -> int:
             summary["sections"]["codetune_vs_trainer"] = ratio
             print(f"   codetune/Trainer tokens/s: {ratio:.2f}x (goal >= 1.0)")
         section("generate", lambda: check_generation(plan, model["path"], rows), needs_codetune=True)
+        section("qlora", lambda: check_qlora(plan, ct, data, model["path"]), needs_codetune=True)
 
     summary["seconds"] = time.perf_counter() - started
     (plan.out / "summary.json").write_text(
@@ -685,6 +756,11 @@ def print_summary(summary: dict[str, Any], plan: Plan) -> None:
         (
             f"generate tokens/s, batch {plan.gen_batch}",
             f"{fig(gen, ',.0f')} ({fig('generate.speedup', '.1f')}x)",
+        ),
+        (
+            "QLoRA loss, first -> last",
+            f"{fig('qlora.first_loss', '.3f')} -> {fig('qlora.last_loss', '.3f')}   peak "
+            f"{fig('qlora.peak_gib', '.2f')} GiB (bf16 LoRA {fig('qlora.lora_peak_gib', '.2f')} GiB)",
         ),
     ]
     quick = ", QUICK" if plan.quick else ""

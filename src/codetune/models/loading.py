@@ -101,13 +101,16 @@ def load_pretrained(
     trust_remote_code: bool = False,
     dtype: torch.dtype = torch.float32,
     attn_implementation: str | None = None,
+    quantization: dict[str, Any] | None = None,
 ) -> Any:
     """Weights loaded straight into `dtype`. `attn_implementation` sdpa falls back to eager (with a
-    note) for a model that has no SDPA path; flash_attention_2 or eager asked for explicitly must work."""
+    note) for a model that has no SDPA path; flash_attention_2 or eager asked for explicitly must work.
+    `quantization`: from_pretrained's quantization_config and device_map (`qlora_load_options`)."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     cls = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
     kwargs: dict[str, Any] = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    kwargs.update(quantization or {})
     try:
         try:
             return cls.from_pretrained(
@@ -120,7 +123,11 @@ def load_pretrained(
                 ) from e
             warnings.warn(f"model {source!r} has no SDPA attention; using eager attention", stacklevel=2)
             return cls.from_pretrained(
-                source, revision=revision, dtype=dtype, trust_remote_code=trust_remote_code
+                source,
+                revision=revision,
+                dtype=dtype,
+                trust_remote_code=trust_remote_code,
+                **(quantization or {}),
             )
     except OSError as e:
         raise CodetuneError(f"model {source!r}: cannot load weights ({str(e).splitlines()[0]})") from e
@@ -183,14 +190,19 @@ def load_for_training(
     texts: list[str],
     dtype: torch.dtype = torch.float32,
     attn_implementation: str | None = None,
+    lora: LoraSettings | None = None,
+    device: str = "cpu",
 ) -> tuple[Any, Any, Kind, str]:
     """Model, tokenizer, kind and a reference to the base (name/folder; "" for presets, saved later).
 
-    A pretrained model's weights load straight into `dtype`; presets are built in fp32.
+    A pretrained model's weights load straight into `dtype`; presets are built in fp32. With
+    `lora.quantize` 4bit (QLoRA) they load in 4-bit NF4 on `device` instead, `dtype` the compute dtype.
 
     Presets train their tokenizer on `texts`. `encoder-decoder:<encoder>` warm-starts a seq2seq model
     from an encoder-only one (its random cross-attention makes it a new base, saved like a preset).
     """
+    quantize = lora.quantize if lora is not None else "none"
+    check_quantize(lora, cfg.name, device)  # before any model loads
     quiet_transformers()
     if cfg.name.startswith(WARM_START_PREFIX):
         if cfg.kind == "causal":
@@ -209,11 +221,56 @@ def load_for_training(
         return build_tiny_model(cfg.name, tok, cfg.tiny, cfg.dropout), tok, preset_kind, ""
     source = resolve_source(cfg.name)
     kind: Kind = _auto_kind(source, cfg.revision, cfg.trust_remote_code) if cfg.kind == "auto" else cfg.kind
-    model = load_pretrained(source, kind, cfg.revision, cfg.trust_remote_code, dtype, attn_implementation)
+    quantization = qlora_load_options(dtype, device) if quantize == "4bit" else None
+    model = load_pretrained(
+        source, kind, cfg.revision, cfg.trust_remote_code, dtype, attn_implementation, quantization
+    )
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        # norms and the output head in fp32 for stable training; the loop sets checkpointing itself
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if cfg.dropout is not None:
         _set_dropout(model, cfg.dropout)
     tok = load_tokenizer(source, cfg.revision, cfg.trust_remote_code)
     return model, tok, kind, source
+
+
+def check_quantize(lora: LoraSettings | None, model_name: str, device: str) -> None:
+    """train.lora.quantize=4bit needs LoRA on, a pretrained model, a CUDA device and bitsandbytes;
+    a clear error for each, before anything loads."""
+    if lora is None or lora.quantize == "none":
+        return
+    key = f"train.lora.quantize={lora.quantize}"
+    if not lora.enabled:
+        raise CodetuneError(f"{key}: QLoRA trains LoRA adapters on a 4-bit base; set train.lora.enabled=true")
+    if model_name in TINY_PRESETS or model_name.startswith(WARM_START_PREFIX):
+        raise CodetuneError(
+            f"{key}: model.name={model_name!r} is built here, not loaded; QLoRA needs a pretrained model"
+        )
+    if not device.startswith("cuda"):
+        raise CodetuneError(
+            f"{key} needs a CUDA GPU (bitsandbytes' 4-bit weights); this run is on {device}: "
+            "set train.lora.quantize=none (plain LoRA) or run on a GPU"
+        )
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise CodetuneError(f"{key} needs bitsandbytes: pip install 'codetune[qlora]'")
+
+
+def qlora_load_options(compute_dtype: torch.dtype, device: str) -> dict[str, Any]:
+    """from_pretrained options for a QLoRA base: NF4 weights with double quantization (the QLoRA paper's
+    recipe), matmuls in `compute_dtype`, every weight on this process's `device`."""
+    from transformers import BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+    return {"quantization_config": config, "device_map": {"": device}}
 
 
 @contextlib.contextmanager

@@ -285,7 +285,9 @@ def _prepare_model(
         model = load_pretrained(str(base_dir), kind, dtype=dtype, attn_implementation=attn)
         return model, load_tokenizer(str(base_dir)), kind, str(base_dir)
     texts = [ex.nl for ex in train_ex] + [ex.code for ex in train_ex] + [cfg.prompt.template]
-    model, tok, kind, base_ref = load_for_training(cfg.model, texts, dtype, attn)
+    model, tok, kind, base_ref = load_for_training(
+        cfg.model, texts, dtype, attn, cfg.train.lora, str(accelerator.device)
+    )
     if base_ref == "":  # a preset: keep the initial model so "before" can be evaluated and resume reloads it
         if accelerator.is_main_process:
             model.save_pretrained(str(base_dir))
