@@ -293,6 +293,11 @@ def test_a_rerun_neither_samples_nor_judges_nor_trains_again(tmp_path: Path, toy
         {k: v for k, v in r.items() if k not in drop} for r in before
     ]
 
+    # other settings keep other samples: the round trained on the old ones is not silently reused
+    with pytest.raises(CodetuneError, match=r"round-1/train was trained on other samples"):
+        selftrain(toy_config(tmp_path, rounds=1, m=1), sampler_for=again.sampler_for, judge=again.judge)
+    assert again.sampled == [] and again.judged == []
+
 
 def test_an_interrupted_round_continues_from_its_cached_samples_and_verdicts(
     tmp_path: Path, toy: None

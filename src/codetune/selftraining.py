@@ -665,18 +665,20 @@ def _write_split(
 def _train_round(cfg: Config, data_dir: Path, train_dir: Path, console: Console) -> str:
     """`train` from `model.name` on this round's split (continuing its checkpoints; a finished round
     is not trained again). Returns the model the next round samples from."""
-    done = train_dir / "manifest.json"
-    if done.is_file() and (train_dir / "final").is_dir():
-        trained_on = json.loads(done.read_text(encoding="utf-8"))["data"]["train_sha256"]
-        if trained_on != sha256_file(data_dir / "train.jsonl"):
-            raise CodetuneError(
-                f"{train_dir} was trained on other samples than {data_dir}/train.jsonl holds now (the "
-                "selftrain settings changed?); delete it or choose another selftrain.output_dir"
-            )
+    data_sha = sha256_file(data_dir / "train.jsonl")
+    marker = train_dir / "selftrain-data.sha256"  # what the checkpoints here were trained on
+    if marker.is_file() and marker.read_text(encoding="utf-8").strip() != data_sha:
+        raise CodetuneError(
+            f"{train_dir} was trained on other samples than {data_dir}/train.jsonl holds now (the "
+            "selftrain settings changed?); delete it or choose another selftrain.output_dir"
+        )
+    if (train_dir / "manifest.json").is_file() and (train_dir / "final").is_dir():
         console.print(f"  {train_dir} is already trained: reused")
     else:
         from codetune.training.loop import train
 
+        train_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(data_sha + "\n", encoding="utf-8")
         train_cfg = replace(cfg.train, output_dir=str(train_dir), data_dir=str(data_dir), resume=True)
         train(replace(cfg, train=train_cfg), console)
     best = train_dir / "best"
