@@ -24,7 +24,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -35,6 +34,7 @@ from typing import Any
 from codetune import progress
 from codetune.config import PromptConfig
 from codetune.errors import CodetuneError
+from codetune.manifest import atomic_folder
 
 LLAMACPP_VERSION = "0.3.36"
 SDIST_NAME = f"llama_cpp_python-{LLAMACPP_VERSION}.tar.gz"
@@ -86,21 +86,18 @@ def _extract_converter(sdist: Path, folder: Path) -> None:
             f"{sdist}: sha256 {digest} is not the pinned llama-cpp-python {LLAMACPP_VERSION} sdist's "
             f"({SDIST_SHA256}); remove it and let codetune fetch it again"
         )
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with tarfile.open(sdist) as tar:
-        members = []
-        for m in tar.getmembers():
-            rel = m.name[len(_VENDOR) :] if m.name.startswith(_VENDOR) else None
-            if rel and any(rel == w or rel.startswith(w) for w in _WANTED) and (m.isfile() or m.isdir()):
-                m.name = rel
-                members.append(m)
-        tar.extractall(tmp, members=members, filter="data")
-    if not (tmp / CONVERTER).is_file():
-        raise CodetuneError(f"{sdist}: has no vendor/llama.cpp/{CONVERTER}")
-    (tmp / "sdist.sha256").write_text(digest + "\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    with atomic_folder(folder) as tmp:
+        with tarfile.open(sdist) as tar:
+            members = []
+            for m in tar.getmembers():
+                rel = m.name[len(_VENDOR) :] if m.name.startswith(_VENDOR) else None
+                if rel and any(rel == w or rel.startswith(w) for w in _WANTED) and (m.isfile() or m.isdir()):
+                    m.name = rel
+                    members.append(m)
+            tar.extractall(tmp, members=members, filter="data")
+        if not (tmp / CONVERTER).is_file():
+            raise CodetuneError(f"{sdist}: has no vendor/llama.cpp/{CONVERTER}")
+        (tmp / "sdist.sha256").write_text(digest + "\n")
 
 
 def convert_hf_to_gguf(

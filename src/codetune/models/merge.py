@@ -9,7 +9,6 @@ and README.md.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 
 from codetune.config import PromptConfig
 from codetune.errors import CodetuneError
+from codetune.manifest import atomic_folder
 from codetune.models.loading import load_for_inference, prompt_config_of, write_meta
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -41,28 +41,23 @@ def merge_model(folder: Path, out: Path, dtype: str = "float32") -> Path:
     prompt = prompt_config_of(meta, fallback)
     if kind == "causal" and not getattr(tok, "chat_template", None) and prompt.style == "plain":
         tok.chat_template = plain_chat_template(prompt)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.to(DTYPES[dtype]).save_pretrained(str(tmp))
-    tok.save_pretrained(str(tmp))
-    write_meta(
-        tmp,
-        format="full",
-        kind=kind,
-        base_model="",
-        prompt=_prompt_dict(prompt),
-        lora=None,
-        merged_from={
-            "folder": str(folder),
-            "format": meta.get("format", "full"),
-            "base": meta.get("base_model"),
-        },
-    )
-    (tmp / "README.md").write_text(model_card(out.name, kind, prompt, meta), encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_folder(out) as tmp:
+        model.to(DTYPES[dtype]).save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        write_meta(
+            tmp,
+            format="full",
+            kind=kind,
+            base_model="",
+            prompt=_prompt_dict(prompt),
+            lora=None,
+            merged_from={
+                "folder": str(folder),
+                "format": meta.get("format", "full"),
+                "base": meta.get("base_model"),
+            },
+        )
+        (tmp / "README.md").write_text(model_card(out.name, kind, prompt, meta), encoding="utf-8")
     return out
 
 

@@ -8,7 +8,6 @@ naming its base), so `codetune generate --model runs/x/checkpoints/step-000100` 
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from codetune.manifest import atomic_folder
 from codetune.models.loading import TRAINABLE_FILE, load_trainable, write_meta
 
 STATE_FILE = "state.json"
@@ -64,30 +64,24 @@ def save_checkpoint(
     state: dict[str, Any],
     meta: dict[str, Any],
 ) -> Path:
-    """Write a checkpoint atomically: into `folder.tmp`, then rename."""
+    """Write a checkpoint atomically (`atomic_folder`)."""
     from safetensors.torch import save_file
 
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file(weights, str(tmp / TRAINABLE_FILE))
-    if optim is not None:
-        torch.save(optim, tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    rng = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
-    }
-    torch.save(rng, tmp / "rng.pt")
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-    tokenizer.save_pretrained(str(tmp))
-    write_meta(tmp, **meta)
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    with atomic_folder(folder) as tmp:
+        save_file(weights, str(tmp / TRAINABLE_FILE))
+        if optim is not None:
+            torch.save(optim, tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        rng = {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        }
+        torch.save(rng, tmp / "rng.pt")
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+        tokenizer.save_pretrained(str(tmp))
+        write_meta(tmp, **meta)
     return folder
 
 

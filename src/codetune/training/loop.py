@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -28,7 +27,7 @@ from codetune.data.format import IGNORE_INDEX, Encoded, LengthAudit, audit_lengt
 from codetune.data.records import Example
 from codetune.devices import Runtime, attention_implementation, resolve_runtime
 from codetune.errors import CodetuneError
-from codetune.manifest import read_jsonl, sha256_file, write_json, write_manifest
+from codetune.manifest import atomic_folder, read_jsonl, sha256_file, write_json, write_manifest
 from codetune.models.loading import (
     Kind,
     apply_lora,
@@ -302,15 +301,10 @@ def export_model(
     model: Any, tokenizer: Any, folder: Path, meta: dict[str, Any], state_dict: dict[str, Any] | None = None
 ) -> None:
     """A loadable model folder: full weights (or a LoRA adapter), tokenizer, codetune.json."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(str(tmp), **({"state_dict": state_dict} if state_dict is not None else {}))
-    tokenizer.save_pretrained(str(tmp))
-    write_meta(tmp, **meta)
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    with atomic_folder(folder) as tmp:
+        model.save_pretrained(str(tmp), **({"state_dict": state_dict} if state_dict is not None else {}))
+        tokenizer.save_pretrained(str(tmp))
+        write_meta(tmp, **meta)
 
 
 def _export(accelerator: Any, model: Any, tokenizer: Any, folder: Path, meta: dict[str, Any]) -> None:
