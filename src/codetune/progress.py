@@ -212,7 +212,8 @@ class Task:
         pct = 100.0 * self.done / self.total if self.total else -1.0
         step = _settings.every_percent
         crossed = self.total and pct >= self._last_line_pct + step and self.done < self.total
-        if crossed or now - self._last_line_t >= _every_s():
+        finished = self.total is not None and self.done >= self.total  # the final line says it
+        if crossed or (now - self._last_line_t >= _every_s() and not finished):
             self._last_line_t = now
             if self.total:
                 self._last_line_pct = pct - (pct % step)
