@@ -121,6 +121,7 @@ def test_every_key_of_every_section_has_help() -> None:
     [
         (["--train.select_by=pass@1"], ["train.select_by=pass@1", "train.eval_benchmark"]),
         (["--train.eval_tasks=5"], ["train.eval_tasks", "train.eval_benchmark"]),
+        (["--train.lora.quantize=4bit"], ["train.lora.quantize=4bit", "train.lora.enabled=true"]),
         (["--train.eval_backend=llamacpp"], ["train.eval_backend=llamacpp", "train.lora.enabled"]),
         (["--data.split_by=date"], ["data.split_by=date", "data.split_date"]),
         (["--data.split_date=last spring"], ["data.split_date 'last spring' is not an ISO date"]),

@@ -875,6 +875,8 @@ def _data_rules(d: DataConfig) -> Iterator[str]:
 def _train_rules(t: TrainConfig) -> Iterator[str]:
     if t.select_by == "pass@1" and not t.eval_benchmark:
         yield "train.select_by=pass@1 needs train.eval_benchmark (e.g. dataframebench/val), which scores it"
+    if t.lora.quantize != "none" and not t.lora.enabled:
+        yield f"train.lora.quantize={t.lora.quantize} (QLoRA) trains LoRA adapters on a 4-bit base: set train.lora.enabled=true"
     if t.eval_tasks is not None and not t.eval_benchmark:
         yield "train.eval_tasks is set but train.eval_benchmark is not; set both or neither"
     if t.eval_backend == "llamacpp" and not t.lora.enabled:

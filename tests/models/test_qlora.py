@@ -47,7 +47,6 @@ def test_qlora_on_cpu_stops_train_before_any_model_loads(
 @pytest.mark.parametrize(
     ("lora", "name", "device", "message"),
     [
-        (LoraSettings(enabled=False, quantize="4bit"), "some/model", "cuda:0", "set train.lora.enabled=true"),
         (LoraSettings(enabled=True, quantize="4bit"), "tiny", "cuda:0", "needs a pretrained model"),
         (LoraSettings(enabled=True, quantize="4bit"), "some/model", "cpu", "needs a CUDA GPU"),
     ],
@@ -69,6 +68,9 @@ def test_qlora_loads_nf4_with_double_quantization_on_the_process_device() -> Non
 
 
 def test_quantize_key_takes_none_or_4bit_only() -> None:
-    assert load_config(None, ["--train.lora.quantize=4bit"]).train.lora.quantize == "4bit"
+    assert (
+        load_config(None, ["--train.lora.quantize=4bit", "--train.lora.enabled=true"]).train.lora.quantize
+        == "4bit"
+    )
     with pytest.raises(CodetuneError, match=r"train\.lora\.quantize"):
         load_config(None, ["--train.lora.quantize=8bit"])

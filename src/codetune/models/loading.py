@@ -241,9 +241,7 @@ def check_quantize(lora: LoraSettings | None, model_name: str, device: str) -> N
     a clear error for each, before anything loads."""
     if lora is None or lora.quantize == "none":
         return
-    key = f"train.lora.quantize={lora.quantize}"
-    if not lora.enabled:
-        raise CodetuneError(f"{key}: QLoRA trains LoRA adapters on a 4-bit base; set train.lora.enabled=true")
+    key = f"train.lora.quantize={lora.quantize}"  # without train.lora.enabled: refused at load (config.validate)
     if model_name in TINY_PRESETS or model_name.startswith(WARM_START_PREFIX):
         raise CodetuneError(
             f"{key}: model.name={model_name!r} is built here, not loaded; QLoRA needs a pretrained model"
