@@ -119,3 +119,27 @@ def test_a_dataset_dict_split_and_a_folder_of_data_files(tmp_path: Path, monkeyp
 
     with pytest.raises(CodetuneError, match=r"no column code_field 'code'.*columns: task_id, prompt"):
         prepare(_hf_config(tmp_path / "d", folder, hf_split="validation", code_field="code"))
+
+
+def test_a_hub_name_that_cannot_be_loaded_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+    # offline, the hub path fails inside datasets.load_dataset; the error names the source and what to do
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    with pytest.raises(CodetuneError, match=r"'no-such-user/no-such-dataset' \(hub dataset \(needs network"):
+        prepare(_hf_config(tmp_path, "no-such-user/no-such-dataset"))
+
+
+@pytest.mark.slow
+def test_a_hub_dataset(tmp_path: Path) -> None:
+    """Needs network access to the Hugging Face hub: HumanEval's 164 problems as NL/code pairs."""
+    cfg = _hf_config(
+        tmp_path,
+        "openai/openai_humaneval",
+        hf_split="test",
+        code_field="canonical_solution",
+        group_field=None,
+        tests_field="test",
+    )
+    cfg.data.decontamination.eval_sets = []
+    m = json.loads((prepare(cfg) / "manifest.json").read_text())
+    assert m["inputs"][0]["rows"] == 164 and m["inputs"][0]["loader"] == "load_dataset"
