@@ -45,9 +45,9 @@ def _chat(template: str) -> Any:
     from transformers.utils.chat_template_utils import render_jinja_template
 
     def render(messages: list[dict[str, str]]) -> str:
-        out, _ = render_jinja_template(
+        out = render_jinja_template(
             conversations=[messages], chat_template=template, add_generation_prompt=True
-        )
+        )[0]
         return str(out[0])
 
     return render

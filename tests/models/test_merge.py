@@ -89,11 +89,11 @@ def test_plain_chat_template_renders_the_plain_prompt_with_literal_braces() -> N
     from transformers.utils.chat_template_utils import render_jinja_template
 
     prompt = PromptConfig(template="# {{task}} it's\\n:\n{nl}\n'''\n")
-    rendered, _ = render_jinja_template(
+    rendered = render_jinja_template(
         conversations=[[{"role": "system", "content": "x"}, {"role": "user", "content": "Add a and b."}]],
         chat_template=plain_chat_template(prompt),
         add_generation_prompt=True,
-    )
+    )[0]
     assert rendered[0] == build_prompt("Add a and b.", prompt)
     with pytest.raises(CodetuneError, match="no {nl}"):
         plain_chat_template(PromptConfig(template="no placeholder"))

@@ -219,9 +219,9 @@ def ollama_template(
     system = {"role": "system", "content": SYS}
 
     def render(messages: list[dict[str, str]], generation: bool) -> str:
-        rendered, _ = render_jinja_template(
+        rendered = render_jinja_template(
             conversations=[messages], chat_template=chat_template, add_generation_prompt=generation
-        )
+        )[0]  # (rendered conversations, generation indices)
         return str(rendered[0])
 
     with_system = render([system, user], True)

@@ -18,6 +18,7 @@ def push(repo: str, folders: list[Path], files: list[Path], private: bool = Fals
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalTokenNotFoundError
 
     api = HfApi()
+    unreachable: tuple[type[BaseException], ...] = (*_transport_errors(), OSError)
     try:
         with progress.task(
             f"export: upload to {repo}", total=len(folders) + len(files), unit="uploads"
@@ -43,18 +44,18 @@ def push(repo: str, folders: list[Path], files: list[Path], private: bool = Fals
         raise CodetuneError(f"--push-to-hub {repo}: not a repository name (owner/name): {e}") from e
     except HfHubHTTPError as e:
         raise CodetuneError(f"--push-to-hub {repo}: the hub refused: {str(e).splitlines()[0]}") from e
-    except (*_transport_errors(), OSError) as e:
+    except unreachable as e:
         raise CodetuneError(
             f"--push-to-hub {repo}: cannot reach the hub ({e}); no hub access from here?"
         ) from e
     return str(url)
 
 
-def _transport_errors() -> tuple[type[Exception], ...]:
+def _transport_errors() -> tuple[type[BaseException], ...]:
     """The HTTP client's connection errors: huggingface_hub 2.x uses httpx2, 1.x httpx."""
     import importlib
 
-    errors = []
+    errors: list[type[BaseException]] = []
     for name in ("httpx2", "httpx"):
         try:
             errors.append(importlib.import_module(name).TransportError)
