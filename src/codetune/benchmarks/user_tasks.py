@@ -133,7 +133,7 @@ def read_task_file(path: Path, default_split: str = "test") -> tuple[list[Task],
 class UserTasks:
     """Problems with tests from a JSONL file or a folder of per-split JSONL files."""
 
-    ks: tuple[int, ...] = (1, 5, 10)
+    ks: tuple[int, ...] = (1, 2, 5, 10)
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)

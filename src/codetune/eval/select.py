@@ -63,6 +63,8 @@ def visible_checks(prompt: str, entry_point: str) -> tuple[str, str]:
         asserts.append(f"assert ({ex.source.strip()}) == {want}")
     if asserts:
         return "examples", "\n".join(asserts) + "\n"
+    if not entry_point:  # a task that names no function: the module runs
+        return "smoke", "pass\n"
     return "smoke", SMOKE_TEMPLATE.format(entry=entry_point)
 
 
