@@ -6,9 +6,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from codetune import progress
 from codetune.config import SourceConfig
@@ -75,11 +76,15 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
     csv.DictReader's line_num did, so ids made from it are unchanged).
     """
     with open(path, "rb") as f:
-        raw_lines = f.read().splitlines(keepends=True)
+        yield from _csv_records(path, _Lines(f))
+
+
+def _csv_records(path: Path, lines: _Lines) -> Iterator[tuple[int, dict[str, Any] | str]]:
     header: list[str] | None = None
-    i, n = 0, len(raw_lines)
-    while i < n:
-        text, end, problem = _csv_record(raw_lines, i)
+    i = 0
+    while lines.get(i) is not None:
+        lines.forget_before(i)
+        text, end, problem = _csv_record(lines, i)
         if problem is None and not text.strip():
             i = end  # blank line: not a record (as csv.DictReader)
             continue
@@ -111,22 +116,45 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
         i = end
 
 
-def _csv_record(raw_lines: list[bytes], start: int) -> tuple[str, int, str | None]:
+class _Lines:
+    """A file's physical lines by 0-based index, read as far as asked and kept from the current record
+    on, so reading can go back to the line after a bad record without holding the whole file."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.first, self.kept = f, 0, deque[bytes]()
+
+    def get(self, j: int) -> bytes | None:
+        while j >= self.first + len(self.kept):
+            line = self.f.readline()
+            if not line:
+                return None
+            self.kept.append(line)
+        return self.kept[j - self.first]
+
+    def forget_before(self, i: int) -> None:
+        while self.first < i and self.kept:
+            self.kept.popleft()
+            self.first += 1
+
+
+def _csv_record(lines: _Lines, start: int) -> tuple[str, int, str | None]:
     """The text of the CSV record starting at line index `start`, the index after its last line, and
     what is wrong with it (None: nothing)."""
     parts: list[str] = []
     quotes = 0
-    for j in range(start, len(raw_lines)):
+    j = start
+    while (raw := lines.get(j)) is not None:
+        j += 1
         try:
-            line = raw_lines[j].decode("utf-8")
+            line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            where = f" (line {j + 1})" if j > start else ""
-            return "", j + 1, f"not valid UTF-8 at byte {e.start}{where}; re-encode the file as UTF-8"
+            where = f" (line {j})" if j > start + 1 else ""
+            return "", j, f"not valid UTF-8 at byte {e.start}{where}; re-encode the file as UTF-8"
         parts.append(line)
         quotes += line.count('"')
         if quotes % 2 == 0:  # "" inside a quoted field counts twice, so the parity says open or closed
-            return "".join(parts), j + 1, None
-    return "", len(raw_lines), "bad CSV: a quote opened here is never closed"
+            return "".join(parts), j, None
+    return "", j, "bad CSV: a quote opened here is never closed"
 
 
 def read_source(src: SourceConfig, skip_bad: bool) -> tuple[list[Example], list[BadRecord], dict[str, Any]]:
