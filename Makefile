@@ -54,12 +54,15 @@ quickstart: install
 		"Return the number of lines in a text file." "Return True if the string is a valid Python identifier."
 
 # DataFrameBench recipe (configs/dataframebench-qwen0.5b-lora.yaml, ~2-3 h on 2 CPU cores, needs
-# `make llamacpp`): base pass@1 on the 100 test tasks, LoRA on the train split with pass@1 on val
-# during training, tuned pass@1 (best checkpoint), base+tuned sample-then-filter, then
-# runs/dfb/eval/report.html. Re-running resumes: generations and checkpoints already made are reused.
+# `make llamacpp`): the train split's references as a versioned JSONL (recipes/dataframebench_train.py),
+# base pass@1 on the 100 test tasks, LoRA on the train split with pass@1 on val during training, tuned
+# pass@1 (best checkpoint), base+tuned sample-then-filter, then runs/dfb/eval/report.html. Re-running
+# resumes: generations and checkpoints already made are reused.
 DFB := configs/dataframebench-qwen0.5b-lora.yaml
+DFB_TRAIN := runs/dfb/recipe/dataframebench-train-v1.jsonl
 dataframebench: install
 	$(BIN)/codetune models fetch $(QUICKSTART_MODEL)
+	$(BIN)/python recipes/dataframebench_train.py --one-function-only --keep-starter --out $(DFB_TRAIN)
 	$(BIN)/codetune prepare $(DFB)
 	$(BIN)/codetune evaluate $(DFB) -m base=$(QUICKSTART_MODEL) --eval.report=false
 	$(BIN)/codetune train $(DFB) --resume
