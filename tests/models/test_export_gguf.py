@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from codetune.config import LoraSettings, PromptConfig
+from codetune.config import Config, LoraSettings, PromptConfig
 from codetune.data.format import build_prompt
 from codetune.errors import CodetuneError
 from codetune.models import export_gguf as eg
@@ -213,3 +213,67 @@ def test_q4_k_m_is_written_by_llamacpps_quantizer(tmp_path: Path) -> None:
     assert int(reader.fields["general.file_type"].parts[-1][0]) == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
     assert sorted(p.name for p in out.parent.iterdir()) == ["Modelfile", "tiny.gguf"]
     shutil.rmtree(tmp_path / "q")
+
+
+def test_a_tokenizer_llamacpp_does_not_know_is_one_clear_error(trained_run: Config, tmp_path: Path) -> None:
+    """The `tiny` preset's BPE, trained on the spot, has no pre-tokenizer llama.cpp knows: the converter's
+    refusal comes back as a CodetuneError, and nothing is left behind."""
+    _converter_or_skip()
+    with pytest.raises(CodetuneError, match="llama.cpp does not know this model's tokenizer"):
+        eg.export_gguf(Path(trained_run.train.output_dir) / "final", tmp_path / "out" / "m.gguf", "f16")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_smollm2_lora_to_gguf_f16_gives_transformers_greedy_tokens(tmp_path: Path) -> None:
+    """A real small model: a LoRA on SmolLM2-135M-Instruct (the pack), exported to f16 GGUF, decodes in
+    llama.cpp the greedy tokens transformers decodes with the adapter, from the chat prompt's token ids.
+    (benchmarks/gguf_agreement.py measures 20 prompts, and q4_k_m.)"""
+    _converter_or_skip()
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (`make llamacpp`)")
+    from transformers import AutoModelForCausalLM
+
+    from codetune.models.pack import default_cache_dir
+    from codetune.training.batches import chat_renderer
+
+    hf = default_cache_dir() / "models" / "smollm2-135m" / "hf"
+    if not (hf / "config.json").is_file():
+        pytest.skip("smollm2-135m is not in the cache (`codetune models fetch smollm2-135m`)")
+    lora = LoraSettings(enabled=True, r=8, alpha=16)
+    peft_model = apply_lora(AutoModelForCausalLM.from_pretrained(str(hf)), lora, "causal")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(str(adapter))
+    prompt = PromptConfig(style="chat", template="{nl}")
+    write_meta(adapter, **meta_for("causal", prompt, "lora", str(hf), lora))
+    peft_model.eval()
+    out = eg.export_gguf(adapter, tmp_path / "smol-f16.gguf", "f16")
+    assert "<|im_start|>user\n{{ .Prompt }}<|im_end|>" in (tmp_path / "Modelfile").read_text()
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(hf))
+    llm = llama_cpp.Llama(str(out), n_ctx=512, n_threads=2, logits_all=True, verbose=False)
+    try:
+        for desc in ["Reverse a string.", "Check whether a number is prime.", "Flatten a list of lists."]:
+            ids = tok(build_prompt(desc, prompt, chat_renderer(tok)), add_special_tokens=False)["input_ids"]
+            tokens, past = list(ids), None
+            with torch.no_grad():
+                step = peft_model(torch.tensor([tokens]), use_cache=True)
+                for _ in range(16):
+                    tokens.append(int(step.logits[0, -1].argmax()))
+                    past = step.past_key_values
+                    step = peft_model(torch.tensor([tokens[-1:]]), past_key_values=past, use_cache=True)
+            llm.reset()
+            llm.eval(ids)
+            cpp: list[int] = []
+            for _ in range(16):
+                cpp.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+                llm.eval(cpp[-1:])
+            assert cpp == tokens[len(ids) :], desc
+    finally:
+        llm.close()
