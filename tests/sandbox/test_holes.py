@@ -1,0 +1,248 @@
+"""The holes of issue 21, each closed: host Unix sockets, forged passes, no fd limit, root in the fallback;
+and JavaScript samples under the same isolation, limits and verdicts."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+from codetune.errors import CodetuneError
+from codetune.sandbox import Limits, SandboxPool
+
+FAST = Limits(timeout_s=3.0, memory_mb=512)
+ADD_ONE = "def add_one(x):\n    return x + 1\n"
+CHECK_ADD_ONE = "def check(candidate):\n    assert candidate(1) == 2\n\ncheck(add_one)\n"
+FAILING_TESTCASE = (
+    "import unittest\nclass T(unittest.TestCase):\n    def test_it(self):\n        self.assertEqual(1, 2)\n"
+)
+# the runner's globals, found the way a program could: up the stack from its own frame
+FIND_RUNNER = (
+    "import sys, types\n"
+    "frame = sys._getframe()\n"
+    "while not any(name in frame.f_globals for name in ('_run_python', '_run_sample')):\n"
+    "    frame = frame.f_back\n"
+    "runner = frame.f_globals\n"
+)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with SandboxPool(workers=2, limits=FAST) as sandbox:
+        yield sandbox
+
+
+def bwrap_only(pool: SandboxPool) -> None:
+    if not pool.isolation.startswith("bubblewrap"):
+        pytest.skip(f"needs bubblewrap; this machine: {pool.isolation}")
+
+
+# --- host Unix sockets ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("directory", ["/dev/shm", "/run", "/tmp"])
+def test_a_sample_cannot_reach_a_host_unix_socket(pool: SandboxPool, directory: str) -> None:
+    bwrap_only(pool)
+    path = f"{directory}/codetune-test-{uuid.uuid4().hex}.sock"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(path)
+        try:
+            server.listen()
+            program = f"import socket\nsocket.socket(socket.AF_UNIX).connect({path!r})\n"
+            verdict = pool.run(program, "pass")
+            assert (verdict.status, verdict.error_type) == ("error", "FileNotFoundError"), verdict
+            server.settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                server.accept()  # nobody got through
+        finally:
+            os.unlink(path)
+
+
+def test_a_sample_cannot_reach_a_host_abstract_socket(pool: SandboxPool) -> None:
+    bwrap_only(pool)
+    name = f"\0codetune-test-{uuid.uuid4().hex}"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(name)
+        server.listen()
+        verdict = pool.run(f"import socket\nsocket.socket(socket.AF_UNIX).connect({name!r})\n", "pass")
+        assert (verdict.status, verdict.error_type) == ("error", "ConnectionRefusedError"), verdict
+
+
+def test_the_sample_sees_fresh_dev_shm_run_and_tmp(pool: SandboxPool) -> None:
+    bwrap_only(pool)
+    program = "import os\nseen = {d: os.listdir(d) for d in ('/dev/shm', '/run', '/var/run')}\n"
+    verdict = pool.run(program, "assert seen == {'/dev/shm': [], '/run': [], '/var/run': []}, seen")
+    assert verdict.passed, verdict
+
+
+# --- forged passes -------------------------------------------------------------------------------
+
+ALWAYS_EQUAL = "class Anything:\n    def __eq__(self, other):\n        return True\n    __hash__ = None\n"
+FORGERIES = {
+    "assertEqual code swapped": (
+        "import unittest\n"
+        "unittest.TestCase.assertEqual.__code__ = (lambda self, first, second, msg=None: None).__code__\n",
+        FAILING_TESTCASE,
+    ),
+    "wasSuccessful code swapped": (
+        "import unittest\nunittest.TestResult.wasSuccessful.__code__ = (lambda self: True).__code__\n"
+        "unittest.TestResult.addFailure.__code__ = (lambda self, test, err: None).__code__\n",
+        FAILING_TESTCASE,
+    ),
+    "the runner's own functions swapped": (
+        FIND_RUNNER + "for value in list(runner.values()):\n"
+        "    if type(value) is types.FunctionType and value.__name__ in ('_classify', '_explain', '_run_test_cases'):\n"
+        "        value.__code__ = (lambda *a, **k: ('passed', None, '')).__code__\n",
+        "assert 1 == 2",
+    ),
+    "always-equal result": (ALWAYS_EQUAL + "def add_one(x):\n    return Anything()\n", CHECK_ADD_ONE),
+    "always-equal int subclass": (
+        "class Int(int):\n    def __eq__(self, other):\n        return True\n    __hash__ = int.__hash__\n"
+        "def add_one(x):\n    return Int(0)\n",
+        CHECK_ADD_ONE,
+    ),
+    "always-equal inside a list": (ALWAYS_EQUAL + "def add_one(x):\n    return [Anything()]\n", "assert add_one(1) == [2]"),
+    "a thread that keeps patching": (
+        "import math, threading\n"
+        "def patch():\n    while True:\n        math.isclose = lambda *a, **k: True\n"
+        "threading.Thread(target=patch, daemon=True).start()\n",
+        "import math, time\ntime.sleep(0.05)\nassert math.isclose(1.0, 2.0)",
+    ),
+    "patched while the tests call it": (
+        "def add_one(x):\n    import unittest\n    unittest.TestCase.assertEqual = lambda *a, **k: None\n    return x + 2\n",
+        "import unittest\nclass T(unittest.TestCase):\n    def test_a(self):\n        add_one(1)\n"
+        "    def test_b(self):\n        self.assertEqual(add_one(1), 2)\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("attack", list(FORGERIES))
+def test_a_forged_pass_is_not_a_pass(pool: SandboxPool, attack: str) -> None:
+    program, tests = FORGERIES[attack]
+    verdict = pool.run(program, tests)
+    assert verdict.status in ("failed", "error"), verdict
+
+
+def test_honest_programs_still_pass_beside_the_guards(pool: SandboxPool) -> None:
+    # a result of a class that appeared after the worker's snapshot (fractions: not preloaded here) is
+    # refused: its module must be preloaded
+    refused = pool.run("import fractions\ndef half(x):\n    return fractions.Fraction(x, 2)\n", "half(1)")
+    assert (refused.status, refused.error_type) == ("error", "TypeError") and "preload" in refused.detail
+    with SandboxPool(workers=1, limits=FAST, preload=["fractions"]) as preloaded:
+        assert preloaded.run(*FRACTIONS).passed
+    program = (
+        "import math, collections, fractions\n"
+        "Point = collections.namedtuple('Point', 'x y')\n"
+        "def mid(a, b):\n    return (a + b) / 2\n"
+        "def gen(n):\n    return (i * i for i in range(n))\n"
+    )
+    tests = (
+        "import math\nassert math.isclose(mid(1, 2), 1.5)\n"
+        "assert list(gen(3)) == [0, 1, 4]\nassert Point(1, 2).x == 1\n"
+    )
+    verdict = pool.run(program, tests)
+    assert verdict.passed, verdict
+
+
+FRACTIONS = ("import fractions\ndef half(x):\n    return fractions.Fraction(x, 2)\n", "assert half(1) == fractions.Fraction(1, 2)")
+
+
+# --- the fd limit --------------------------------------------------------------------------------
+
+
+def test_a_sample_cannot_hold_thousands_of_open_files(pool: SandboxPool) -> None:
+    program = "import os\nfds = [os.open('/dev/null', os.O_RDONLY) for _ in range(20_000)]\n"
+    verdict = pool.run(program, "pass")
+    assert (verdict.status, verdict.error_type) == ("error", "OSError"), verdict
+    assert "Too many open files" in verdict.detail
+    limit = "import resource\nlimit = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+    assert pool.run(limit, "assert limit == (256, 256), limit").passed
+    assert pool.run(limit, "assert limit == (64, 64), limit", Limits(open_files=64)).passed
+
+
+# --- the rlimit-only fallback --------------------------------------------------------------------
+
+
+def test_without_bubblewrap_the_pool_falls_back_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CODETUNE_BWRAP", "/nonexistent/bwrap")  # as on a machine without bubblewrap
+    with pytest.warns(RuntimeWarning, match="SANDBOX: bubblewrap is not installed"):
+        fallback = SandboxPool(workers=1, limits=FAST)
+    with fallback:
+        assert fallback.isolation.startswith("rlimits only"), fallback.isolation
+        assert fallback.run(ADD_ONE, CHECK_ADD_ONE).passed
+        assert fallback.run(ADD_ONE, "assert add_one(1) == 3").status == "failed"
+    with pytest.raises(CodetuneError, match="bwrap was asked for"):
+        SandboxPool(workers=1, isolation="bwrap")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the fallback's root case")
+def test_the_fallback_as_root_runs_samples_unprivileged() -> None:
+    victim = Path(__file__).resolve().parent / f"codetune-{uuid.uuid4().hex}.txt"  # in the checkout
+    with SandboxPool(workers=1, limits=FAST, isolation="rlimits") as fallback:
+        assert "unprivileged uid" in fallback.isolation, fallback.isolation
+        program = (
+            "import os\n"
+            "def attempt(action):\n    try:\n        action()\n        return True\n    except OSError:\n        return False\n"
+            "wrote_etc = attempt(lambda: open('/etc/codetune-sandbox-test', 'w'))\n"
+            f"wrote_checkout = attempt(lambda: open({str(victim)!r}, 'w'))\n"
+            f"signalled_worker = attempt(lambda: os.kill({fallback.worker_pids[0]}, 0))\n"
+            "uid = os.getuid()\n"
+        )
+        tests = "assert uid != 0 and not (wrote_etc or wrote_checkout or signalled_worker), (uid, wrote_etc, wrote_checkout)"
+        verdict = fallback.run(program, tests)
+    assert verdict.passed, verdict
+    assert not victim.exists() and not Path("/etc/codetune-sandbox-test").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the fallback's root case")
+def test_running_samples_as_root_needs_the_explicit_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    with SandboxPool(workers=1, limits=FAST, isolation="rlimits", unsafe_isolation=True) as unsafe:
+        assert "as root (unsafe isolation allowed)" in unsafe.isolation
+        assert unsafe.run("import os\nuid = os.getuid()\n", "assert uid == 0").passed
+    monkeypatch.setenv("CODETUNE_UNSAFE_ISOLATION", "1")
+    with SandboxPool(workers=1, limits=FAST, isolation="rlimits") as unsafe:
+        assert "as root" in unsafe.isolation
+
+
+# --- JavaScript ----------------------------------------------------------------------------------
+
+JS_ADD = "function addOne(x) {\n  return x + 1;\n}\n"
+JS_CHECK = "const assert = require('node:assert');\nassert.deepEqual(addOne(1), 2);\nconsole.log('checked');\n"
+
+
+@pytest.mark.parametrize(
+    ("program", "tests", "status", "error_type"),
+    [
+        (JS_ADD, JS_CHECK, "passed", None),
+        ("function addOne(x) { return x + 2; }", JS_CHECK, "failed", "AssertionError"),
+        ("function addOne(x) { return x.y.z; }", JS_CHECK, "error", "TypeError"),
+        ("function addOne(x) {", JS_CHECK, "error", "SyntaxError"),
+        ("process.exit(0);", "throw new Error('the tests never ran');", "error", None),
+        ("const assert = require('assert'); assert.deepEqual = () => {};\n" + JS_ADD, "const assert = require('node:assert');\nassert.deepEqual(addOne(1), 3);", "failed", "AssertionError"),
+        ("require('fs').writeSync(3, 'passed\\n'); process.exit(0);", "", "error", None),
+    ],
+)
+def test_javascript_samples_get_the_same_verdicts(
+    pool: SandboxPool, program: str, tests: str, status: str, error_type: str | None
+) -> None:
+    verdict = pool.run(program, tests, language="javascript")
+    assert (verdict.status, verdict.error_type) == (status, error_type), verdict
+    if status == "passed":
+        assert verdict.stdout_tail == "checked\n" and verdict.exit_code == 0
+
+
+def test_javascript_samples_get_the_same_limits_and_isolation(pool: SandboxPool) -> None:
+    loop = pool.run("while (true) {}", "", Limits(timeout_s=1.0), language="javascript")
+    assert loop.status == "timeout"
+    hog = pool.run("const a = []; while (true) a.push(new Array(1e6).fill(1));", "", Limits(timeout_s=20.0, memory_mb=512), language="javascript")
+    assert hog.status == "memory", hog
+    files = "const fs = require('fs'); const fds = []; for (let i = 0; i < 20000; i++) fds.push(fs.openSync('/dev/null', 'r'));"
+    assert pool.run(files, "", language="javascript").status == "error"
+    if pool.isolation.startswith("bubblewrap"):
+        seen = "const seen = require('fs').readdirSync('/dev/shm').length + require('os').userInfo().uid;"
+        verdict = pool.run(seen, "require('node:assert').strictEqual(seen, 65534);", language="javascript")
+        assert verdict.passed, verdict
+    assert pool.map([(JS_ADD, JS_CHECK)] * 3, language="javascript")[2].passed
