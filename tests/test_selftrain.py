@@ -101,7 +101,7 @@ class Toy:
         return Program(code, task.tests)
 
     def sandbox(self) -> SandboxSpec:
-        from codetune.eval.sandbox import Limits
+        from codetune.sandbox import Limits
 
         return SandboxSpec(Limits(timeout_s=5.0))
 

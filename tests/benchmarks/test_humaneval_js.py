@@ -20,7 +20,7 @@ from codetune.benchmarks.humaneval_js import (
     parse_source,
 )
 from codetune.errors import CodetuneError
-from codetune.eval.sandbox import Limits, SandboxPool
+from codetune.sandbox import Limits, SandboxPool
 
 NODE = shutil.which("node")
 needs_node = pytest.mark.skipif(NODE is None, reason="Node.js is not installed")

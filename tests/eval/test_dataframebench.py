@@ -17,7 +17,7 @@ from codetune.benchmarks import dataframebench as dfb
 from codetune.benchmarks.runner import score_codes
 from codetune.config import load_config
 from codetune.errors import CodetuneError
-from codetune.eval.sandbox import run_tests
+from codetune.sandbox import run_tests
 from codetune.manifest import read_jsonl, sha256_file, write_jsonl
 
 

@@ -32,7 +32,7 @@ from codetune.benchmarks.base import Program, PromptStyle, SandboxSpec
 from codetune.benchmarks.humaneval import sanitize_chat
 from codetune.benchmarks.task import Task
 from codetune.errors import CodetuneError
-from codetune.eval.sandbox import Limits
+from codetune.sandbox import Limits
 from codetune.manifest import sha256_file
 
 VERSION = "0.1.1"

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from codetune.benchmarks.base import Program, PromptStyle, SandboxSpec
 from codetune.benchmarks.task import Task
 from codetune.errors import CodetuneError
-from codetune.eval.sandbox import Limits
+from codetune.sandbox import Limits
 from codetune.manifest import sha256_file
 from codetune.models.backends.base import cut_at_stop
 from codetune.pyparse import parse_python

@@ -26,7 +26,7 @@ from codetune.benchmarks.humaneval import extract_code_block, load_problems, san
 from codetune.benchmarks.task import Task
 from codetune.data.format import LANGUAGE_NAMES, translation_instruction
 from codetune.errors import CodetuneError
-from codetune.eval.sandbox import Limits
+from codetune.sandbox import Limits
 from codetune.manifest import sha256_file
 from codetune.models.backends.base import cut_at_stop
 

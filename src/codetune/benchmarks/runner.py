@@ -31,7 +31,7 @@ from codetune.config import PromptConfig
 from codetune.data.format import build_prompt
 from codetune.errors import CodetuneError
 from codetune.eval.passk import available_ks, bootstrap_ci, pass_at_k, pass_at_k_report
-from codetune.eval.sandbox import Limits, SandboxPool, Verdict, calibrated_limits, sandbox_manifest
+from codetune.sandbox import Limits, SandboxPool, Verdict, calibrated_limits, sandbox_manifest
 from codetune.generation import (
     GenerationWorkers,
     answer_stops,

@@ -29,7 +29,7 @@ from codetune.benchmarks.base import Program, PromptStyle, SandboxSpec
 from codetune.benchmarks.humaneval import sanitize_chat
 from codetune.benchmarks.task import Task
 from codetune.errors import CodetuneError
-from codetune.eval.sandbox import Limits
+from codetune.sandbox import Limits
 from codetune.manifest import sha256_file
 
 DEFAULT_LIMITS = Limits(timeout_s=10.0, memory_mb=1024)

@@ -191,7 +191,7 @@ def augment_train(
 
 def _sandbox_runner(jobs: list[tuple[str, str]]) -> list[bool]:
     """Run (program, tests) pairs in codetune's sandbox, the one place that executes code."""
-    from codetune.eval.sandbox import Limits, SandboxPool
+    from codetune.sandbox import Limits, SandboxPool
 
     with SandboxPool(limits=Limits(timeout_s=10.0, memory_mb=1024)) as pool:
         return [v.passed for v in pool.map(jobs)]

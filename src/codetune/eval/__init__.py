@@ -1,15 +1,4 @@
-"""Evaluation: metrics, benchmarks, sandboxed execution, reports."""
+"""Evaluation: metrics, reports and the evaluate stage (`codetune.eval.evaluate.evaluate`).
 
-from __future__ import annotations
-
-from typing import Any
-
-__all__ = ["evaluate"]
-
-
-def __getattr__(name: str) -> Any:  # lazy: importing codetune.eval.sandbox must stay light
-    if name == "evaluate":
-        from codetune.eval.evaluate import evaluate
-
-        return evaluate
-    raise AttributeError(name)
+Generated code runs in `codetune.sandbox`, never here.
+"""
