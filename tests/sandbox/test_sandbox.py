@@ -59,7 +59,9 @@ def leftovers(pool: SandboxPool, marker: str | None = None) -> list[str]:
     for entry in os.listdir("/proc"):
         try:
             status = Path(f"/proc/{entry}/status").read_text() if entry.isdigit() else ""
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cmdline = (
+                Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            )
         except OSError:
             continue  # gone meanwhile
         if status:
@@ -455,7 +457,10 @@ FAILING_TESTCASE = (
         ("import unittest\nunittest.TestResult.wasSuccessful = lambda self: True\n", FAILING_TESTCASE),
         (FIND_RUNNER + "runner['_explain'] = lambda *a: (None, 'passed')\n", ASSERT_FALSE),
         (FIND_RUNNER + "runner['_run_test_cases'] = lambda ns: ('passed', None, '')\n", FAILING_TESTCASE),
-        (FIND_RUNNER + "runner['_restore'] = lambda *a, **k: None\n", "import math\nassert math.isclose(1, 2)"),
+        (
+            FIND_RUNNER + "runner['_restore'] = lambda *a, **k: None\n",
+            "import math\nassert math.isclose(1, 2)",
+        ),
         (
             "import json\nold = json.dumps\njson.dumps = lambda d, **k: old({**d, 'status': 'passed'}, **k)\n",
             ASSERT_FALSE,
@@ -528,7 +533,10 @@ def test_queued_jobs_keep_their_own_network_setting() -> None:
             verdicts = solo.map(jobs, [offline, online, offline, offline])
             listener.accept()[0].close()
         assert verdicts[0].passed and verdicts[1].passed and verdicts[3].passed, verdicts
-        assert (verdicts[2].status, verdicts[2].error_type) == ("error", "ConnectionRefusedError"), verdicts[2]
+        offline_again = verdicts[2]
+        assert (offline_again.status, offline_again.error_type) == ("error", "ConnectionRefusedError"), (
+            offline_again
+        )
         assert leftovers(solo) == []
 
 

@@ -194,7 +194,7 @@ class SandboxPool:
 
         `limits` is one `Limits` for all jobs, or one per job (e.g. from `calibrated_limits`).
         """
-        per_job = [limits or self.limits] * len(jobs) if limits is None or isinstance(limits, Limits) else limits
+        per_job = [limits or self.limits] * len(jobs) if not isinstance(limits, Sequence) else list(limits)
         if len(per_job) != len(jobs):
             raise CodetuneError(f"SandboxPool.map: {len(jobs)} jobs but {len(per_job)} limits")
         count = sum(worker is not self._net for worker in self._workers)
@@ -267,7 +267,7 @@ def _bwrap_command(binary: str, network: bool) -> list[str]:
 
 
 def _python_paths() -> list[str]:
-    paths = {sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix, *sys.path, str(_WORKER_FILE.parent)}
+    paths = {sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix, *sys.path}
     real = {os.path.realpath(path) for path in paths if path and os.path.isdir(path)}
     return sorted(p for p in real if not any(p.startswith(q + "/") for q in real))
 
@@ -277,7 +277,8 @@ class _Worker:
 
     def __init__(self, preload: tuple[str, ...], mode: str, unsafe: bool, network: bool = False) -> None:
         self.preload, self.mode, self.unsafe, self.network = preload, mode, unsafe, network
-        self.isolation, self.cgroup, self.pids_max = "", None, 0
+        self.isolation, self.pids_max = "", 0
+        self.cgroup: str | None = None
         self._start()
 
     def _start(self) -> None:
@@ -353,7 +354,8 @@ class _Worker:
         self.kill()
 
     def kill(self) -> None:
-        if self.proc.poll() is None:  # its session: bwrap, the worker and (by parent-death signal) its samples
+        # its session: bwrap, the worker and (by parent-death signal) the samples
+        if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
@@ -432,7 +434,9 @@ def isolation_level() -> str:
     return _probed_isolation()
 
 
-def calibrate_timeout(reference_seconds: Sequence[float], factor: float = 10.0, floor_s: float = 2.0) -> float:
+def calibrate_timeout(
+    reference_seconds: Sequence[float], factor: float = 10.0, floor_s: float = 2.0
+) -> float:
     """A timeout of `factor` times the slowest reference run, and never less than `floor_s`.
 
     The references are run times of a known-good (canonical) solution measured on this machine, so

@@ -30,8 +30,18 @@ import time
 import types
 from typing import Any, NoReturn
 
-_PRELOAD = ("unittest", "math", "re", "collections", "itertools", "functools", "string", "heapq", "typing")
-_PRELOAD += ("traceback", "linecache")
+_PRELOAD = (
+    "unittest",
+    "math",
+    "re",
+    "collections",
+    "itertools",
+    "functools",
+    "string",
+    "heapq",
+    "typing",
+    "traceback",
+)
 _MEMORY_HINTS = ("MemoryError", "Cannot allocate memory", "out of memory", "bad_alloc", "heap out of memory")
 _FALLBACK_UID_BASE = 1_000_000_000  # keep in step with pool.FALLBACK_UID_BASE
 _HEAPTYPE = 1 << 9
@@ -76,11 +86,10 @@ class _Context:
 def main(config_json: str) -> None:
     """Preload, snapshot, install the audit hook, say hello, then serve jobs until EOF."""
     config = json.loads(config_json)
-    vars(sys.modules["__main__"]).pop("m", None)  # the bootstrap's name for this module: not reachable by name
+    vars(sys.modules["__main__"]).pop("m", None)  # the bootstrap's name for this module
     here = os.stat(__file__)
     if config["stamp"] != f"{here.st_size}:{here.st_mtime_ns}":
-        message = f"{__file__} changed after the evaluator loaded it (edited or upgraded?): restart the evaluation"
-        return _send({"error": message})
+        return _send({"error": f"{__file__} changed after the evaluator loaded it (edited?): restart"})
     sys.dont_write_bytecode = True
     os.environ.pop("PWD", None)  # set by bubblewrap; samples get exactly the evaluator's allow-list
     context = _Context(config)
@@ -120,9 +129,9 @@ def _describe(context: _Context) -> str:
 
 def _audit(event: str, args: tuple[Any, ...], function: type = types.FunctionType) -> None:
     """Refuse to swap a function's code or defaults: the runner's and unittest's functions stay theirs."""
-    if event in ("object.__setattr__", "object.__delattr__") and len(args) > 1:
-        if args[1] in ("__code__", "__defaults__", "__kwdefaults__") and type(args[0]) is function:
-            raise PermissionError(f"sandbox: changing a function's {args[1]} is not allowed")
+    protected = ("__code__", "__defaults__", "__kwdefaults__")
+    if event.startswith("object.__") and len(args) > 1 and type(args[0]) is function and args[1] in protected:
+        raise PermissionError(f"sandbox: changing a function's {args[1]} is not allowed")
 
 
 # --- the snapshot: taken in the worker, restored in the sample between program and tests ---------------
@@ -271,14 +280,16 @@ def _prepare_tests(program_ns: dict[str, Any], tests_ns: dict[str, Any]) -> None
 
 def _run_test_cases(namespace: dict[str, Any]) -> tuple[str, str | None, str]:
     """Run the unittest.TestCase classes the tests defined, if any; errors outrank failures."""
-    classes = [v for v in list(namespace.values()) if isinstance(v, type) and v.__module__ == "__sandbox_tests__"]
+    classes = [
+        v for v in list(namespace.values()) if isinstance(v, type) and v.__module__ == namespace["__name__"]
+    ]
     unittest = _import("unittest") if classes else None  # restoring unittest costs time: only when used
     cases = [cls for cls in classes if unittest is not None and issubclass(cls, unittest.TestCase)]
     if unittest is None or not cases:
         return ("passed", None, "")
     problems: list[tuple[str, str | None, str]] = []
 
-    class Outcome(unittest.TestResult):
+    class Outcome(unittest.TestResult):  # type: ignore[name-defined]
         def addError(self, test: Any, err: Any) -> None:
             problems.append(_note("error", test, err))
             super().addError(test, err)
@@ -470,8 +481,9 @@ def _decide(
 ) -> dict[str, Any]:
     """The verdict, from the exit status and the last record that carries this sample's nonce."""
     stdout, stderr, result = texts
-    record = next((ln.split("\t", 4) for ln in reversed(result.splitlines()) if ln.startswith(nonce + "\t")), None)
-    setup = next((ln[6:] for ln in result.splitlines() if ln.startswith("setup\t")), None)
+    lines = result.splitlines()
+    record = next((line.split("\t", 4) for line in reversed(lines) if line.startswith(nonce + "\t")), None)
+    setup = next((line[6:] for line in lines if line.startswith("setup\t")), None)
     exit_code = os.WEXITSTATUS(raw) if os.WIFEXITED(raw) else None
     sig = os.WTERMSIG(raw) if os.WIFSIGNALED(raw) else None
     cpu_limit = max(1, -int(-(limits["timeout_s"] if limits["cpu_s"] is None else limits["cpu_s"]) // 1))
@@ -491,7 +503,8 @@ def _decide(
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
         verdict |= {"status": "memory" if memory else "killed", "detail": f"killed by {name}"}
     else:
-        verdict |= {"status": "error", "detail": f"the sample exited (code {exit_code}) before the tests completed"}
+        detail = f"the sample exited (code {exit_code}) before the tests completed"
+        verdict |= {"status": "error", "detail": detail}
     return verdict | {"stdout_tail": stdout, "stderr_tail": stderr, "exit_code": exit_code, "signal": sig}
 
 
@@ -577,8 +590,15 @@ def _run_python(program: str, tests: str, nonce: str) -> NoReturn:
 
     Everything used after the program ran is bound to a local first: the program may rebind globals.
     """
-    write, exit_now, getpid, clock, run, build = os.write, os._exit, os.getpid, time.perf_counter, exec, compile
-    is_instance, assertion, memory_error, restore_own = isinstance, AssertionError, MemoryError, _restore_own
+    write, exit_now, getpid, clock, run, build = (
+        os.write,
+        os._exit,
+        os.getpid,
+        time.perf_counter,
+        exec,
+        compile,
+    )
+    is_instance, assertion, no_memory, restore_own = isinstance, AssertionError, MemoryError, _restore_own
     prepare, run_cases, explain, flush = _prepare_tests, _run_test_cases, _explain, _flush
     me = getpid()
     program_ns = _module_namespace("__sandbox__", "<program>", program)
@@ -595,7 +615,9 @@ def _run_python(program: str, tests: str, nonce: str) -> NoReturn:
         restore_own()
         status, error_type, detail = run_cases(tests_ns)
     except BaseException as exc:
-        status = "failed" if is_instance(exc, assertion) else "memory" if is_instance(exc, memory_error) else "error"
+        status = (
+            "failed" if is_instance(exc, assertion) else "memory" if is_instance(exc, no_memory) else "error"
+        )
         if status == "memory":
             exc = None  # type: ignore[assignment]  # drop the frames, to have memory to report with
             program_ns.clear()
