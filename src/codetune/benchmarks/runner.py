@@ -31,7 +31,6 @@ from codetune.config import PromptConfig
 from codetune.data.format import build_prompt
 from codetune.errors import CodetuneError
 from codetune.eval.passk import available_ks, bootstrap_ci, pass_at_k, pass_at_k_report
-from codetune.sandbox import Limits, SandboxPool, Verdict, calibrated_limits, sandbox_manifest
 from codetune.generation import (
     GenerationWorkers,
     answer_stops,
@@ -43,6 +42,7 @@ from codetune.generation import (
 from codetune.manifest import sha256_file, write_json, write_jsonl, write_manifest
 from codetune.models.backends.base import Backend, Completion, SamplingSettings
 from codetune.progress import task as progress_task
+from codetune.sandbox import Limits, SandboxPool, Verdict, calibrated_limits, sandbox_manifest
 
 Progress = Callable[[int, int], None]
 
@@ -223,10 +223,14 @@ def score_codes(
     if not tasks or len(codes) % len(tasks):
         raise CodetuneError(f"score_codes: {len(codes)} samples for {len(tasks)} tasks")
     n = len(codes) // len(tasks)
+    languages = sorted({t.language for t in tasks})  # the sandbox runs one language per call
+    if len(languages) > 1:
+        raise CodetuneError(f"{bench.name}: tasks in several languages ({', '.join(languages)}); split them")
     jobs = [bench.assemble(tasks[i // n], code) for i, code in enumerate(codes)]
     with open_pool(bench, workers) as pool:
         per_task = list(limits) if limits is not None else task_limits(pool, bench, tasks)
-        verdicts = pool.map(jobs, [lim for lim in per_task for _ in range(n)])  # type: ignore[arg-type]
+        per_job = [lim for lim in per_task for _ in range(n)]
+        verdicts = pool.map(jobs, per_job, language=languages[0])  # type: ignore[arg-type]
         return Scored(verdicts, per_task, pool.isolation)
 
 
