@@ -130,7 +130,8 @@ def evaluate(
         typer.Option(
             "--benchmark",
             help="Score a benchmark instead of the prepared split: humaneval, dataframebench[/SPLIT], "
-            "or a JSONL file or folder of your own problems with tests.",
+            "humaneval-py2js, humaneval-js2py (translation), or a JSONL file or folder of your own "
+            "problems with tests.",
         ),
     ] = None,
 ) -> None:
