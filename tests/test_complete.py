@@ -145,3 +145,20 @@ def test_complete_cuts_context_and_leaves_out_neighbours_that_do_not_fit(tmp_pat
     assert infill.fitted.left_out == [str(helper)]
     assert "left out neighbouring file(s)" in (infill.fitted.note() or "")
     assert "x24 = 24" in infill.prompt and "x0 = 0" not in infill.prompt
+
+
+def test_cli_names_a_place_outside_the_file_without_loading_a_model(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "add.py"
+    path.write_text(CODE, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "codetune", "complete", f"{path}:9:1", "-m", "no-such-model"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "line 9 is outside the file (6 lines" in done.stderr
+    assert "Traceback" not in done.stderr
