@@ -69,7 +69,7 @@ def test_the_shipped_example_references_pass_and_wrong_answers_fail() -> None:
     assert len(tasks) == 8 and all(t.reference and t.entry_point for t in tasks)
     wrong = [f"def {t.entry_point}(*args):\n    return None\n" for t in tasks]
     scored = score_codes(
-        bench, tasks, [c for t, w in zip(tasks, wrong, strict=True) for c in (t.reference, w)]
+        bench, tasks, [c for t, w in zip(tasks, wrong, strict=True) for c in (t.reference or "", w)]
     )
     assert [v.status for v in scored.verdicts] == ["passed", "failed"] * 8, [
         v.detail for v in scored.verdicts

@@ -17,8 +17,8 @@ from codetune.benchmarks import dataframebench as dfb
 from codetune.benchmarks.runner import score_codes
 from codetune.config import load_config
 from codetune.errors import CodetuneError
-from codetune.sandbox import run_tests
 from codetune.manifest import read_jsonl, sha256_file, write_jsonl
+from codetune.sandbox import run_tests
 
 
 def _load_recipe() -> Any:
@@ -365,10 +365,9 @@ def test_inlining_renames_instead_of_alias_lines_where_exact(
 def test_references_and_targets_pass_their_tests_in_the_sandbox(fake_wheel: Path) -> None:
     tasks = dfb.load_tasks("test")
     wrong = "def task_func(records, column='x'):\n    return 1.0\n"
-    target = recipe.training_target(tasks[0].reference)
-    scored = score_codes(
-        dfb.DataFrameBench(), tasks, [tasks[0].reference, target, tasks[1].reference, wrong], workers=1
-    )
+    first, second = tasks[0].reference or "", tasks[1].reference or ""
+    target = recipe.training_target(first)
+    scored = score_codes(dfb.DataFrameBench(), tasks, [first, target, second, wrong], workers=1)
     verdicts = scored.verdicts
     assert [v.status for v in verdicts] == ["passed", "passed", "passed", "failed"], [
         v.detail for v in verdicts
