@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from codetune import progress
 from codetune.config import PromptConfig
 from codetune.errors import CodetuneError
 from codetune.manifest import atomic_folder
@@ -33,31 +34,36 @@ def merge_model(folder: Path, out: Path, dtype: str = "float32") -> Path:
         )
     if out.resolve() == folder.resolve():
         raise CodetuneError(f"{out}: the merged model must go to a new folder, not over {folder}")
-    model, tok, kind, meta = load_for_inference(str(folder))
-    # a model codetune didn't train (no codetune.json) is prompted through its own chat template if any
-    fallback = (
-        PromptConfig(style="chat", template="{nl}") if getattr(tok, "chat_template", None) else PromptConfig()
-    )
-    prompt = prompt_config_of(meta, fallback)
-    if kind == "causal" and not getattr(tok, "chat_template", None) and prompt.style == "plain":
-        tok.chat_template = plain_chat_template(prompt)
-    with atomic_folder(out) as tmp:
-        model.to(DTYPES[dtype]).save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
-        write_meta(
-            tmp,
-            format="full",
-            kind=kind,
-            base_model="",
-            prompt=_prompt_dict(prompt),
-            lora=None,
-            merged_from={
-                "folder": str(folder),
-                "format": meta.get("format", "full"),
-                "base": meta.get("base_model"),
-            },
+    with progress.task(f"export: merge {folder} -> {out}", total=2, unit="steps") as bar:
+        model, tok, kind, meta = load_for_inference(str(folder))
+        bar.advance(step="loaded, LoRA merged")
+        # a model codetune didn't train (no codetune.json) is prompted through its own chat template if any
+        fallback = (
+            PromptConfig(style="chat", template="{nl}")
+            if getattr(tok, "chat_template", None)
+            else PromptConfig()
         )
-        (tmp / "README.md").write_text(model_card(out.name, kind, prompt, meta), encoding="utf-8")
+        prompt = prompt_config_of(meta, fallback)
+        if kind == "causal" and not getattr(tok, "chat_template", None) and prompt.style == "plain":
+            tok.chat_template = plain_chat_template(prompt)
+        with atomic_folder(out) as tmp:
+            model.to(DTYPES[dtype]).save_pretrained(str(tmp))
+            tok.save_pretrained(str(tmp))
+            write_meta(
+                tmp,
+                format="full",
+                kind=kind,
+                base_model="",
+                prompt=_prompt_dict(prompt),
+                lora=None,
+                merged_from={
+                    "folder": str(folder),
+                    "format": meta.get("format", "full"),
+                    "base": meta.get("base_model"),
+                },
+            )
+            (tmp / "README.md").write_text(model_card(out.name, kind, prompt, meta), encoding="utf-8")
+        bar.advance(step="saved")
     return out
 
 
