@@ -4,6 +4,7 @@ cancellation."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -541,76 +542,122 @@ def test_a_lone_surrogate_is_a_400_in_openais_shape(server: dict[str, Any]) -> N
     assert httpx.get(server["url"] + "/health").status_code == 200  # the server is still there
 
 
-class SlowTokenizerBackend(FakeBackend):
-    """Tokenizing takes time in proportion to the text, as a real tokenizer's does on a long prompt."""
+SERVER_SCRIPT = """
+import sys, time, uvicorn
+from codetune.config import load_config
+from codetune.serve import create_app
 
-    def count_tokens(self, text: str) -> int:
+
+class SlowTokenizer:  # tokenizing takes time in proportion to the text, as a real tokenizer's does
+    name = "slow"
+
+    def count_tokens(self, text):
         time.sleep(0.3 + len(text) / 2_000_000)
         return len(text)
 
+    def generate(self, prompts, settings):
+        raise AssertionError("every prompt here is over serve.max_prompt_tokens")
 
-def _rss_mib() -> float:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    stream = chat_prompt = generate
+
+    def fim_tokens(self):
+        return None
+
+
+cfg = load_config(None, {"serve": {"access_log": sys.argv[2], "max_body_bytes": 1_000_000}})
+app = create_app(cfg, backends={"slow": SlowTokenizer()})
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
+"""
+
+
+def _rss_mib(pid: int) -> float:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@contextlib.contextmanager
+def _server_process(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """The server in a process of its own, as it runs for real: the client's threads don't share its GIL."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    paths = [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    log = tmp_path / "log.jsonl"
+    proc = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, str(port), str(log)], env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.1)
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _health_latencies(url: str, busy: Callable[[], bool], calls: int) -> list[float]:
+    """Seconds each GET /health took, asked every 10 ms while `busy()`, and at least `calls` times."""
+    latencies: list[float] = []
+    with httpx.Client(base_url=url) as client:
+        while busy() or len(latencies) < calls:
+            started = time.perf_counter()
+            assert client.get("/health").status_code == 200
+            latencies.append(time.perf_counter() - started)
+            time.sleep(0.01)
+    return latencies
 
 
 def test_oversized_prompts_get_413_and_health_stays_responsive(tmp_path: Path) -> None:
-    """Three 5 MB prompts (over serve.max_body_bytes: 413 unread, one of them sent in chunks) and three 0.9 MB ones (under it, but
-    over serve.max_prompt_tokens: tokenized in a worker thread, then 400) at once: /health answers
-    within 100 ms all along, and the process's memory stays flat."""
-    cfg = load_config(
-        None, {"serve": {"access_log": str(tmp_path / "log.jsonl"), "max_body_bytes": 1_000_000}}
-    )
+    """Three 5 MB prompts (over serve.max_body_bytes: 413 before they are read, one sent in chunks) and
+    three 0.2 MB ones (under it, but over serve.max_prompt_tokens: tokenized in a worker thread, then 400),
+    all at once: /health answers within 100 ms all along, and the server's memory stays flat."""
     huge = json.dumps({"model": "slow", "prompt": "x" * 5_000_000}).encode()
-    long = json.dumps({"model": "slow", "prompt": "y" * 900_000}).encode()
-    with running_server(create_app(cfg, backends={"slow": SlowTokenizerBackend()})) as url:
-        httpx.get(url + "/health")
-        rss_before = _rss_mib()
+    long = json.dumps({"model": "slow", "prompt": "y" * 200_000}).encode()
+    with _server_process(tmp_path) as (url, pid):
+        quiet = _health_latencies(url, lambda: False, calls=25)  # this machine's own noise, for scale
+        rss_before = _rss_mib(pid)
         answers: list[httpx.Response] = []
 
+        attacker = httpx.Client(base_url=url, timeout=60)  # made now: a client's TLS set-up holds the GIL
+
         def post(body: bytes | Iterator[bytes]) -> None:
-            answers.append(
-                httpx.post(
-                    url + "/v1/completions",
-                    content=body,
-                    headers={"Content-Type": "application/json"},
-                    timeout=60,
-                )
-            )
+            headers = {"Content-Type": "application/json"}
+            answers.append(attacker.post("/v1/completions", content=body, headers=headers))
 
         def chunked() -> Iterator[bytes]:  # no Content-Length: the limit counts the bytes as they come
             yield from (huge[i : i + 65536] for i in range(0, len(huge), 65536))
 
-        threads = [
-            threading.Thread(target=post, args=(b,)) for b in (huge, long, long, long, huge, chunked())
-        ]
+        bodies = (huge, long, long, long, huge, chunked())
+        threads = [threading.Thread(target=post, args=(b,)) for b in bodies]
         for t in threads:
             t.start()
-        latencies: list[float] = []
-        with httpx.Client(base_url=url) as health:
-            while any(t.is_alive() for t in threads) or len(latencies) < 10:
-                started = time.perf_counter()
-                assert health.get("/health").status_code == 200
-                latencies.append(time.perf_counter() - started)
-                time.sleep(0.01)
+        latencies = _health_latencies(url, lambda: any(t.is_alive() for t in threads), calls=10)
         for t in threads:
             t.join(30)
-        rss_after = _rss_mib()
+        attacker.close()
+        quiet += _health_latencies(url, lambda: False, calls=25)
+        rss_after = _rss_mib(pid)
     assert sorted(r.status_code for r in answers) == [400, 400, 400, 413, 413, 413]
     too_large = [r.json()["error"] for r in answers if r.status_code == 413]
     assert all(e["code"] == "request_too_large" and "serve.max_body_bytes" in e["message"] for e in too_large)
     too_long = [r.json()["error"] for r in answers if r.status_code == 400]
     assert all(e["code"] == "context_length_exceeded" for e in too_long)
+    slowest, noise = max(latencies) * 1000, max(quiet) * 1000
     print(
-        f"/health: {len(latencies)} calls, slowest {max(latencies) * 1000:.1f} ms; RSS {rss_before:.0f} -> {rss_after:.0f} MiB"
+        f"/health: {len(latencies)} calls under attack, slowest {slowest:.1f} ms (with no load: {noise:.1f} ms); "
+        f"server RSS {rss_before:.0f} -> {rss_after:.0f} MiB"
     )
-    assert max(latencies) < 0.1, f"/health took {max(latencies) * 1000:.0f} ms while the prompts were handled"
-    assert rss_after - rss_before < 64, f"memory grew from {rss_before:.0f} to {rss_after:.0f} MiB"
+    # within 100 ms, beyond what a loaded test machine adds to a server doing nothing (a few ms on CI)
+    assert slowest < 100 + noise, f"/health took {slowest:.0f} ms while the prompts were handled"
+    assert rss_after - rss_before < 32, f"the server grew from {rss_before:.0f} to {rss_after:.0f} MiB"
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    assert sorted(r["status"] for r in records if r["path"] == "/v1/completions") == [
-        400,
-        400,
-        400,
-        413,
-        413,
-        413,
-    ]
+    statuses = sorted(r["status"] for r in records if r["path"] == "/v1/completions")
+    assert statuses == [400, 400, 400, 413, 413, 413]

@@ -1,19 +1,17 @@
 """The FastAPI app: models by name, API keys, bounded admission, OpenAI-style errors, an access log.
 
-The endpoints themselves live in `routes.py`; this module builds the shared state they use.
+The endpoints live in `routes.py`, the state they share in `state.py`; this module puts them together.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hmac
 import json
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,45 +26,10 @@ from codetune.config import Config, PromptConfig
 from codetune.errors import CodetuneError
 from codetune.generation import parse_model_spec
 from codetune.models.backends.base import Backend
-from codetune.serve.admission import Admission, GenerationTimeout, QueueFull
+from codetune.serve.admission import GenerationTimeout, QueueFull
 from codetune.serve.batching import Batcher
-
-STATIC_DIR = Path(__file__).parent / "static"
-
-
-class ApiError(Exception):
-    """An error answered in OpenAI's format: {"error": {"message", "type", "param", "code"}}."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
-
-
-@dataclass
-class ServedModel:
-    """One model clients can ask for by name, and the prompt settings it was trained with."""
-
-    name: str
-    backend: Backend
-    prompt: PromptConfig
-    source: str
-    created: int
-    batcher: Batcher  # shared by every name served from the same backend
+from codetune.serve.routes import router
+from codetune.serve.state import STATIC_DIR, ApiError, ServedModel, ServerState
 
 
 class AccessLog:
@@ -177,47 +140,6 @@ class BodyLimitMiddleware:
             {"type": "http.response.start", "status": 413, "headers": [*headers, (b"connection", b"close")]}
         )
         await send({"type": "http.response.body", "body": body})
-
-
-class ServerState:
-    """What every request needs: the models, the accepted keys, admission, limits and defaults."""
-
-    def __init__(self, cfg: Config, models: dict[str, ServedModel], keys: list[str]) -> None:
-        self.cfg, self.models, self.keys = cfg, models, keys
-        s = cfg.serve
-        self.admission = Admission(s.max_concurrent, s.max_queue, s.request_timeout_s)
-
-    def model(self, name: str) -> ServedModel:
-        if not name and len(self.models) == 1:
-            return next(iter(self.models.values()))
-        if name in self.models:
-            return self.models[name]
-        raise ApiError(
-            404,
-            f"model {name!r} is not served here; served models: {', '.join(self.models)}",
-            param="model",
-            code="model_not_found",
-        )
-
-    def check_key(self, authorization: str | None) -> None:
-        """401 unless the Authorization header carries one of the keys (when keys are configured)."""
-        if not self.keys:
-            return
-        challenge = {"WWW-Authenticate": "Bearer"}
-        if not authorization:
-            raise ApiError(
-                401,
-                "missing API key: send the header 'Authorization: Bearer YOUR_KEY'",
-                code="missing_api_key",
-                headers=challenge,
-            )
-        scheme, _, token = authorization.partition(" ")
-        given = token.strip().encode()
-        ok = False
-        for key in self.keys:  # compare with every key, in constant time, whatever matches first
-            ok |= hmac.compare_digest(given, key.encode())
-        if scheme.lower() != "bearer" or not ok:
-            raise ApiError(401, "invalid API key", code="invalid_api_key", headers=challenge)
 
 
 def read_api_keys(cfg: Config) -> list[str]:
@@ -335,8 +257,6 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 def create_app(cfg: Config, backends: Mapping[str, Backend] | None = None) -> FastAPI:
     """The server app for `cfg.serve`. `backends` (keyed by model name) replaces loading the models."""
-    from codetune.serve.routes import router
-
     keys = read_api_keys(cfg)
     state = ServerState(cfg, load_models(cfg, backends), keys)
     log = AccessLog(cfg.serve.access_log)

@@ -33,7 +33,6 @@ from codetune.generation import (
 )
 from codetune.models.backends.base import Completion, SamplingSettings
 from codetune.serve.admission import GenerationTimeout
-from codetune.serve.app import STATIC_DIR, ApiError, ServedModel, ServerState
 from codetune.serve.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -51,6 +50,7 @@ from codetune.serve.schemas import (
     Usage,
     _Request,
 )
+from codetune.serve.state import STATIC_DIR, ApiError, ServedModel, ServerState
 
 log = logging.getLogger("codetune.serve")
 
