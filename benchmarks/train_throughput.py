@@ -115,7 +115,8 @@ class Bench:
         from transformers import AutoTokenizer
 
         from codetune.data.format import audit_lengths
-        from codetune.training.batches import encode_examples, read_split
+        from codetune.data.records import read_split
+        from codetune.training.batches import encode_examples
 
         out = self.a.out
         source = out / "pairs.jsonl"

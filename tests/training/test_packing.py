@@ -14,6 +14,7 @@ import torch
 from codetune.config import Config
 from codetune.data.format import IGNORE_INDEX, Encoded
 from codetune.data.prepare import prepare
+from codetune.data.records import read_split
 from codetune.errors import CodetuneError
 from codetune.manifest import read_jsonl
 from codetune.models.loading import load_for_inference
@@ -23,7 +24,6 @@ from codetune.training.batches import (
     collate_packed,
     encode_examples,
     pack_rows,
-    read_split,
 )
 from codetune.training.loop import packing_leak, token_loss_sum, train
 

@@ -16,6 +16,17 @@ IGNORE_INDEX = -100
 ChatRenderer = Callable[[list[dict[str, str]]], str]
 
 
+def chat_renderer(tokenizer: Any) -> ChatRenderer | None:
+    """The tokenizer's chat template as a renderer for `build_prompt`, or None when it has none."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+
+    def render(messages: list[dict[str, str]]) -> str:
+        return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+    return render
+
+
 def build_prompt(nl: str, prompt: PromptConfig, render_chat: ChatRenderer | None = None) -> str:
     """The text the model sees before its answer."""
     if prompt.style == "chat":

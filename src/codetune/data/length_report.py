@@ -18,7 +18,7 @@ from typing import Any, get_args, get_type_hints
 import numpy as np
 
 from codetune.config import Config, TrainConfig
-from codetune.data.format import build_answer, build_prompt
+from codetune.data.format import build_answer, build_prompt, chat_renderer
 from codetune.data.records import Example
 
 BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096)
@@ -96,8 +96,6 @@ def load_report_tokenizer(name: str, cfg: Config, texts: list[str]) -> Any:
 
 def length_report(splits: dict[str, list[Example]], cfg: Config, tokenizer: Any) -> dict[str, Any]:
     """Per split: distributions of prompt / completion / total tokens, a histogram, policy costs."""
-    from codetune.training.batches import chat_renderer
-
     render = chat_renderer(tokenizer)
     max_length = cfg.data.length_report.max_length or cfg.train.max_length
     report: dict[str, Any] = {"max_length": max_length, "splits": {}}

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+from codetune.errors import CodetuneError
+from codetune.manifest import read_jsonl
 
 
 @dataclass
@@ -39,3 +43,14 @@ class BadRecord:
     file: str
     line: int
     reason: str
+
+
+def read_split(data_dir: Path, split: str) -> list[Example]:
+    """The examples of `{data_dir}/{split}.jsonl`, as `prepare` wrote them."""
+    path = data_dir / f"{split}.jsonl"
+    if not path.is_file():
+        raise CodetuneError(
+            f"{path} not found: run `codetune prepare` first, or point train.data_dir / eval.data_dir at "
+            "a prepared folder"
+        )
+    return [Example.from_dict(d) for d in read_jsonl(path)]

@@ -15,7 +15,7 @@ from rich.table import Table
 from codetune import progress
 from codetune.config import Config, config_to_dict, save_config
 from codetune.data.format import build_prompt
-from codetune.data.records import Example
+from codetune.data.records import Example, read_split
 from codetune.errors import CodetuneError
 from codetune.eval.metrics import edit_similarity, text_metrics
 from codetune.generation import (
@@ -29,7 +29,6 @@ from codetune.generation import (
     sampling_settings,
 )
 from codetune.manifest import sha256_file, write_json, write_jsonl, write_manifest
-from codetune.training.loop import read_split
 
 
 @dataclass

@@ -9,7 +9,6 @@ run was interrupted before it: that is what lets a checkpoint resume exactly, on
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,30 +20,12 @@ from codetune.data.format import (
     Encoded,
     build_answer,
     build_example_prompt,
+    chat_renderer,
     encode_causal,
     encode_seq2seq,
 )
 from codetune.data.records import Example
-from codetune.errors import CodetuneError
-from codetune.manifest import read_jsonl
 from codetune.models.loading import Kind
-
-
-def read_split(data_dir: Path, split: str) -> list[Example]:
-    path = data_dir / f"{split}.jsonl"
-    if not path.is_file():
-        raise CodetuneError(f"{path} not found: run `codetune prepare` first (or set train.data_dir)")
-    return [Example.from_dict(d) for d in read_jsonl(path)]
-
-
-def chat_renderer(tokenizer: Any) -> Callable[[list[dict[str, str]]], str] | None:
-    if not getattr(tokenizer, "chat_template", None):
-        return None
-
-    def render(messages: list[dict[str, str]]) -> str:
-        return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-
-    return render
 
 
 def encode_examples(examples: Sequence[Example], cfg: Config, tokenizer: Any, kind: Kind) -> list[Encoded]:

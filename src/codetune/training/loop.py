@@ -24,7 +24,7 @@ from rich.console import Console
 from codetune import progress
 from codetune.config import Config, config_to_dict, save_config
 from codetune.data.format import IGNORE_INDEX, Encoded, LengthAudit, audit_lengths
-from codetune.data.records import Example
+from codetune.data.records import Example, read_split
 from codetune.devices import Runtime, attention_implementation, resolve_runtime
 from codetune.errors import CodetuneError
 from codetune.manifest import atomic_folder, read_jsonl, sha256_file, write_json, write_manifest
@@ -45,7 +45,6 @@ from codetune.training.batches import (
     collator,
     encode_examples,
     label_tokens,
-    read_split,
 )
 from codetune.training.checkpoint import (
     list_checkpoints,
