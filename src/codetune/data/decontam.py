@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from codetune.benchmarks.base import available, get_benchmark, split_spec
 from codetune.data.neardup import LSHIndex, MinHasher, canonical_tokens, jaccard, shingles
 from codetune.data.records import Example
 from codetune.errors import CodetuneError
@@ -63,6 +64,27 @@ def load_humaneval(splits: dict[str, list[Example]]) -> list[EvalItem]:
     return items
 
 
+def load_benchmark_eval_set(path: str) -> EvalSetLoader:
+    """A decontamination loader for `NAME/SPLIT` of any benchmark in the registry: statement + reference
+    of every task, and the reference without docstrings as its code."""
+    name, split = split_spec(path)
+    if split is None:
+        raise CodetuneError(
+            f"data.decontamination.eval_sets: {path!r} is not a benchmark split; use NAME/SPLIT with NAME one "
+            f"of {', '.join(available())} (e.g. dataframebench/test)"
+        )
+    bench = get_benchmark(name)
+
+    def load(_splits: dict[str, list[Example]]) -> list[EvalItem]:
+        items = []
+        for t in bench.load(split):
+            code = t.reference or t.stub or t.prompt
+            items.append(EvalItem(t.id, f"{t.statement or t.prompt}\n{code}", strip_docstrings(code)))
+        return items
+
+    return load
+
+
 EVAL_SETS: dict[str, EvalSetLoader] = {
     "test_split": _split_loader("test"),
     "valid_split": _split_loader("valid"),
@@ -79,9 +101,7 @@ def resolve_eval_set(name: str) -> EvalSetLoader:
     if name in EVAL_SETS:
         return EVAL_SETS[name]
     if "/" in name and ":" not in name:
-        from codetune.data.benchmarks import load_benchmark_eval_set
-
-        return load_benchmark_eval_set(name)  # type: ignore[no-any-return]
+        return load_benchmark_eval_set(name)
     if ":" in name:
         module, _, attr = name.partition(":")
         try:
