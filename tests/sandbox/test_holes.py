@@ -130,12 +130,7 @@ def test_a_forged_pass_is_not_a_pass(pool: SandboxPool, attack: str) -> None:
 
 
 def test_honest_programs_still_pass_beside_the_guards(pool: SandboxPool) -> None:
-    # a result of a class that appeared after the worker's snapshot (fractions: not preloaded here) is
-    # refused: its module must be preloaded
-    refused = pool.run("import fractions\ndef half(x):\n    return fractions.Fraction(x, 2)\n", "half(1)")
-    assert (refused.status, refused.error_type) == ("error", "TypeError") and "preload" in refused.detail
-    with SandboxPool(workers=1, limits=FAST, preload=["fractions"]) as preloaded:
-        assert preloaded.run(*FRACTIONS).passed
+    assert pool.run(*FRACTIONS).passed  # a class from a module the program imports (not preloaded)
     program = (
         "import math, collections, fractions\n"
         "Point = collections.namedtuple('Point', 'x y')\n"

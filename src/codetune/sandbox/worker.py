@@ -100,7 +100,10 @@ def main(config_json: str) -> None:
         except Exception as exc:
             failed.append(f"{name} ({type(exc).__name__}: {exc})")
     sys.argv = [""]
-    _snapshot()
+    try:
+        _snapshot()
+    except Exception as exc:
+        return _send({"error": f"could not snapshot the worker's modules ({type(exc).__name__}: {exc})"})
     sys.addaudithook(_audit)
     gc.freeze()  # collections in the samples then skip the worker's objects instead of copying their pages
     _send({"isolation": _describe(context), "preload_errors": failed})
@@ -127,18 +130,21 @@ def _describe(context: _Context) -> str:
     return f"rlimits only, samples run {who} + rlimits"
 
 
-def _audit(event: str, args: tuple[Any, ...], function: type = types.FunctionType) -> None:
-    """Refuse to swap a function's code or defaults: the runner's and unittest's functions stay theirs."""
+_KNOWN_FUNCTIONS: set[Any] = set()  # the standard library's functions and this module's: their code is theirs
+
+
+def _audit(event: str, args: tuple[Any, ...], known: set[Any] = _KNOWN_FUNCTIONS) -> None:
+    """Refuse to swap the code or defaults of the standard library's functions (unittest's) or the runner's;
+    other libraries may do it to their own (matplotlib does)."""
     protected = ("__code__", "__defaults__", "__kwdefaults__")
-    if event.startswith("object.__") and len(args) > 1 and type(args[0]) is function and args[1] in protected:
-        raise PermissionError(f"sandbox: changing a function's {args[1]} is not allowed")
+    if event.startswith("object.__") and len(args) > 1 and args[1] in protected and args[0] in known:
+        raise PermissionError(f"sandbox: changing {args[0].__qualname__}.{args[1]} is not allowed")
 
 
 # --- the snapshot: taken in the worker, restored in the sample between program and tests ---------------
 
 _SAVED: dict[str, tuple[types.ModuleType, dict[str, Any], list[tuple[type, dict[str, Any]]], list[str]]] = {}
 _SAVED_BUILTINS: dict[str, Any] = {}
-_KNOWN_TYPES: frozenset[type] = frozenset()
 _TOUCHED: set[str] = set()  # modules restored in this sample; restored again after each call into the program
 _OWN: list[tuple[dict[str, Any], dict[str, Any]]] = []  # this module's globals, its builtins, the builtins
 _GRAVE: list[Any] = []  # what a restore displaced
@@ -146,7 +152,6 @@ _GRAVE: list[Any] = []  # what a restore displaced
 
 def _snapshot() -> None:
     """Save every loaded module's namespace, the classes defined there and the modules it refers to."""
-    global _KNOWN_TYPES
     for name, module in list(sys.modules.items()):
         if not isinstance(module, types.ModuleType) or name == __name__:
             continue
@@ -161,7 +166,9 @@ def _snapshot() -> None:
         refers |= {other for other in sys.modules if other.startswith(name + ".")}
         _SAVED[name] = (module, dict(namespace), classes, sorted(r for r in refers if isinstance(r, str)))
     _SAVED_BUILTINS.update(builtins.__dict__)
-    _KNOWN_TYPES = frozenset(obj for obj in gc.get_objects() if isinstance(obj, type))
+    trusted = (os.path.dirname(os.__file__) + os.sep, __file__)  # the standard library's and this module's
+    functions = [obj for obj in gc.get_objects() if type(obj) is types.FunctionType]
+    _KNOWN_FUNCTIONS.update(f for f in functions if f.__code__.co_filename.startswith(trusted))
     own = globals()
     own["__builtins__"] = dict(builtins.__dict__)  # this module's builtins: a private copy
     _OWN.extend([(own, dict(own)), (own["__builtins__"], dict(own["__builtins__"]))])
@@ -245,21 +252,30 @@ def _guard(function: Any) -> Any:
 
 
 def _vet(value: Any, depth: int) -> None:
+    """Refuse a result that claims to equal values it can't equal (fresh random ones): an always-true
+    `__eq__` (or always-false `__ne__`), whatever class it comes from. Containers are checked inside."""
     kind = type(value)
     if kind in _PLAIN or depth > 50:
         return
     if kind in (list, tuple, set, frozenset, dict):
-        items = list(value.items() if kind is dict else value)[:100_000]
-        for item in items:
+        for item in list(value.items() if kind is dict else value)[:100_000]:
             _vet(item, depth + 1)
-    elif kind not in _KNOWN_TYPES and kind.__flags__ & _HEAPTYPE:
-        raise TypeError(
-            f"sandbox: the program returned a {kind.__module__}.{kind.__qualname__}, of a class that did not "
-            "exist before it ran (its comparisons could say anything): return plain values, or preload "
-            "its module in the pool"
-        )
-    else:
-        _restore([kind.__module__])
+        return
+    _restore([kind.__module__])  # a class of a preloaded module: as it was
+    token = os.urandom(8).hex()
+    for probe in (object(), int(token, 16), token, float(int(token[:6], 16)), [token], (token,), {token: 1}):
+        try:
+            said = (value == probe, value != probe)
+            claims = (
+                said[0] is True or said[1] is False or (type(said[0]).__name__ == "bool_" and bool(said[0]))
+            )
+        except Exception:
+            claims = False  # comparisons that fail claim nothing
+        if claims:
+            raise TypeError(
+                f"sandbox: the program returned a {kind.__module__}.{kind.__qualname__} that claims to equal "
+                f"a fresh random value ({probe!r}): its comparisons can't be trusted"
+            )
 
 
 def _prepare_tests(program_ns: dict[str, Any], tests_ns: dict[str, Any]) -> None:
