@@ -14,6 +14,7 @@ from typing import Any, BinaryIO
 from codetune import progress
 from codetune.config import SourceConfig
 from codetune.data.records import BadRecord, Example
+from codetune.data.translation import read_translation_source
 from codetune.errors import CodetuneError
 from codetune.manifest import sha256_file
 
@@ -166,9 +167,7 @@ def read_source(src: SourceConfig, skip_bad: bool) -> tuple[list[Example], list[
     to be counted and listed in the manifest.
     """
     if src.kind == "translation":
-        from codetune.data.translation import read_translation_source
-
-        return read_translation_source(src, skip_bad)
+        return read_translation_source(src, skip_bad, read_source)
     if src.kind == "hf":
         from codetune.data.sources_hf import open_hf_source
 

@@ -13,6 +13,7 @@ source_code}` so that training can prompt a seq2seq model with its own template 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,14 @@ def as_translation(ex: Example, source_language: str, source_code: str) -> Examp
     )
 
 
+SourceRead = tuple[list[Example], list[BadRecord], dict[str, Any]]
+
+
 def read_translation_source(
-    src: SourceConfig, skip_bad: bool
-) -> tuple[list[Example], list[BadRecord], dict[str, Any]]:
-    """The pairs of one `kind: translation` source, its bad records and its manifest entry."""
+    src: SourceConfig, skip_bad: bool, read_file: Callable[[SourceConfig, bool], SourceRead]
+) -> SourceRead:
+    """The pairs of one `kind: translation` source, its bad records and its manifest entry. A file of
+    pairs is read by `read_file` (`codetune.data.sources.read_source`, which hands itself over)."""
     for lang in (src.source_language, src.language):
         if lang not in EXTENSIONS:
             raise CodetuneError(
@@ -62,10 +67,8 @@ def read_translation_source(
     path = Path(src.path)
     if path.is_dir():
         return _read_folder(src, path, skip_bad)
-    from codetune.data.sources import read_source
-
     as_file = replace(src, kind="file", nl_field=src.source_field, code_field=src.target_field)
-    examples, bad, info = read_source(as_file, skip_bad)
+    examples, bad, info = read_file(as_file, skip_bad)
     return [as_translation(ex, src.source_language, ex.nl) for ex in examples], bad, info
 
 
