@@ -288,10 +288,11 @@ class _Worker:
         else:
             prefix = []
         config = {"mode": self.mode, "preload": list(self.preload), "unsafe": self.unsafe, "stamp": _STAMP}
-        config["node"] = shutil.which("node")
-        # As root, the sandbox's uid maps to root outside, whom RLIMIT_NPROC exempts: a pids cgroup counts
-        # the worker's processes instead (the worker joins it before bwrap starts).
-        self.cgroup = _pids_cgroup() if self.mode == "bwrap" and os.geteuid() == 0 else None
+        # As root (in bubblewrap the sandbox's uid is root outside), RLIMIT_NPROC exempts the samples: a pids
+        # cgroup counts the worker's processes instead (joined before bwrap starts), and without bubblewrap
+        # it also lists what the samples left behind
+        self.cgroup = _pids_cgroup() if os.geteuid() == 0 else None
+        config |= {"node": shutil.which("node"), "cgroup": self.cgroup}
         procs = os.path.join(self.cgroup, "cgroup.procs") if self.cgroup else None
         # bwrap's --die-with-parent fires when the *thread* that started it ends: start every worker from
         # one long-lived thread, not from whichever thread (a map's, say) found its predecessor dead

@@ -76,11 +76,29 @@ class _Context:
     """What the worker set up once: its isolation, the snapshot samples are restored from."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        self.mode, self.node, self.count = config["mode"], config.get("node"), 0
+        self.mode, self.node, self.cgroup, self.count = config["mode"], config["node"], config["cgroup"], 0
         self.pid1 = os.getpid() == 1  # bubblewrap's --as-pid-1: the samples' orphans come to us
         root = os.geteuid() == 0 and config["mode"] == "rlimits"
         self.uid = None if not root or config["unsafe"] else _FALLBACK_UID_BASE + os.getpid()
         self.devnull = os.open(os.devnull, os.O_RDWR)
+        self.refusal = (
+            None
+            if self.uid is None or _readable_as(self.uid)
+            else (
+                f"without bubblewrap, samples would run as root: uid {self.uid} can't read Python's files here "
+                f"({os.path.dirname(os.__file__)}); install bubblewrap, or allow running samples as root with "
+                "unsafe_isolation=True / CODETUNE_UNSAFE_ISOLATION=1"
+            )
+        )
+
+
+def _readable_as(uid: int) -> bool:
+    """Whether `uid` can read the standard library (else every import a sample makes would fail)."""
+    pid = os.fork()
+    if pid == 0:
+        os.setresuid(uid, uid, uid)
+        os._exit(0 if os.access(os.path.dirname(os.__file__), os.R_OK | os.X_OK) else 1)
+    return os.waitpid(pid, 0)[1] == 0
 
 
 def main(config_json: str) -> None:
@@ -93,6 +111,8 @@ def main(config_json: str) -> None:
     sys.dont_write_bytecode = True
     os.environ.pop("PWD", None)  # set by bubblewrap; samples get exactly the evaluator's allow-list
     context = _Context(config)
+    if context.refusal:
+        return _send({"error": context.refusal})
     failed = []
     for name in (*_PRELOAD, *config["preload"]):
         try:
@@ -448,7 +468,7 @@ def _kill_group(pid: int) -> None:
 
 def _kill_all(pid: int, context: _Context) -> None:
     """Nothing a sample started outlives it: as PID 1 kill every other process in the namespace and
-    reap them; as root kill everything of the worker's sample uid (from a child on that uid)."""
+    reap them; else kill everything else in the worker's cgroup, or of the worker's sample uid."""
     try:
         if os.waitpid(pid, os.WNOHANG) == (0, 0):  # not reaped yet: supervision failed
             _kill_group(pid)
@@ -465,6 +485,10 @@ def _kill_all(pid: int, context: _Context) -> None:
                 os.waitpid(-1, 0)
             except ChildProcessError:
                 return
+    elif context.cgroup:  # everything in the worker's cgroup but the worker
+        with open(os.path.join(context.cgroup, "cgroup.procs")) as procs:
+            for other in {int(line) for line in procs} - {os.getpid()}:
+                _kill_group(other)
     elif context.uid is not None:
         killer = os.fork()
         if killer == 0:
