@@ -85,7 +85,7 @@ def model_fingerprint(backend: Any) -> dict[str, Any]:
     """What identifies the weights behind a backend: file paths plus the sha256 of adapters (small) and
     the size and mtime of anything larger."""
     out: dict[str, Any] = {"backend": getattr(backend, "name", "?")}
-    for attr in ("gguf_path", "lora_path", "label", "model_path"):
+    for attr in ("gguf_path", "lora_path", "label"):  # as before the one runner: old caches stay valid
         value = getattr(backend, attr, None)
         if not value:
             continue
