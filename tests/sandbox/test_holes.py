@@ -131,6 +131,8 @@ def test_a_forged_pass_is_not_a_pass(pool: SandboxPool, attack: str) -> None:
 
 def test_honest_programs_still_pass_beside_the_guards(pool: SandboxPool) -> None:
     assert pool.run(*FRACTIONS).passed  # a class from a module the program imports (not preloaded)
+    # a submodule the program imported stays reachable from its (restored) preloaded package
+    assert pool.run("import unittest.mock\n", "import unittest.mock\nassert unittest.mock.MagicMock").passed
     program = (
         "import math, collections, fractions\n"
         "Point = collections.namedtuple('Point', 'x y')\n"

@@ -213,6 +213,10 @@ def _restore(names: list[str], expand: bool = True) -> None:
             _GRAVE.append(dict(module.__dict__))
             module.__dict__.clear()
             module.__dict__.update(saved)
+            for other in [other for other in sys.modules if other.rpartition(".")[0] == name]:
+                module.__dict__.setdefault(
+                    other.rpartition(".")[2], sys.modules[other]
+                )  # `import a.b` sets a.b once
         for cls, attributes in classes:
             if cls.__dict__ != attributes:
                 _GRAVE.append(dict(cls.__dict__))
