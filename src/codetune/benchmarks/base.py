@@ -19,52 +19,11 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from codetune.benchmarks.task import Task
+from codetune.benchmarks.task import Program, PromptStyle, SandboxSpec, Task
 from codetune.errors import CodetuneError
-
-Style = Literal["base", "chat"]
-
-
-@dataclass(frozen=True)
-class PromptStyle:
-    """How the model under evaluation is prompted.
-
-    `name`: "chat" for an instruct model (its chat template), "base" for plain completion.
-    `render(text)`: an instruction rendered the way the model is prompted (the prompt config it was
-    trained with, and its chat template); benchmarks that state a task as an instruction use it.
-    `chat_prompt(messages)`: the model's chat template over a list of messages (benchmarks that write
-    their own chat turn, e.g. HumanEval's EvalPlus instruction)."""
-
-    name: Style = "base"
-    render: Callable[[str], str] = field(default=lambda text: text)
-    chat_prompt: Callable[[list[dict[str, str]]], str] = field(
-        default=lambda messages: "\n".join(m["content"] for m in messages)
-    )
-    stops: tuple[str, ...] = ()  # stop sequences of the prompt format itself (e.g. the answer's fence)
-
-
-class Program(NamedTuple):
-    """What the sandbox runs for one sample: the program, then the tests (a `SandboxPool.map` job)."""
-
-    code: str
-    tests: str
-
-
-@dataclass(frozen=True)
-class SandboxSpec:
-    """How a benchmark's programs run: limits (a `Limits`), modules each worker imports up front, and
-    whether timeouts are calibrated per task on the reference solutions (`calibrated_limits`: `factor`
-    times the reference's run time, at least `floor_s`)."""
-
-    limits: Any
-    preload: tuple[str, ...] = ()
-    calibrate: bool = False
-    factor: float = 10.0
-    floor_s: float = 2.0
 
 
 @runtime_checkable

@@ -25,13 +25,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-from codetune.benchmarks.base import Program, PromptStyle, SandboxSpec
-from codetune.benchmarks.task import Task
+from codetune.benchmarks.task import Program, PromptStyle, SandboxSpec, Task
 from codetune.errors import CodetuneError
-from codetune.sandbox import Limits
 from codetune.manifest import sha256_file
 from codetune.models.backends.base import cut_at_stop
 from codetune.pyparse import parse_python
+from codetune.sandbox import Limits
 
 Style = Literal["base", "chat"]
 Problem = dict[str, Any]

@@ -1,4 +1,5 @@
-"""The task record every benchmark loads: one problem with tests, in one language.
+"""The task record every benchmark loads: one problem with tests, in one language; and the records a
+benchmark hands the runner (`PromptStyle`, `Program`, `SandboxSpec`).
 
 Low in the layers on purpose (it imports nothing from codetune): data steps such as decontamination and
 self-training read task records, and the benchmark adapters, the runner and training's evaluation by
@@ -17,8 +18,9 @@ module): how the program and the tests are put together is the benchmark's `asse
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 
 @dataclass(frozen=True)
@@ -73,3 +75,44 @@ class Task:
         values = {k: v for k, v in row.items() if v is not None}
         values["meta"] = dict(values.get("meta") or {})
         return cls(**values)
+
+
+Style = Literal["base", "chat"]
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """How the model under evaluation is prompted.
+
+    `name`: "chat" for an instruct model (its chat template), "base" for plain completion.
+    `render(text)`: an instruction rendered the way the model is prompted (the prompt config it was
+    trained with, and its chat template); benchmarks that state a task as an instruction use it.
+    `chat_prompt(messages)`: the model's chat template over a list of messages (benchmarks that write
+    their own chat turn, e.g. HumanEval's EvalPlus instruction)."""
+
+    name: Style = "base"
+    render: Callable[[str], str] = field(default=lambda text: text)
+    chat_prompt: Callable[[list[dict[str, str]]], str] = field(
+        default=lambda messages: "\n".join(m["content"] for m in messages)
+    )
+    stops: tuple[str, ...] = ()  # stop sequences of the prompt format itself (e.g. the answer's fence)
+
+
+class Program(NamedTuple):
+    """What the sandbox runs for one sample: the program, then the tests (a `SandboxPool.map` job)."""
+
+    code: str
+    tests: str
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """How a benchmark's programs run: limits (a `Limits`), modules each worker imports up front, and
+    whether timeouts are calibrated per task on the reference solutions (`calibrated_limits`: `factor`
+    times the reference's run time, at least `floor_s`)."""
+
+    limits: Any
+    preload: tuple[str, ...] = ()
+    calibrate: bool = False
+    factor: float = 10.0
+    floor_s: float = 2.0

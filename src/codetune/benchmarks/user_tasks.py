@@ -25,12 +25,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from codetune.benchmarks.base import Program, PromptStyle, SandboxSpec
 from codetune.benchmarks.humaneval import sanitize_chat
-from codetune.benchmarks.task import Task
+from codetune.benchmarks.task import Program, PromptStyle, SandboxSpec, Task
 from codetune.errors import CodetuneError
-from codetune.sandbox import Limits
 from codetune.manifest import sha256_file
+from codetune.sandbox import Limits
 
 DEFAULT_LIMITS = Limits(timeout_s=10.0, memory_mb=1024)
 # Example usage a model appends at top level: the sanitiser drops it, stopping there saves tokens.
