@@ -199,11 +199,47 @@ class SandboxPool:
             raise CodetuneError(f"SandboxPool.map: {len(jobs)} jobs but {len(per_job)} limits")
         count = sum(worker is not self._net for worker in self._workers)
         with ThreadPoolExecutor(count) as executor:
-            futures = [
-                executor.submit(self.run, program, tests, job_limits, language=language)
-                for (program, tests), job_limits in zip(jobs, per_job, strict=True)
+            if any(job_limits.network for job_limits in per_job):
+                futures = [
+                    executor.submit(self.run, program, tests, job_limits, language=language)
+                    for (program, tests), job_limits in zip(jobs, per_job, strict=True)
+                ]
+                return [future.result() for future in futures]
+            work = [
+                (index, _encode({"program": p, "tests": t, "limits": asdict(lim), "language": language}), lim)
+                for index, ((p, t), lim) in reversed(list(enumerate(zip(jobs, per_job, strict=True))))
             ]
-            return [future.result() for future in futures]
+            verdicts: list[Verdict] = [None] * len(jobs)  # type: ignore[list-item]
+            for future in [executor.submit(self._drive, work, verdicts) for _ in range(count)]:
+                future.result()
+            return verdicts
+
+    def _drive(self, work: list[tuple[int, bytes, Limits]], verdicts: list[Verdict]) -> None:
+        """Feed one worker from `work` with one job queued behind the running one (so it never waits for
+        the evaluator between samples) when that job is small enough to sit in the worker's stdin pipe."""
+        worker = self._idle.get()
+        pending: list[tuple[int, bytes, Limits]] = []
+        try:
+            while True:
+                while len(pending) < 2:
+                    try:
+                        job = work.pop()  # atomic: no lock needed
+                    except IndexError:
+                        break
+                    if pending and len(job[1]) > 32_768:
+                        work.append(job)  # sent once nothing is queued: it could fill the pipe
+                        break
+                    worker.send(job[1], job[2])
+                    pending.append(job)
+                if not pending:
+                    return
+                index, _, limits = pending.pop(0)
+                pid = worker.pid
+                verdicts[index] = worker.receive(limits)
+                for _, message, job_limits in pending if worker.pid != pid else ():
+                    worker.send(message, job_limits)  # what the dead worker had queued, to its successor
+        finally:
+            self._idle.put(worker)
 
     def close(self) -> None:
         self._finalizer()
@@ -319,19 +355,25 @@ class _Worker:
             raise CodetuneError(f"SandboxPool: could not preload {'; '.join(hello['preload_errors'])}")
 
     def run(self, job: bytes, limits: Limits) -> Verdict:
-        started = time.monotonic()
-        reply = None
+        self.send(job, limits)
+        return self.receive(limits)
+
+    def send(self, job: bytes, limits: Limits) -> None:
         if self.cgroup is not None and self.pids_max != limits.max_processes:
             _write(os.path.join(self.cgroup, "pids.max"), str(limits.max_processes + 2))  # + bwrap, worker
             self.pids_max = limits.max_processes
-        if self.proc.poll() is None:
-            try:
-                assert self.proc.stdin is not None
+        if self.proc.poll() is None and self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
                 self.proc.stdin.write(job)
                 self.proc.stdin.flush()
-                reply = self._receive(started + limits.timeout_s + _REPLY_GRACE_S)
-            except OSError:
-                pass
+
+    def receive(self, limits: Limits) -> Verdict:
+        """The reply to the oldest job sent; sandbox-error (and a new worker) if it doesn't come."""
+        started = time.monotonic()
+        try:
+            reply = self._receive(started + limits.timeout_s + _REPLY_GRACE_S)
+        except OSError:
+            reply = None
         if reply is None:  # the worker died or hung: the sample gets sandbox-error, the worker a successor
             self.kill()
             self._start()
