@@ -856,7 +856,11 @@ def validate(cfg: Config, where: str = "config") -> Config:
     a config that cannot run stops here, before any data is read or model loaded, with every broken
     rule named by its keys."""
     problems = [*_data_rules(cfg.data), *_train_rules(cfg.train), *_prompt_rules(cfg.prompt)]
-    problems += [*_generate_rules(cfg.generate, cfg.eval), *_serve_rules(cfg.serve)]
+    problems += [
+        *_generate_rules(cfg.generate, cfg.eval),
+        *_serve_rules(cfg.serve),
+        *_selftrain_rules(cfg.selftrain),
+    ]
     if problems:
         raise CodetuneError(f"{where}: " + "; ".join(problems))
     return cfg
@@ -894,12 +898,25 @@ def _prompt_rules(p: PromptConfig) -> Iterator[str]:
             f" (has {unknown})" if unknown else ""
         )
 
+    if g.n < 1:
+        yield f"generate.n={g.n}: need at least 1 sample per prompt"
 
 def _generate_rules(g: GenerateConfig, e: EvalConfig) -> Iterator[str]:
     if g.n > 1 and g.temperature <= 0:
         yield f"generate.n={g.n} needs generate.temperature > 0: greedy samples would all be the same"
     if e.workers < 1:
         yield f"eval.workers={e.workers}: need at least 1 generation process"
+def _selftrain_rules(s: SelftrainConfig) -> Iterator[str]:
+    for key, value in (("n", s.n), ("m", s.m), ("rounds", s.rounds), ("unit_size", s.unit_size)):
+        if value < 1:
+            yield f"selftrain.{key} must be at least 1 (got {value})"
+    for key, limit in (("max_tasks", s.max_tasks), ("tasks_per_group", s.tasks_per_group)):
+        if limit is not None and limit < 1:
+            yield f"selftrain.{key} must be at least 1 or unset (got {limit})"
+    if s.n > 1 and s.temperature <= 0:
+        yield f"selftrain.n={s.n} needs selftrain.temperature > 0: greedy samples per task would all be the same"
+
+
 
 
 def _serve_rules(s: ServeConfig) -> Iterator[str]:

@@ -523,8 +523,7 @@ def selftrain(
     chose one).
 
     `sampler_for(model)` and `judge` replace the model sampler and the sandbox (tests inject fakes)."""
-    s = cfg.selftrain
-    _check(cfg)
+    s = cfg.selftrain  # its settings were checked when the config loaded (config.validate)
     console = console or Console(stderr=True)
     out = Path(s.output_dir)
     taskset = load_training_tasks(cfg)
@@ -710,18 +709,3 @@ def _write_manifest(
         },
         config=config_to_dict(cfg),
     )
-
-
-def _check(cfg: Config) -> None:
-    s = cfg.selftrain
-    for key, value in (("n", s.n), ("m", s.m), ("rounds", s.rounds), ("unit_size", s.unit_size)):
-        if value < 1:
-            raise CodetuneError(f"selftrain.{key} must be at least 1 (got {value})")
-    for key, limit in (("max_tasks", s.max_tasks), ("tasks_per_group", s.tasks_per_group)):
-        if limit is not None and limit < 1:
-            raise CodetuneError(f"selftrain.{key} must be at least 1 or unset (got {limit})")
-    if s.n > 1 and s.temperature <= 0:
-        raise CodetuneError(
-            f"selftrain.temperature={s.temperature}: {s.n} greedy samples per task would be identical; "
-            "set a temperature > 0 (e.g. 0.8)"
-        )

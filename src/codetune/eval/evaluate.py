@@ -58,11 +58,7 @@ def default_models(cfg: Config) -> list[str]:
 def evaluate(cfg: Config, console: Console | None = None) -> Report:
     """Generate for `eval.split` of the prepared data with each of `eval.models`; write
     `{label}/predictions.jsonl`, `{label}/metrics.json`, `summary.json` and a manifest."""
-    console = console or Console(stderr=True)
-    if cfg.eval.workers < 1:
-        raise CodetuneError(
-            f"eval.workers={cfg.eval.workers}: the number of generation processes must be at least 1"
-        )
+    console = console or Console(stderr=True)  # eval.workers, generate.n: checked by config.validate
     out = Path(cfg.eval.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -108,10 +104,6 @@ def _evaluate_model(
     prompts = [build_prompt(ex.nl, prompt_cfg, loaded.chat_prompt) for ex in examples]
     settings = sampling_settings(cfg.generate, answer_stops(prompt_cfg))
     n = settings.n
-    if n > 1 and settings.temperature == 0:
-        raise CodetuneError(
-            f"generate.n={n} greedy samples would be identical; set generate.temperature > 0 or generate.n=1"
-        )
     workers = GenerationWorkers(cfg.generate, path, cfg.eval.workers)
     # with workers (and more than one unit for them), this copy only renders the prompts: each worker
     # loads its own
