@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from codetune.benchmarks.base import get_benchmark
+from codetune.benchmarks.base import PromptStyle, get_benchmark
 from codetune.benchmarks.runner import score_codes
 from codetune.benchmarks.user_tasks import UserTasks
 from codetune.config import load_config
@@ -83,6 +83,8 @@ def test_task_files_and_folders(tmp_path: Path) -> None:
     assert [t.id for t in bench.load("test")] == ["add", "neg"] and [t.id for t in bench.load("train")] == [
         "add2"
     ]
+    # a reply that opens its code block after a sentence is not cut at the opening fence
+    assert "\n```" not in bench.stops(PromptStyle("chat", stops=("\n```",)))
     folder = tmp_path / "mine"
     write_jsonl(folder / "valid.jsonl", TASKS[:1])
     write_jsonl(folder / "test.jsonl", TASKS)

@@ -183,7 +183,9 @@ class UserTasks:
         return style.render(task.prompt)
 
     def stops(self, style: PromptStyle) -> tuple[str, ...]:
-        return (*style.stops, *REPLY_STOPS)
+        # not the answer template's closing fence (style.stops): an instruct model that writes a sentence
+        # before its code block would be cut at the opening fence; the sanitiser finds the block itself
+        return REPLY_STOPS
 
     def sanitise(self, task: Task, completion: str, style: PromptStyle) -> str:
         return sanitize_chat(completion, task.entry_point)
