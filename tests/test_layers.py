@@ -22,7 +22,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # ("codetune" itself only by exact name: the package's public API sits on top of everything).
 LAYERS: list[tuple[str, list[str]]] = [
     ("foundation", ["codetune.errors", "codetune.config", "codetune.manifest", "codetune.progress",
-                    "codetune.pyparse", "codetune.devices", "codetune.sandbox", "codetune.eval.sandbox"]),
+                    "codetune.pyparse", "codetune.devices", "codetune.sandbox"]),
     ("records and formats", ["codetune.data.records", "codetune.data.format"]),
     ("metrics", ["codetune.eval"]),
     ("models", ["codetune.models"]),
@@ -132,6 +132,11 @@ def test_no_import_cycles() -> None:
     graph = import_graph()
     assert len(graph) > 50  # really read the package
     assert cycles(graph) == []
+
+
+def test_every_layer_names_modules_that_exist() -> None:
+    modules = set(module_files())
+    assert [name for _, names in LAYERS for name in names if name not in modules] == []
 
 
 def test_imports_point_down_the_layers() -> None:
