@@ -13,8 +13,8 @@ from codetune.benchmarks import humaneval as he
 from codetune.benchmarks.base import PromptStyle
 from codetune.benchmarks.runner import open_pool, run_benchmark
 from codetune.errors import CodetuneError
-from codetune.sandbox import Limits
 from codetune.models.backends.base import Completion, FimTokens, SamplingSettings
+from codetune.sandbox import Limits
 
 
 @pytest.fixture(scope="module")

@@ -32,8 +32,8 @@ from codetune.benchmarks.base import Program, PromptStyle, SandboxSpec
 from codetune.benchmarks.humaneval import sanitize_chat
 from codetune.benchmarks.task import Task
 from codetune.errors import CodetuneError
-from codetune.sandbox import Limits
 from codetune.manifest import sha256_file
+from codetune.sandbox import Limits
 
 VERSION = "0.1.1"
 WHEEL_NAME = f"dataframebench-{VERSION}-py3-none-any.whl"
