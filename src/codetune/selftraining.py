@@ -43,7 +43,7 @@ from codetune.benchmarks.base import available, resolve_split, split_spec
 from codetune.config import Config, config_to_dict, save_config
 from codetune.data.records import Example
 from codetune.errors import CodetuneError
-from codetune.manifest import sha256_file, write_jsonl, write_manifest
+from codetune.manifest import make_output_dir, sha256_file, write_jsonl, write_manifest
 from codetune.pyparse import parse_python
 
 TRAIN_SPLIT = "train"
@@ -527,7 +527,7 @@ def selftrain(
     console = console or Console(stderr=True)
     out = Path(s.output_dir)
     taskset = load_training_tasks(cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out, "selftrain.output_dir")
     save_config(cfg, out / "config.yaml")
     console.print(
         f"[bold]selftrain[/bold]: {len(taskset.tasks)} training tasks from {', '.join(s.tasks)}; "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +61,26 @@ def test_the_cli_says_it_in_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "data.output_dir" in lines[0] and str(tmp_path / "a-file" / "out") in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("section", "stage"),
+    [("train", "codetune.training.loop:train"), ("eval", "codetune.eval.evaluate:evaluate")],
+)
+def test_train_and_evaluate_say_the_same_before_they_read_anything(
+    tmp_path: Path, section: str, stage: str
+) -> None:
+    import importlib
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = blocker / section
+    cfg = tiny_config(
+        tmp_path, write_jsonl(tmp_path / "pairs.jsonl", make_pairs()), **{section: {"output_dir": str(out)}}
+    )
+    module, _, name = stage.partition(":")
+    with pytest.raises(
+        CodetuneError,
+        match=rf"^{section}\.output_dir: cannot create or write the folder {re.escape(str(out))} ",
+    ):
+        getattr(importlib.import_module(module), name)(cfg)  # no prepared data exists: that would fail later

@@ -28,7 +28,7 @@ from codetune.generation import (
     parse_model_spec,
     sampling_settings,
 )
-from codetune.manifest import sha256_file, write_json, write_jsonl, write_manifest
+from codetune.manifest import make_output_dir, sha256_file, write_json, write_jsonl, write_manifest
 
 
 @dataclass
@@ -59,8 +59,7 @@ def evaluate(cfg: Config, console: Console | None = None) -> Report:
     """Generate for `eval.split` of the prepared data with each of `eval.models`; write
     `{label}/predictions.jsonl`, `{label}/metrics.json`, `summary.json` and a manifest."""
     console = console or Console(stderr=True)  # eval.workers, generate.n: checked by config.validate
-    out = Path(cfg.eval.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_dir(cfg.eval.output_dir, "eval.output_dir")
     save_config(cfg, out / "config.yaml")
     if cfg.eval.benchmark:
         return _benchmark(cfg, out, console)

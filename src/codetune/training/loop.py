@@ -27,7 +27,14 @@ from codetune.data.format import IGNORE_INDEX, Encoded, LengthAudit, audit_lengt
 from codetune.data.records import Example, read_split
 from codetune.devices import Runtime, attention_implementation, resolve_runtime
 from codetune.errors import CodetuneError
-from codetune.manifest import atomic_folder, read_jsonl, sha256_file, write_json, write_manifest
+from codetune.manifest import (
+    atomic_folder,
+    make_output_dir,
+    read_jsonl,
+    sha256_file,
+    write_json,
+    write_manifest,
+)
 from codetune.models.loading import (
     Kind,
     apply_lora,
@@ -351,7 +358,7 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
     ckpt = existing[-1] if (existing and t.resume) else None
     torch.manual_seed(t.seed)
     if main:
-        out.mkdir(parents=True, exist_ok=True)
+        make_output_dir(out, "train.output_dir")
         save_config(cfg, out / "config.yaml")
 
     # --- data and model
