@@ -354,23 +354,21 @@ async def _answer(
         sum(row[0].prompt_tokens for row in rows), sum(c.completion_tokens for r in rows for c in r)
     )
     _access(request)["completion_tokens"] = usage.completion_tokens
-    out: BaseModel
     if shape.chat:
         chat_choices = [
             ChatChoice(index=j, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason)
             for j, c in enumerate(rows[0])
         ]
         out = ChatResponse(id=rid, created=created, model=served.name, choices=chat_choices, usage=usage)
-    else:
-        choices = [
-            CompletionChoice(
-                index=i * settings.n + j, text=_final_text(shape, i, c.text), finish_reason=c.finish_reason
-            )
-            for i, row in enumerate(rows)
-            for j, c in enumerate(row)
-        ]
-        out = wrap(choices, usage)
-    return JSONResponse(out.model_dump())
+        return JSONResponse(out.model_dump())
+    choices = [
+        CompletionChoice(
+            index=i * settings.n + j, text=_final_text(shape, i, c.text), finish_reason=c.finish_reason
+        )
+        for i, row in enumerate(rows)
+        for j, c in enumerate(row)
+    ]
+    return JSONResponse(wrap(choices, usage).model_dump())
 
 
 def _final_text(shape: _Shape, prompt_index: int, text: str) -> str:
