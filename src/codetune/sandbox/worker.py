@@ -576,9 +576,7 @@ def _sample(job: dict[str, Any], nonce: str, workdir: str, fds: list[int], conte
             os.write(3, f"setup\t{type(exc).__name__}: {exc}\n".encode())
         finally:
             os._exit(70)
-    try:
-        if "random" in sys.modules:
-            sys.modules["random"].seed()
+    try:  # (os.fork already reseeded `random` in this child)
         _run_python(job["program"], job["tests"], nonce)
     finally:
         os._exit(1)
