@@ -100,7 +100,7 @@ def _ngrams(tokens: Sequence[str], n: int) -> Counter[tuple[str, ...]]:
     return Counter(zip(*(tokens[i:] for i in range(n)), strict=False)) if len(tokens) >= n else Counter()
 
 
-def _combine(numerators: list[float], denominators: list[int | float], bp: float) -> float:
+def _combine(numerators: Sequence[float], denominators: Sequence[float], bp: float) -> float:
     """Geometric mean of the n-gram precisions with zero numerators smoothed by 0.1, times `bp`."""
     if numerators[0] == 0:
         return 0.0
