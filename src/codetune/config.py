@@ -69,14 +69,12 @@ class SourceConfig:
         "",
         help="file or folder; an hf path is a hub dataset name or a dataset folder; a repo path may"
         " be @stdlib (this Python's standard library, resolved at run time) or @purelib (its "
-        "site-packages); a benchmark path is name/split (dataframebench/train; its val and "
-        "test splits are refused for training)",
+        "site-packages)",
     )
-    kind: Literal["file", "repo", "benchmark", "hf", "translation"] = setting(
+    kind: Literal["file", "repo", "hf", "translation"] = setting(
         "file",
         help="file (JSONL/CSV/Parquet of pairs) or repo (a folder or git checkout mined for "
-        "documented functions: Python via ast, JavaScript via tree-sitter) or benchmark (a "
-        "built-in benchmark split as pairs, with its tests: path dataframebench/train) or hf "
+        "documented functions: Python via ast, JavaScript via tree-sitter) or hf "
         "(a Hugging Face dataset through the datasets library: a hub name, a local dataset "
         "folder or a save_to_disk folder; the same field mapping as files; needs pip install "
         "-e '.[hf]') or translation (code in source_language -> the same code in language: a file"
@@ -879,10 +877,10 @@ def _data_rules(d: DataConfig) -> Iterator[str]:
 def _train_rules(t: TrainConfig) -> Iterator[str]:
     if t.select_by == "pass@1" and not t.eval_benchmark:
         yield "train.select_by=pass@1 needs train.eval_benchmark (e.g. dataframebench/val), which scores it"
-    if t.lora.quantize != "none" and not t.lora.enabled:
-        yield f"train.lora.quantize={t.lora.quantize} (QLoRA) trains LoRA adapters on a 4-bit base: set train.lora.enabled=true"
     if t.eval_tasks is not None and not t.eval_benchmark:
         yield "train.eval_tasks is set but train.eval_benchmark is not; set both or neither"
+    if t.lora.quantize != "none" and not t.lora.enabled:
+        yield f"train.lora.quantize={t.lora.quantize} (QLoRA) trains LoRA adapters on a 4-bit base: set train.lora.enabled=true"
     if t.eval_backend == "llamacpp" and not t.lora.enabled:
         yield "train.eval_backend=llamacpp needs train.lora.enabled (a LoRA over a GGUF model pack); use auto or hf"
 
@@ -898,14 +896,16 @@ def _prompt_rules(p: PromptConfig) -> Iterator[str]:
             f" (has {unknown})" if unknown else ""
         )
 
-    if g.n < 1:
-        yield f"generate.n={g.n}: need at least 1 sample per prompt"
 
 def _generate_rules(g: GenerateConfig, e: EvalConfig) -> Iterator[str]:
+    if g.n < 1:
+        yield f"generate.n={g.n}: need at least 1 sample per prompt"
     if g.n > 1 and g.temperature <= 0:
         yield f"generate.n={g.n} needs generate.temperature > 0: greedy samples would all be the same"
     if e.workers < 1:
         yield f"eval.workers={e.workers}: need at least 1 generation process"
+
+
 def _selftrain_rules(s: SelftrainConfig) -> Iterator[str]:
     for key, value in (("n", s.n), ("m", s.m), ("rounds", s.rounds), ("unit_size", s.unit_size)):
         if value < 1:
@@ -915,8 +915,6 @@ def _selftrain_rules(s: SelftrainConfig) -> Iterator[str]:
             yield f"selftrain.{key} must be at least 1 or unset (got {limit})"
     if s.n > 1 and s.temperature <= 0:
         yield f"selftrain.n={s.n} needs selftrain.temperature > 0: greedy samples per task would all be the same"
-
-
 
 
 def _serve_rules(s: ServeConfig) -> Iterator[str]:
