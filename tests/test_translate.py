@@ -186,3 +186,34 @@ def test_extract_translation():
     assert extract_translation("a\nb\n```\nmore", opened=True) == "a\nb\n"
     assert extract_translation("text\n```js\nx\n```\n", opened=False) == "x\n"
     assert extract_translation("x = 1", opened=False) == "x = 1\n"
+
+
+class CharTokenizer:
+    """One id per character (enough to see which prompt training encodes)."""
+
+    eos_token_id = 0
+    bos_token_id = None
+    chat_template = None
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [ord(c) for c in text]}
+
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids)
+
+
+def test_training_encodes_a_translation_pair_with_the_model_kind_s_prompt():
+    from codetune.data.records import Example
+    from codetune.data.translation import as_translation
+    from codetune.training.batches import encode_examples
+
+    ex = as_translation(Example("p1", "", JS, language="javascript"), "python", PY)
+    tok, cfg = CharTokenizer(), Config()
+    (seq2seq,) = encode_examples([ex], cfg, tok, "seq2seq")
+    assert tok.decode(seq2seq.input_ids) == "translate Python to JavaScript: def add(a, b):\n    return a + b"
+    assert tok.decode(seq2seq.labels[:-1]) == JS
+    (causal,) = encode_examples([ex], cfg, tok, "causal")
+    prompt_len = sum(1 for label in causal.labels if label == -100)
+    assert tok.decode(causal.input_ids[:prompt_len]).startswith(
+        "### Instruction:\nTranslate this Python code to JavaScript"
+    )
