@@ -101,9 +101,7 @@ def train(
     print(run(cfg))
 
 
-@app.command(
-    context_settings=_EXTRA, epilog=_OVERRIDES + describe_sections("selftrain", "generate", "train")
-)
+@app.command(context_settings=_EXTRA, epilog=_OVERRIDES + describe_sections("selftrain", "generate", "train"))
 def selftrain(ctx: typer.Context, config: ConfigArg) -> None:
     """Self-training by execution: sample n answers per training task, keep those that pass its tests
     in the sandbox (distinct, at most m per task), fine-tune on them; repeat for selftrain.rounds.

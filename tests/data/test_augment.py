@@ -7,8 +7,8 @@ from codetune.config import AugmentationConfig
 from codetune.data.augment import add_noise, augment_examples, paraphrase, rename_identifiers
 from codetune.data.prepare import prepare
 from codetune.data.records import Example
-from codetune.sandbox import SandboxPool
 from codetune.manifest import read_jsonl
+from codetune.sandbox import SandboxPool
 from tests.conftest import make_pairs, tiny_config, write_jsonl
 
 
