@@ -66,11 +66,14 @@ def _cpp_greedy(llm: Any, ids: list[int], steps: int) -> list[int]:
     return tokens
 
 
-def _hf_top1(model: Any, ids: list[int], continuation: list[int]) -> list[int]:
-    """transformers' argmax before each token of `continuation`, given the prompt and the tokens before it."""
+def _hf_top1(model: Any, ids: list[int], continuation: list[int]) -> tuple[list[int], list[float]]:
+    """transformers' argmax before each token of `continuation`, given the prompt and the tokens before it,
+    and its margin there (top-1 minus the logit of llama.cpp's token: 0 where they agree)."""
     with torch.no_grad():
-        logits = model(torch.tensor([ids + continuation[:-1]])).logits[0]  # (T, vocab)
-    return [int(t) for t in logits[len(ids) - 1 :].argmax(-1)]
+        logits = model(torch.tensor([ids + continuation[:-1]])).logits[0, len(ids) - 1 :]  # (T, vocab)
+    top = logits.max(-1).values
+    theirs = logits.gather(1, torch.tensor(continuation)[:, None])[:, 0]
+    return [int(t) for t in logits.argmax(-1)], [float(m) for m in top - theirs]
 
 
 def _random_lora(model_dir: Path, out: Path) -> Path:
@@ -104,7 +107,7 @@ def main() -> None:
     parser.add_argument("--lora", action="store_true", help="export a random LoRA on the model instead")
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--quants", nargs="+", default=["f16", "q4_k_m"])
+    parser.add_argument("--quants", nargs="+", default=["f16", "q4_k_m"], help="f32 f16 q8_0 q4_k_m")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/gguf-agreement.json"))
     args = parser.parse_args()
@@ -145,11 +148,12 @@ def main() -> None:
                 llm.tokenize(p.encode(), add_bos=False, special=True) == ids
                 for p, ids in zip(prompts, all_ids, strict=True)
             )
-            equal, parted, agree = 0, [], 0
+            equal, parted, agree, margins = 0, [], 0, []
             for ids in all_ids:
                 cpp = _cpp_greedy(llm, ids, args.tokens)
-                hf = _hf_top1(model, ids, cpp)
+                hf, margin = _hf_top1(model, ids, cpp)
                 same = [a == b for a, b in zip(cpp, hf, strict=True)]
+                margins += [round(m, 4) for m, ok in zip(margin, same, strict=True) if not ok]
                 equal += int(all(same))
                 parted.append(same.index(False) if not all(same) else len(same))
                 agree += sum(same)
@@ -162,6 +166,8 @@ def main() -> None:
                 "mean_tokens_before_divergence": round(float(np.mean(parted)), 1),
                 "teacher_forced_top1_agreement": round(agree / (n * args.tokens), 4),
                 "tokenizer_ids_equal": f"{same_ids}/{n}",
+                # where they differ: how far llama.cpp's token is below transformers' top-1 (logits)
+                "logit_gap_where_they_differ": sorted(margins)[:40],
             }
             print(quant, json.dumps(results["quants"][quant]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -335,7 +335,7 @@ def export_cmd(
         ),
     ] = None,
     quant: Annotated[
-        str, typer.Option("--quant", help="GGUF weights: q4_k_m (needs `make llamacpp`), q8_0 or f16.")
+        str, typer.Option("--quant", help="GGUF weights: q4_k_m (needs `make llamacpp`), q8_0, f16 or f32.")
     ] = "q4_k_m",
     push_to_hub: Annotated[
         str | None,

@@ -42,7 +42,7 @@ SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 _VENDOR = f"llama_cpp_python-{LLAMACPP_VERSION}/vendor/llama.cpp/"
 _WANTED = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
 CONVERTER = "convert_hf_to_gguf.py"
-QUANTS = ("f16", "q8_0", "q4_k_m")
+QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
 MODELFILE = "Modelfile"
 
 
@@ -155,7 +155,7 @@ def export_gguf(folder: Path, out: Path, quant: str = "q4_k_m", cache_dir: Path 
         raise CodetuneError(f"{folder}: a seq2seq model; llama.cpp's GGUF export is for causal models")
     out.parent.mkdir(parents=True, exist_ok=True)
     converter_dir(cache_dir)  # fetched (once) before the merge, so a missing converter fails fast
-    direct = quant in ("f16", "q8_0")  # the converter writes these itself; q4_k_m is quantized from f16
+    direct = quant != "q4_k_m"  # the converter writes f32/f16/q8_0 itself; q4_k_m is quantized from f16
     with (
         tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp,
         progress.task(f"export: {folder} -> {out.name}", total=3 if direct else 4, unit="steps") as bar,
