@@ -489,10 +489,15 @@ def _kill_all(pid: int, context: _Context) -> None:
                 os.waitpid(-1, 0)
             except ChildProcessError:
                 return
-    elif context.cgroup:  # everything in the worker's cgroup but the worker
-        with open(os.path.join(context.cgroup, "cgroup.procs")) as procs:
-            for other in {int(line) for line in procs} - {os.getpid()}:
+    elif context.cgroup:  # everything in the worker's cgroup but the worker, until nothing else lives
+        for _ in range(500):  # a process forking while we read the list escapes one round, not the next
+            with open(os.path.join(context.cgroup, "cgroup.procs")) as procs:
+                others = [pid for pid in {int(line) for line in procs} - {os.getpid()} if _alive(pid)]
+            for other in others:
                 _kill_group(other)
+            if not others:
+                return
+            time.sleep(0.01)
     elif context.uid is not None:
         killer = os.fork()
         if killer == 0:
@@ -500,6 +505,14 @@ def _kill_all(pid: int, context: _Context) -> None:
             os.kill(-1, signal.SIGKILL)
             os._exit(0)
         os.waitpid(killer, 0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _remove(path: str) -> None:
