@@ -74,10 +74,15 @@ def main() -> None:
     print(f"pass@1       {metrics['pass@1']:.4f}  ({passed}/{problems})  95% CI [{lo:.4f}, {hi:.4f}]")
     print(f"statuses     {metrics['statuses']}  truncated {metrics['truncated']}")
     print(
-        f"wall time    {time.perf_counter() - started:.1f} s  (generation {metrics['generation_s']:.1f} s, "
+        f"wall time    {time.perf_counter() - started:.1f} s  (generation {metrics['generation_s'] or 0.0:.1f} s, "
         f"scoring {metrics['scoring_s']:.1f} s)"
     )
-    print(f"tokens/s     {metrics['tokens_per_s']:.1f}  ({metrics['completion_tokens']} completion tokens)")
+    if metrics["reused_generations"]:  # answers from out/generations.jsonl (a rerun resumes there)
+        print(f"reused       {metrics['reused_generations']} problems' answers from {out}/generations.jsonl")
+    if metrics["tokens_per_s"] is not None:
+        print(
+            f"tokens/s     {metrics['tokens_per_s']:.1f}  ({metrics['completion_tokens']} completion tokens)"
+        )
     print(f"output       {out}")
 
 
