@@ -29,6 +29,7 @@ from tests.conftest import make_pairs
 
 TEMPLATES = Path(__file__).parent / "chat_templates"
 CHATML_SPECIAL = ["<|endoftext|>", "<|im_end|>", "<|im_start|>", "<|fim_prefix|>"]
+NEAR_TIE = 0.1  # logits: a gap f16 weight rounding can close (measured: see benchmarks/README.md)
 
 
 def _render_go(template: str, system: str, prompt: str) -> str:
@@ -226,12 +227,13 @@ def test_a_tokenizer_llamacpp_does_not_know_is_one_clear_error(trained_run: Conf
 
 @pytest.mark.slow
 def test_smollm2_lora_to_gguf_f16_gives_transformers_greedy_tokens(tmp_path: Path) -> None:
-    """A real small model: a LoRA on SmolLM2-135M-Instruct (the pack), exported to f16 GGUF, decodes in
-    llama.cpp the greedy tokens transformers decodes with the adapter, from the chat prompt's token ids.
-    (benchmarks/gguf_agreement.py measures 20 prompts, and q4_k_m.)"""
+    """A real small model: a LoRA on SmolLM2-135M-Instruct (the pack) exported to an f16 GGUF. llama.cpp's
+    greedy tokens from the chat prompt's ids are transformers' (the adapter model, unmerged) top-1 at every
+    position, except near-ties that f16 weight rounding can flip (a logit gap under NEAR_TIE), at most
+    one per prompt. benchmarks/gguf_agreement.py measures 20 prompts, f32 and q4_k_m."""
     _converter_or_skip()
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (`make llamacpp`)")
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from codetune.models.pack import default_cache_dir
     from codetune.training.batches import chat_renderer
@@ -254,26 +256,30 @@ def test_smollm2_lora_to_gguf_f16_gives_transformers_greedy_tokens(tmp_path: Pat
     out = eg.export_gguf(adapter, tmp_path / "smol-f16.gguf", "f16")
     assert "<|im_start|>user\n{{ .Prompt }}<|im_end|>" in (tmp_path / "Modelfile").read_text()
 
-    from transformers import AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(str(hf))
-    llm = llama_cpp.Llama(str(out), n_ctx=512, n_threads=2, logits_all=True, verbose=False)
+    llm = llama_cpp.Llama(str(out), n_ctx=512, n_threads=1, logits_all=True, verbose=False)
+    adapter_moved = 0
     try:
         for desc in ["Reverse a string.", "Check whether a number is prime.", "Flatten a list of lists."]:
             ids = tok(build_prompt(desc, prompt, chat_renderer(tok)), add_special_tokens=False)["input_ids"]
-            tokens, past = list(ids), None
-            with torch.no_grad():
-                step = peft_model(torch.tensor([tokens]), use_cache=True)
-                for _ in range(16):
-                    tokens.append(int(step.logits[0, -1].argmax()))
-                    past = step.past_key_values
-                    step = peft_model(torch.tensor([tokens[-1:]]), past_key_values=past, use_cache=True)
             llm.reset()
             llm.eval(ids)
             cpp: list[int] = []
             for _ in range(16):
                 cpp.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
                 llm.eval(cpp[-1:])
-            assert cpp == tokens[len(ids) :], desc
+            with torch.no_grad():
+                logits = peft_model(torch.tensor([ids + cpp[:-1]])).logits[0, len(ids) - 1 :]  # (16, vocab)
+                with peft_model.disable_adapter():
+                    base = peft_model(torch.tensor([ids + cpp[:-1]])).logits[0, len(ids) - 1 :]
+            top = logits.argmax(-1).tolist()
+            gaps = [
+                float(logits[i, t] - logits[i, c])
+                for i, (t, c) in enumerate(zip(top, cpp, strict=True))
+                if t != c
+            ]
+            assert len(gaps) <= 1 and all(g < NEAR_TIE for g in gaps), (desc, cpp, top, gaps)
+            adapter_moved += int(base.argmax(-1).tolist() != top)
     finally:
         llm.close()
+    assert adapter_moved > 0  # the LoRA changes what the model writes: it is in the GGUF
