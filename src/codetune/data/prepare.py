@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Console
 
 from codetune import progress
-from codetune.config import Config, SourceConfig, config_to_dict, save_config
+from codetune.config import Config, SourceConfig, config_to_dict, save_config, validate
 from codetune.data.clean import dedup_key, normalise_code, normalise_nl
 from codetune.data.records import BadRecord, Example
 from codetune.data.sources import read_source
@@ -92,6 +92,7 @@ def prepare(cfg: Config, console: Console | None = None) -> Path:
     Returns the output folder, which holds `{split}.jsonl`, `manifest.json`, `bad_records.jsonl`
     (only with skip_bad) and the resolved `config.yaml`.
     """
+    validate(cfg)  # the Python API gets the checks `load_config` makes
     console = console or Console(stderr=True)
     if not cfg.data.sources:
         raise CodetuneError("data.sources is empty: list at least one file with nl_field/code_field")

@@ -13,7 +13,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from codetune import progress
-from codetune.config import Config, config_to_dict, save_config
+from codetune.config import Config, config_to_dict, save_config, validate
 from codetune.data.format import build_prompt
 from codetune.data.records import Example, read_split
 from codetune.errors import CodetuneError
@@ -58,7 +58,8 @@ def default_models(cfg: Config) -> list[str]:
 def evaluate(cfg: Config, console: Console | None = None) -> Report:
     """Generate for `eval.split` of the prepared data with each of `eval.models`; write
     `{label}/predictions.jsonl`, `{label}/metrics.json`, `summary.json` and a manifest."""
-    console = console or Console(stderr=True)  # eval.workers, generate.n: checked by config.validate
+    validate(cfg)  # the Python API gets the checks `load_config` makes (eval.workers, generate.n, ...)
+    console = console or Console(stderr=True)
     out = make_output_dir(cfg.eval.output_dir, "eval.output_dir")
     save_config(cfg, out / "config.yaml")
     if cfg.eval.benchmark:

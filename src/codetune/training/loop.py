@@ -22,7 +22,7 @@ import torch
 from rich.console import Console
 
 from codetune import progress
-from codetune.config import Config, config_to_dict, save_config
+from codetune.config import Config, config_to_dict, save_config, validate
 from codetune.data.format import IGNORE_INDEX, Encoded, LengthAudit, audit_lengths
 from codetune.data.records import Example, read_split
 from codetune.devices import Runtime, attention_implementation, resolve_runtime
@@ -342,6 +342,7 @@ def train(cfg: Config, console: Console | None = None, on_step: StepCallback | N
 
     Returns the output folder. `on_step(step, loss)` is called after every optimizer step.
     """
+    validate(cfg)  # the Python API gets the checks `load_config` makes
     t = cfg.train
     runtime = resolve_runtime(t.device, t.precision, "train")
     accelerator = _accelerator(runtime, t.grad_accum)
