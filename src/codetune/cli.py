@@ -33,6 +33,18 @@ models_app = typer.Typer(
 app.add_typer(models_app, name="models")
 err = Console(stderr=True)
 
+# Options that the generating commands (generate, translate, complete) share.
+ModelOption = Annotated[
+    str | None, typer.Option("--model", "-m", help="Model folder, checkpoint, GGUF file or pack name.")
+]
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config for decoding and prompt settings.")
+]
+MaxNewTokensOption = Annotated[
+    int | None, typer.Option("--max-new-tokens", help="Tokens to generate at most.")
+]
+BackendOption = Annotated[str | None, typer.Option("--backend", help="hf or llamacpp.")]
+
 
 @app.callback()
 def _global_options(
@@ -172,18 +184,12 @@ def generate(
     description: Annotated[
         list[str], typer.Argument(help="What the code should do (one or more descriptions).")
     ],
-    model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Model folder, checkpoint, GGUF file or pack name.")
-    ] = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="YAML config for decoding and prompt settings.")
-    ] = None,
+    model: ModelOption = None,
+    config: ConfigOption = None,
     n: Annotated[int | None, typer.Option("--n", help="Completions per description.")] = None,
     temperature: Annotated[float | None, typer.Option("--temperature", help="0 = greedy.")] = None,
-    max_new_tokens: Annotated[
-        int | None, typer.Option("--max-new-tokens", help="Tokens to generate at most.")
-    ] = None,
-    backend: Annotated[str | None, typer.Option("--backend", help="hf or llamacpp.")] = None,
+    max_new_tokens: MaxNewTokensOption = None,
+    backend: BackendOption = None,
 ) -> None:
     """Description -> code from the command line, with a trained model folder or checkpoint."""
     from codetune.generation import generate as run
@@ -219,14 +225,10 @@ def translate(
     source: Annotated[
         str | None, typer.Option("--from", help="Language of FILE, where its extension doesn't say.")
     ] = None,
-    model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Model folder, checkpoint, GGUF file or pack name.")
-    ] = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="YAML config for decoding and prompt settings.")
-    ] = None,
-    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Tokens at most.")] = None,
-    backend: Annotated[str | None, typer.Option("--backend", help="hf or llamacpp.")] = None,
+    model: ModelOption = None,
+    config: ConfigOption = None,
+    max_new_tokens: MaxNewTokensOption = None,
+    backend: BackendOption = None,
 ) -> None:
     """Translate a source file into another programming language and print the translation."""
     from codetune.translate import translate as run
@@ -249,14 +251,10 @@ def complete(
     context_tokens: Annotated[
         int, typer.Option("--context-tokens", help="Tokens of file context at most (far lines are cut).")
     ] = 2048,
-    model: Annotated[
-        str | None, typer.Option("--model", "-m", help="A FIM-capable model: folder, GGUF file or pack name.")
-    ] = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="YAML config for decoding settings.")
-    ] = None,
-    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Tokens at most.")] = None,
-    backend: Annotated[str | None, typer.Option("--backend", help="hf or llamacpp.")] = None,
+    model: ModelOption = None,
+    config: ConfigOption = None,
+    max_new_tokens: MaxNewTokensOption = None,
+    backend: BackendOption = None,
 ) -> None:
     """Fill in code at a place in a file (fill-in-the-middle) and print what goes there."""
     from codetune.complete import complete as run
@@ -294,7 +292,7 @@ def serve(
     api_keys_file: Annotated[
         Path | None, typer.Option("--api-keys-file", help="File with one accepted API key per line.")
     ] = None,
-    backend: Annotated[str | None, typer.Option("--backend", help="hf or llamacpp.")] = None,
+    backend: BackendOption = None,
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions) with a
     web playground at /."""

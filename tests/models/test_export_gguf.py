@@ -158,11 +158,7 @@ def _tiny_spm_lora(tmp_path: Path) -> tuple[Path, Any]:
     LlamaForCausalLM(config).save_pretrained(str(base))
     lora = LoraSettings(enabled=True, r=4, alpha=8)
     peft_model = apply_lora(LlamaForCausalLM.from_pretrained(str(base)), lora, "causal")
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+    nudge_adapter(peft_model, seed=1, scale=0.2)
     adapter = tmp_path / "adapter"
     peft_model.save_pretrained(str(adapter))
     tok.save_pretrained(str(adapter))
@@ -243,11 +239,7 @@ def test_smollm2_lora_to_gguf_f16_gives_transformers_greedy_tokens(tmp_path: Pat
         pytest.skip("smollm2-135m is not in the cache (`codetune models fetch smollm2-135m`)")
     lora = LoraSettings(enabled=True, r=8, alpha=16)
     peft_model = apply_lora(AutoModelForCausalLM.from_pretrained(str(hf)), lora, "causal")
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+    nudge_adapter(peft_model, seed=0, scale=0.02)
     adapter = tmp_path / "adapter"
     peft_model.save_pretrained(str(adapter))
     prompt = PromptConfig(style="chat", template="{nl}")
@@ -283,3 +275,12 @@ def test_smollm2_lora_to_gguf_f16_gives_transformers_greedy_tokens(tmp_path: Pat
     finally:
         llm.close()
     assert adapter_moved > 0  # the LoRA changes what the model writes: it is in the GGUF
+
+
+def nudge_adapter(peft_model: Any, seed: int, scale: float) -> None:
+    """Random LoRA B matrices (PEFT starts them at zero, where the adapter would change nothing)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * scale)

@@ -456,15 +456,7 @@ def test_codetune_serve_command(model_dirs: dict[str, Path], tmp_path: Path) -> 
     )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.2)
+        wait_until_healthy(url, proc, seconds=90)
         client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
         out = client.completions.create(model="tiny", prompt=PROMPT)
         assert out.usage is not None and 0 < out.usage.completion_tokens <= 8  # generate.max_new_tokens
@@ -588,15 +580,7 @@ def _server_process(tmp_path: Path) -> Iterator[tuple[str, int]]:
     proc = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, str(port), str(log)], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.1)
+        wait_until_healthy(url, proc, seconds=60)
         yield url, proc.pid
     finally:
         proc.terminate()
@@ -661,3 +645,16 @@ def test_oversized_prompts_get_413_and_health_stays_responsive(tmp_path: Path) -
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     statuses = sorted(r["status"] for r in records if r["path"] == "/v1/completions")
     assert statuses == [400, 400, 400, 413, 413, 413]
+
+
+def wait_until_healthy(url: str, proc: subprocess.Popen[Any], seconds: float) -> None:
+    """Until the server process answers /health with 200; fails if it exits or `seconds` pass."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(url + "/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.1)
