@@ -101,8 +101,8 @@ gpu-check: install
 	$(BIN)/python benchmarks/gpu_check.py --out runs/gpu-check
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks scripts
-	$(BIN)/ruff format --check src tests benchmarks scripts
+	$(BIN)/ruff check src tests benchmarks scripts recipes
+	$(BIN)/ruff format --check src tests benchmarks scripts recipes
 	$(BIN)/mypy
 
 test: lint
