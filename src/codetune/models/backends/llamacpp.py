@@ -57,15 +57,16 @@ _log_filter: list[Any] = []  # the installed ctypes callback, kept alive for as 
 
 
 def _filter_llama_log(llama_cpp: Any) -> None:
-    if _log_filter:
-        return
+    callback_type = getattr(llama_cpp, "llama_log_callback", None)
+    if _log_filter or callback_type is None or not hasattr(llama_cpp, "llama_log_set"):
+        return  # installed already, or a llama_cpp without these bindings (another layout, a stand-in)
     try:
         from llama_cpp import _logger
     except ImportError:  # another llama-cpp-python layout: leave its logging as it is
         return
     forward = _logger.llama_log_callback
 
-    @llama_cpp.llama_log_callback  # type: ignore[misc]
+    @callback_type  # type: ignore[misc]
     def callback(level: int, text: bytes, user_data: Any) -> None:
         if not any(noise in text for noise in _LOG_NOISE):
             forward(level, text, user_data)
