@@ -186,12 +186,7 @@ def test_lora_model_to_gguf_f16_gives_transformers_greedy_tokens(tmp_path: Path)
                     tokens.append(int(peft_model(torch.tensor([tokens])).logits[0, -1].argmax()))
                 with peft_model.disable_adapter():
                     base_next = int(peft_model(torch.tensor([ids])).logits[0, -1].argmax())
-            llm.reset()
-            llm.eval(ids)
-            cpp: list[int] = []
-            for _ in range(16):
-                cpp.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
-                llm.eval(cpp[-1:])
+            cpp = llamacpp_greedy(llm, ids, 16)
             assert cpp == tokens[len(ids) :]
             differs_from_base += int(base_next != tokens[len(ids)])
         assert differs_from_base > 0  # the LoRA is in the GGUF, not only the base
@@ -254,12 +249,7 @@ def test_smollm2_lora_to_gguf_f16_gives_transformers_greedy_tokens(tmp_path: Pat
     try:
         for desc in ["Reverse a string.", "Check whether a number is prime.", "Flatten a list of lists."]:
             ids = tok(build_prompt(desc, prompt, chat_renderer(tok)), add_special_tokens=False)["input_ids"]
-            llm.reset()
-            llm.eval(ids)
-            cpp: list[int] = []
-            for _ in range(16):
-                cpp.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
-                llm.eval(cpp[-1:])
+            cpp = llamacpp_greedy(llm, ids, 16)
             with torch.no_grad():
                 logits = peft_model(torch.tensor([ids + cpp[:-1]])).logits[0, len(ids) - 1 :]  # (16, vocab)
                 with peft_model.disable_adapter():
@@ -284,3 +274,14 @@ def nudge_adapter(peft_model: Any, seed: int, scale: float) -> None:
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * scale)
+
+
+def llamacpp_greedy(llm: Any, ids: list[int], steps: int) -> list[int]:
+    """llama.cpp's greedy continuation of `ids`, `steps` tokens, from its own logits."""
+    llm.reset()
+    llm.eval(ids)
+    out: list[int] = []
+    for _ in range(steps):
+        out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval(out[-1:])
+    return out
