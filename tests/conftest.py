@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 from pathlib import Path
@@ -52,6 +53,13 @@ def pairs_file(tmp_path: Path) -> Path:
     return write_jsonl(tmp_path / "pairs.jsonl", make_pairs())
 
 
+# The tiny random-init model the fast tests train (`model.name: tiny` and its preset's sizes).
+TINY_MODEL: dict[str, Any] = {
+    "name": "tiny",
+    "tiny": {"vocab_size": 300, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
+}
+
+
 def tiny_config(tmp_path: Path, source: Path, **overrides: Any) -> Config:
     """A config for a tiny model on `source`, writing under tmp_path; overrides as {section: {key: v}}."""
     raw: dict[str, Any] = {
@@ -68,16 +76,7 @@ def tiny_config(tmp_path: Path, source: Path, **overrides: Any) -> Config:
             "output_dir": str(tmp_path / "data"),
             "splits": {"train": 0.7, "valid": 0.15, "test": 0.15},
         },
-        "model": {
-            "name": "tiny",
-            "tiny": {
-                "vocab_size": 300,
-                "hidden_size": 32,
-                "num_layers": 1,
-                "num_heads": 2,
-                "intermediate_size": 64,
-            },
-        },
+        "model": copy.deepcopy(TINY_MODEL),
         "train": {
             "output_dir": str(tmp_path / "train"),
             "max_steps": 6,

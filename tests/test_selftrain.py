@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from collections.abc import Iterator, Sequence
@@ -27,6 +28,7 @@ from codetune.selftraining import (
     select_passing,
     selftrain,
 )
+from tests.conftest import TINY_MODEL
 
 # --- a toy benchmark: three train tasks, two test tasks ------------------------------------------
 
@@ -144,16 +146,7 @@ class Script:
 
 def toy_config(tmp_path: Path, **selftrain: Any) -> Config:
     raw: dict[str, Any] = {
-        "model": {
-            "name": "tiny",
-            "tiny": {
-                "vocab_size": 300,
-                "hidden_size": 32,
-                "num_layers": 1,
-                "num_heads": 2,
-                "intermediate_size": 64,
-            },
-        },
+        "model": copy.deepcopy(TINY_MODEL),
         "train": {"max_steps": 2, "batch_size": 2, "lr": 3e-3, "warmup_ratio": 0.0, "tensorboard": False},
         "selftrain": {"tasks": ["toy/train"], "n": 5, "m": 2, "rounds": 2, "unit_size": 2, "temperature": 0.8}
         | {"output_dir": str(tmp_path / "st")}
