@@ -59,7 +59,7 @@ class Limits:
     """Resource limits for one sample. The defaults suit HumanEval-style checks."""
 
     timeout_s: float = 10.0  # wall clock, from fork to exit
-    cpu_s: float | None = None  # RLIMIT_CPU (whole seconds, rounded up); None: same as timeout_s
+    cpu_s: float | None = None  # RLIMIT_CPU (whole seconds, rounded up); None: timeout_s + 1 s
     memory_mb: int = 1024  # RLIMIT_AS
     file_size_mb: int = 16  # RLIMIT_FSIZE
     max_processes: int = 64  # RLIMIT_NPROC
@@ -79,7 +79,9 @@ class Limits:
     @property
     def cpu_limit_s(self) -> int:
         """The RLIMIT_CPU soft limit in whole seconds."""
-        return max(1, -int(-(self.timeout_s if self.cpu_s is None else self.cpu_s) // 1))
+        if self.cpu_s is None:  # a backstop past the wall clock, which decides (worker._cpu_limit)
+            return max(1, -int(-self.timeout_s // 1)) + 1
+        return max(1, -int(-self.cpu_s // 1))
 
 
 @dataclass(frozen=True)

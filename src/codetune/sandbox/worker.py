@@ -543,7 +543,7 @@ def _decide(
     setup = next((line[6:] for line in lines if line.startswith("setup\t")), None)
     exit_code = os.WEXITSTATUS(raw) if os.WIFEXITED(raw) else None
     sig = os.WTERMSIG(raw) if os.WIFSIGNALED(raw) else None
-    cpu_limit = max(1, -int(-(limits["timeout_s"] if limits["cpu_s"] is None else limits["cpu_s"]) // 1))
+    cpu_limit = _cpu_limit(limits)
     verdict: dict[str, Any] = {"error_type": None, "detail": "", "exec_s": None}
     if record is not None and len(record) == 5 and record[1] in ("passed", "failed", "error", "memory"):
         verdict |= {"status": record[1], "error_type": record[2] or None, "detail": record[4]}
@@ -595,10 +595,18 @@ def _sample(job: dict[str, Any], nonce: str, workdir: str, fds: list[int], conte
         os._exit(1)
 
 
+def _cpu_limit(limits: dict[str, Any]) -> int:
+    """RLIMIT_CPU in whole seconds: `cpu_s` rounded up, or without one a backstop a second past the
+    wall-clock timeout, so that the wall clock (not a race with it) ends a busy single-process sample."""
+    if limits["cpu_s"] is None:
+        return max(1, -int(-limits["timeout_s"] // 1)) + 1
+    return max(1, -int(-limits["cpu_s"] // 1))
+
+
 def _set_rlimits(limits: dict[str, Any], context: _Context, language: str) -> None:
     mib = 1 << 20
     memory = limits["memory_mb"] * mib
-    cpu = max(1, -int(-(limits["timeout_s"] if limits["cpu_s"] is None else limits["cpu_s"]) // 1))
+    cpu = _cpu_limit(limits)
     processes = limits["max_processes"] + (1 if context.pid1 else 0)  # the worker shares the uid there
     if context.uid is None and not context.pid1 and os.geteuid() != 0:
         processes += sum(1 for p in os.listdir("/proc") if p.isdigit() and _owned(p))  # the user's own
