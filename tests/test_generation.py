@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from codetune.config import Config, PromptConfig
-from codetune.generation import extract_code, generate, generate_units, settings_from
+from codetune.generation import answer_stops, extract_code, generate, generate_units, settings_from
 from codetune.models.backends.base import Completion, SamplingSettings, cut_at_stop, stop_holdback
 from codetune.models.backends.hf import HFBackend
 
@@ -26,6 +26,16 @@ def test_extract_code_from_markdown() -> None:
 @pytest.fixture(scope="module")
 def backend(trained_run: Config) -> HFBackend:
     return HFBackend.from_path(str(Path(trained_run.train.output_dir) / "final"), batch_size=3)
+
+
+def test_a_fenced_answer_stops_at_its_closing_fence_not_at_an_opening_one_after_a_sentence() -> None:
+    fenced = PromptConfig(style="chat", answer_template="```python\n{code}\n```")
+    (stop,) = answer_stops(fenced)
+    reply = "Sure, here it is.\n```python\ndef f():\n    return 1\n```\nIt returns 1."
+    assert cut_at_stop(reply, (stop,)) == ("Sure, here it is.\n```python\ndef f():\n    return 1", True)
+    # a closing text that does not also open the answer stops as it is
+    assert answer_stops(PromptConfig(answer_template="{code}\n# end")) == ("\n# end",)
+    assert answer_stops(PromptConfig(answer_template="{code}")) == ()
 
 
 def test_greedy_is_deterministic_and_independent_of_batching(backend: HFBackend) -> None:

@@ -119,9 +119,13 @@ def extract_code(text: str, prompt: PromptConfig) -> str:
 
 
 def answer_stops(prompt: PromptConfig) -> tuple[str, ...]:
-    """Stops implied by the answer template: a fenced answer ends at its closing fence."""
-    after = build_answer("\x00", prompt).split("\x00", 1)[1]
-    return (after,) if after.strip() else ()
+    """Stops implied by the answer template: a fenced answer ends at its closing fence. Where the same
+    text also opens the answer (a Markdown fence), the stop needs the line break after it: a reply that
+    writes a sentence before its block would otherwise be cut at "\n```python" and keep no code."""
+    before, after = build_answer("\x00", prompt).split("\x00", 1)
+    if not after.strip():
+        return ()
+    return (after + "\n",) if after.strip() in before else (after,)
 
 
 def description_prompt(description: str, prompt: PromptConfig, backend: Backend) -> str:
