@@ -23,9 +23,25 @@ def test_evaluate_scores_base_and_final(trained_run: Config) -> None:
     assert "transformers" in manifest["versions"]
     # a trained model beats its random initialisation on this easy data
     assert report.metrics["final"]["edit_similarity"] > report.metrics["base"]["edit_similarity"]
+    # answers cut at max_new_tokens are counted per model, and the paired difference is in summary.json
+    summary = json.loads((out / "summary.json").read_text())
+    for label in ("base", "final"):
+        preds = read_jsonl(out / label / "predictions.jsonl")
+        cut = sum(p["finish_reason"] == "length" for p in preds)
+        assert summary["metrics"][label]["truncated"] == report.metrics[label]["truncated"] == cut
+    paired = summary["paired"]["final"]
+    assert paired["baseline"] == "base" and paired["examples"] == len(test_rows)
+    gain = report.metrics["final"]["edit_similarity"] - report.metrics["base"]["edit_similarity"]
+    assert abs(paired["edit_similarity"]["delta"] - gain) < 1e-3  # the mean of the per-example differences
+    assert (
+        paired["edit_similarity"]["lo"]
+        <= paired["edit_similarity"]["delta"]
+        <= paired["edit_similarity"]["hi"]
+    )
     html = (out / "report.html").read_text()
     n = len(test_rows)
     assert f"{n} examples" in html and "Largest drops: final vs base" in html
+    assert f"final − base, paired over {n} examples" in html and "cut at max_new_tokens" in html
     assert 'alt="loss vs step"' in html  # the curves of the run the final model was trained in
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from codetune.errors import CodetuneError
-from codetune.eval.text_report import example_scores, write_text_report
+from codetune.eval.text_report import cut_count, example_scores, paired_differences, write_text_report
 
 
 def test_example_scores_are_edit_similarity_and_exact_match_per_example() -> None:
@@ -22,6 +22,47 @@ def test_example_scores_are_edit_similarity_and_exact_match_per_example() -> Non
     assert scores["a"][1] == 1.0 and scores["b"][1] == 0.0 and scores["c"] == (0.0, 0.0)
     assert scores["b"][0] == pytest.approx(100 * (1 - 1 / 3))
     assert scores["a"][0] == pytest.approx(100 * (1 - 2 / 10))  # exact match ignores whitespace, edits don't
+
+
+def test_cut_count_counts_every_answer_stopped_by_max_new_tokens() -> None:
+    rows = [
+        {"id": "a", "finish_reason": "length"},
+        {"id": "b", "finish_reason": "stop"},
+        {"id": "c", "finish_reason": "length", "finish_reasons": ["length", "length", "stop"]},
+        {"id": "d"},
+    ]
+    assert cut_count(rows) == 3
+    assert cut_count([]) == 0
+
+
+def _rows(predictions: dict[str, str]) -> dict[str, dict[str, str]]:
+    return {
+        i: {"id": i, "prediction": p, "reference": "def f(x):\n    return x + 1\n"}
+        for i, p in predictions.items()
+    }
+
+
+def test_paired_differences_resample_examples_in_pairs() -> None:
+    right, wrong = "def f(x):\n    return x + 1\n", "def f(x):\n    return x +"
+    base = _rows({f"e{i}": wrong for i in range(20)})
+    tuned = _rows({f"e{i}": right if i < 15 else wrong for i in range(20)})
+    tuned["extra"] = {"id": "extra", "prediction": "", "reference": "x"}  # not in base: left out
+    diff = paired_differences(base, tuned, seed=0)
+    assert diff["examples"] == 20 and diff["iterations"] == 2000
+    # syntax: 15 of 20 become valid (0 -> 100 each): +75 points; bootstrap of 15 ones in 20 draws
+    assert diff["syntax_validity"]["delta"] == 75.0
+    assert 50.0 <= diff["syntax_validity"]["lo"] < 75.0 < diff["syntax_validity"]["hi"] <= 95.0
+    assert diff["exact_match"]["delta"] == 75.0
+    # edit similarity: the wrong answer is 3 characters short of 27 -> 88.89 per example
+    assert diff["edit_similarity"]["delta"] == pytest.approx(0.75 * 100 * 3 / 27, abs=1e-3)
+    assert diff["edit_similarity"]["lo"] > 0
+    assert paired_differences(base, tuned, seed=0) == diff  # seeded
+    # equal answers: a zero difference with a zero-width interval
+    same = paired_differences(base, base)
+    assert same["edit_similarity"] == {"delta": 0.0, "lo": 0.0, "hi": 0.0}
+    assert "syntax_validity" not in paired_differences(base, tuned, language="javascript")
+    with pytest.raises(CodetuneError, match="share none"):
+        paired_differences(base, _rows({"z": right}))
 
 
 def _folder(root: Path, label: str, predictions: dict[str, str], model: str, prompt: str = "task") -> None:
@@ -74,6 +115,13 @@ def test_the_report_ranks_the_examples_that_moved_and_escapes_code(tmp_path: Pat
         r"<td class=\"n\">2/3</td>",
         html,
     )
+    # nothing was cut; the paired differences of every per-example metric, with their intervals
+    assert html.count('<td class="n">0/3</td>') == 2
+    assert "tuned − base, paired over 3 examples" in html
+    # syntax validity only where the split is Python (metrics.json has it; these have BLEU alone)
+    assert "<td>syntax valid %</td>" not in html
+    for name in ("edit similarity", "exact match %", "sentence BLEU"):
+        assert re.search(rf"<td>{re.escape(name)}</td><td class=\"n\">[+-][\d.]+</td>", html)
     # the models were prompted differently: the prompt shown is said to be the baseline's
     assert 'prompt (base&#x27;s)</div><pre class="short">task e1</pre>' in html
     assert "<code>runs/x/final</code>" in html and "generated in 30 s at 4.0 tokens/s" in html

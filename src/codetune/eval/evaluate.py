@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from codetune import progress
 from codetune.config import Config, config_to_dict, save_config, validate
@@ -18,6 +19,8 @@ from codetune.data.format import build_prompt
 from codetune.data.records import Example, read_split
 from codetune.errors import CodetuneError
 from codetune.eval.metrics import edit_similarity, text_metrics
+from codetune.eval.report import _rows_by
+from codetune.eval.text_report import PAIRED, cut_count, paired_differences
 from codetune.generation import (
     GenerationWorkers,
     answer_stops,
@@ -75,7 +78,9 @@ def evaluate(cfg: Config, console: Console | None = None) -> Report:
         label, path = parse_model_spec(spec)
         report.models[label] = path
         report.metrics[label] = _evaluate_model(cfg, label, path, examples, out / label, console)
-    write_json(out / "summary.json", {"models": report.models, "metrics": report.metrics})
+    paired = split_paired_differences(out, list(report.models), cfg.eval.baseline, examples[0].language)
+    summary: dict[str, Any] = {"models": report.models, "metrics": report.metrics}
+    write_json(out / "summary.json", {**summary, **({"paired": paired} if paired else {})})
     write_manifest(
         out,
         "evaluate",
@@ -90,9 +95,42 @@ def evaluate(cfg: Config, console: Console | None = None) -> Report:
         config=config_to_dict(cfg),
     )
     _print_table(console, report)
+    _print_paired(console, paired)
     if cfg.eval.report:
         _report_or_say_why(console, write_split_report, cfg, out, list(report.models.values()))
     return report
+
+
+def split_paired_differences(
+    out: Path, labels: list[str], baseline: str | None, language: str
+) -> dict[str, Any]:
+    """{label: paired differences against the baseline} for every other model of a split evaluation
+    (`eval.baseline`, else "base", else the first label); {} with fewer than two models."""
+    if len(labels) < 2:
+        return {}
+    base = baseline if baseline in labels else ("base" if "base" in labels else labels[0])
+    rows = {x: _rows_by(out / x / "predictions.jsonl", "id") for x in labels}
+    return {
+        x: {"baseline": base, **paired_differences(rows[base], rows[x], language)}
+        for x in labels
+        if x != base
+    }
+
+
+def _print_paired(console: Console, paired: dict[str, Any]) -> None:
+    """Each model minus the baseline per example, with its paired 95% bootstrap interval."""
+    for label, diff in paired.items():
+        table = Table(
+            title=f"{label} - {diff['baseline']}: paired over {diff['examples']} examples, 95% bootstrap CI"
+        )
+        for column in ("metric", "difference", "95% CI"):
+            table.add_column(column, justify="left" if column == "metric" else "right", no_wrap=True)
+        for key in (k for k in PAIRED if k in diff):
+            d = diff[key]
+            tone = "green" if d["lo"] > 0 else "red" if d["hi"] < 0 else ""
+            ci = Text(f"[{d['lo']:+.2f}, {d['hi']:+.2f}]", style=tone)  # Text: brackets aren't markup
+            table.add_row(key, f"{d['delta']:+.2f}", ci)
+        console.print(table)
 
 
 def _evaluate_model(
@@ -145,6 +183,7 @@ def _evaluate_model(
     metrics.update(
         examples=len(examples),
         samples=sum(len(row) for row in results),
+        truncated=cut_count(rows),  # answers cut at max_new_tokens (as a benchmark's metrics count them)
         seconds=round(seconds, 2),
         tokens_per_s=round(n_tokens / max(seconds, 1e-9), 1),
     )

@@ -1,6 +1,7 @@
 """report.html for an evaluation on a data split (text metrics, no execution). Pure functions, no CLI.
 
     example_scores(rows)     per example: edit similarity (0-100) and exact match (0/1)
+    paired_differences(a, b) mean(b) - mean(a) of each per-example text metric, paired 95% bootstrap CI
     write_text_report(dir)   report.html over every model folder with a predictions.jsonl: scores with
                              bootstrap CIs, the paired difference against a baseline, training curves,
                              and the examples that moved most, side by side
@@ -17,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from codetune.errors import CodetuneError
-from codetune.eval.metrics import edit_similarity, exact_match
+from codetune.eval.metrics import edit_similarity, exact_match, sentence_bleu, syntax_validity
 from codetune.eval.report import (
     CI_METHOD,
+    ITERATIONS,
     _duration,
     _e,
     _finish_page,
@@ -49,6 +51,59 @@ def example_scores(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[float, flo
         pred, ref = [str(row.get("prediction", ""))], [str(row.get("reference", ""))]
         out[str(row["id"])] = (edit_similarity(pred, ref), exact_match(pred, ref) / 100.0)
     return out
+
+
+# the text metrics that are means of per-example scores (0-100), so a paired bootstrap over examples
+# applies to their difference; BLEU and CodeXGLUE BLEU are corpus scores and have none
+PAIRED = {
+    "edit_similarity": "edit similarity",
+    "syntax_validity": "syntax valid %",
+    "exact_match": "exact match %",
+    "sentence_bleu": "sentence BLEU",
+}
+
+
+def per_example_metrics(row: dict[str, Any], language: str = "python") -> dict[str, float]:
+    """A predictions.jsonl row's scores (0-100) for each of PAIRED (syntax validity for Python only);
+    their means over a split are the split's metrics.json values."""
+    pred, ref = [str(row.get("prediction", ""))], [str(row.get("reference", ""))]
+    out = {
+        "edit_similarity": edit_similarity(pred, ref),
+        "syntax_validity": syntax_validity(pred),
+        "exact_match": exact_match(pred, ref),
+        "sentence_bleu": sentence_bleu(pred, ref),
+    }
+    if language != "python":
+        del out["syntax_validity"]
+    return out
+
+
+def paired_differences(
+    base: dict[str, dict[str, Any]],
+    other: dict[str, dict[str, Any]],
+    language: str = "python",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """`other` minus `base` on the example ids both have ({id: predictions.jsonl row}): per metric of
+    PAIRED the mean difference and its 95% percentile bootstrap interval, resampling examples with the
+    same indices for both (seeded, so reruns give the same interval)."""
+    ids = [i for i in base if i in other]
+    if not ids:
+        raise CodetuneError("paired differences need examples that both models answered; they share none")
+    a = [per_example_metrics(base[i], language) for i in ids]
+    b = [per_example_metrics(other[i], language) for i in ids]
+    out: dict[str, Any] = {"examples": len(ids), "iterations": ITERATIONS, "seed": seed}
+    for key in a[0]:
+        delta, lo, hi = paired_bootstrap([x[key] for x in a], [y[key] for y in b], seed=seed)
+        out[key] = {"delta": round(delta, 4), "lo": round(lo, 4), "hi": round(hi, 4)}
+    return out
+
+
+def cut_count(rows: Sequence[dict[str, Any]]) -> int:
+    """How many answers stopped at max_new_tokens (finish_reason "length"), every sample counted."""
+    return sum(
+        sum(r == "length" for r in row.get("finish_reasons") or [row.get("finish_reason")]) for row in rows
+    )
 
 
 def _case(eid: str, rows: dict[str, dict[str, Any]], scores: dict[str, float]) -> str:
@@ -107,7 +162,11 @@ def write_text_report(
             parts.append(f"generated in {_e(_duration(m['seconds']))}{rate}")
         h.append(f"<li><b>{_e(x)}</b>: {' · '.join(parts)}</li>")
     h.append("</ul><h2>Scores</h2>")
-    h.append(_scores_table(labels, base, ids, scores, metrics))
+    h.append(_scores_table(labels, base, ids, scores, metrics, preds))
+    language = "python" if any("syntax_validity" in m for m in metrics.values()) else "other"
+    for x in labels[1:]:
+        shared = {i: preds[base][i] for i in ids}
+        h.append(_paired_table(x, base, paired_differences(shared, preds[x], language)))
     if left_out:
         h.append('<p class="muted">BLEU and the other corpus scores are as each model measured them, over')
         h.append(" all of its own examples; the other columns are over the shared ones.</p>")
@@ -142,6 +201,7 @@ def _scores_table(
     ids: list[str],
     scores: dict[str, dict[str, tuple[float, float]]],
     metrics: dict[str, dict[str, Any]],
+    preds: dict[str, dict[str, dict[str, Any]]],
 ) -> str:
     corpus = [k for k in _CORPUS if any(isinstance(m.get(k), int | float) for m in metrics.values())]
 
@@ -159,8 +219,22 @@ def _scores_table(
             delta = f'<span class="{tone}">{d:+.1f} [{dl:+.1f}, {dh:+.1f}]</span>'
         exact = sum(scores[x][i][1] for i in ids)
         m = metrics[x]
-        row = [_e(x), f"{mean:.1f} [{lo:.1f}, {hi:.1f}]", delta, f"{exact:g}/{len(ids)}"]
+        cut = cut_count([preds[x][i] for i in ids])
+        row = [_e(x), f"{mean:.1f} [{lo:.1f}, {hi:.1f}]", delta, f"{exact:g}/{len(ids)}", f"{cut}/{len(ids)}"]
         rows.append(row + [num(m, k) for k in corpus])
     heads = ["model", "edit similarity [95% CI]", f"Δ vs {base} [95% CI]", "exact match"]
-    heads += [_CORPUS[k] for k in corpus]
+    heads += ["cut at max_new_tokens"] + [_CORPUS[k] for k in corpus]
     return _table(heads, rows, "l" + "r" * (len(heads) - 1))
+
+
+def _paired_table(label: str, base: str, diff: dict[str, Any]) -> str:
+    """The per-example metrics of `label` minus `base`'s, each with its paired 95% CI."""
+    rows = []
+    for key, name in PAIRED.items():
+        if key in diff:
+            d = diff[key]
+            tone = "good" if d["lo"] > 0 else "bad" if d["hi"] < 0 else ""
+            ci = f'<span class="{tone}">[{d["lo"]:+.2f}, {d["hi"]:+.2f}]</span>'
+            rows.append([_e(name), f"{d['delta']:+.2f}", ci])
+    caption = f'<p class="muted">{_e(label)} − {_e(base)}, paired over {diff["examples"]} examples</p>'
+    return caption + _table(["metric", "difference", "95% CI"], rows, "lrr")
