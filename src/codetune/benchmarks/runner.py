@@ -42,7 +42,7 @@ from codetune.generation import (
 from codetune.manifest import sha256_file, write_json, write_jsonl, write_manifest
 from codetune.models.backends.base import Backend, Completion, SamplingSettings
 from codetune.progress import task as progress_task
-from codetune.sandbox import Limits, SandboxPool, Verdict, calibrated_limits, sandbox_manifest
+from codetune.sandbox import Limits, SandboxPool, Verdict, sandbox_manifest
 
 Progress = Callable[[int, int], None]
 
@@ -184,6 +184,75 @@ def _contiguous(units: list[range]) -> list[range]:
         else:
             spans.append(u)
     return spans
+
+
+# --- calibration: timeouts from reference solutions ---------------------------------------------
+
+_CALIBRATION: dict[str, Any] | None = None  # the last calibration, for the manifest
+
+
+def calibrate_timeout(
+    reference_seconds: Sequence[float], factor: float = 10.0, floor_s: float = 2.0
+) -> float:
+    """A timeout of `factor` times the slowest reference run, and never less than `floor_s`.
+
+    The references are run times of a known-good (canonical) solution measured on this machine, so
+    the timeout scales with the machine instead of being a constant that flips verdicts under load.
+    """
+    return round(max(floor_s, factor * max(reference_seconds, default=0.0)), 3)
+
+
+def measure_reference_seconds(
+    pool: SandboxPool, jobs: Sequence[tuple[str, str]], repeats: int = 3, limits: Limits | None = None
+) -> list[list[float]]:
+    """Run each known-good `(program, tests)` job `repeats` times; return its in-sandbox run times.
+
+    A reference that doesn't pass is run once more, by itself, with 10 times the limits (a slow one on
+    a busy machine, or a flaky test). Raises `CodetuneError` naming the first job that fails twice.
+    """
+    times: list[list[float]] = [[] for _ in jobs]
+    base = limits or pool.limits
+    for _ in range(repeats):
+        for index, verdict in enumerate(pool.map(jobs, base)):
+            if not verdict.passed:
+                verdict = pool.run(*jobs[index], replace(base, timeout_s=base.timeout_s * 10))
+            if not verdict.passed:
+                raise CodetuneError(
+                    f"calibration: reference job {index} did not pass ({verdict.status}: {verdict.detail}); "
+                    "fix the canonical solution or its tests"
+                )
+            times[index].append(verdict.exec_s if verdict.exec_s is not None else verdict.duration_s)
+    return times
+
+
+def calibrated_limits(
+    pool: SandboxPool,
+    jobs: Sequence[tuple[str, str]],
+    base: Limits | None = None,
+    factor: float = 10.0,
+    floor_s: float = 2.0,
+    repeats: int = 3,
+) -> list[Limits]:
+    """Per-job limits whose timeouts come from `calibrate_timeout` on the jobs' reference runs; the
+    calibration is recorded for the manifest (`last_calibration`)."""
+    global _CALIBRATION
+    base = base or pool.limits
+    references = measure_reference_seconds(pool, jobs, repeats, base)
+    timeouts = [calibrate_timeout(seconds, factor, floor_s) for seconds in references]
+    slowest = sorted(max(seconds) for seconds in references)
+    _CALIBRATION = {"factor": factor, "floor_s": floor_s, "repeats": repeats, "jobs": len(jobs)}
+    _CALIBRATION |= {
+        "reference_max_s": max(slowest, default=0.0),
+        "reference_median_s": slowest[len(slowest) // 2] if slowest else 0.0,
+        "timeouts_above_floor": sum(timeout > floor_s for timeout in timeouts),
+        "timeout_max_s": max(timeouts, default=floor_s),
+    }
+    return [replace(base, timeout_s=timeout) for timeout in timeouts]
+
+
+def last_calibration() -> dict[str, Any] | None:
+    """The last `calibrated_limits` call's factor, floor, reference times and timeouts (None: none yet)."""
+    return dict(_CALIBRATION) if _CALIBRATION is not None else None
 
 
 # --- scoring ---------------------------------------------------------------------------------------
@@ -432,6 +501,7 @@ def _write_manifest(
         generation_workers=generation_workers,
         sandbox={
             **sandbox_manifest(),
+            "calibration": last_calibration(),
             "isolation_used": scored.isolation,
             "limits_used": asdict(spec.limits),
             "preload": list(spec.preload),

@@ -36,10 +36,7 @@ from codetune.sandbox.pool import (
     Limits,
     SandboxPool,
     Verdict,
-    calibrate_timeout,
-    calibrated_limits,
     isolation_level,
-    measure_reference_seconds,
     run_tests,
     sandbox_manifest,
 )
@@ -50,10 +47,7 @@ __all__ = [
     "Limits",
     "SandboxPool",
     "Verdict",
-    "calibrate_timeout",
-    "calibrated_limits",
     "isolation_level",
-    "measure_reference_seconds",
     "run_tests",
     "sandbox_manifest",
 ]

@@ -1,4 +1,4 @@
-"""The evaluator's side of the sandbox: limits, verdicts, the worker pool, calibration, the manifest.
+"""The evaluator's side of the sandbox: limits, verdicts, the worker pool, the manifest.
 
 Nothing here runs sample code: workers (`worker.py`, started inside bubblewrap where it can run) do.
 """
@@ -12,9 +12,9 @@ import itertools
 import json
 import os
 import queue
+import select
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -23,7 +23,7 @@ import warnings
 import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,26 +31,23 @@ from codetune.errors import CodetuneError
 
 STATUSES = ("passed", "failed", "error", "timeout", "memory", "killed", "sandbox-error")
 LANGUAGES = ("python", "javascript")
-MODES = ("bwrap", "rlimits")
 UNSAFE_ENV = "CODETUNE_UNSAFE_ISOLATION"  # "1": run samples as root where no other isolation works
 BWRAP_ENV = "CODETUNE_BWRAP"  # the bwrap binary; a path that doesn't exist simulates its absence
-SANDBOX_UID = 65534  # nobody: the uid inside bubblewrap
-FALLBACK_UID_BASE = 1_000_000_000  # + worker pid: the rlimit-only level's per-worker uid (as root)
 _WORKER_FILE = Path(__file__).with_name("worker.py")
 _ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-_ENV |= {"PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-_ENV |= {"MKL_NUM_THREADS": "1"}
+_ENV |= dict.fromkeys(
+    ["PYTHONDONTWRITEBYTECODE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"], "1"
+)
 _BOOT = (
     "import sys, importlib.util as u\n"
     "s = u.spec_from_file_location('_codetune_sandbox_worker', sys.argv[1]); m = u.module_from_spec(s)\n"
     "s.loader.exec_module(m); m.main(sys.argv[2])\n"
 )
-_HELLO_TIMEOUT_S, _REPLY_GRACE_S = 120.0, 30.0
 # worker.py as this process loaded its neighbour: a worker started from a file edited (or upgraded) since
 # would speak another protocol; it compares and says so
 _STAMP = f"{_WORKER_FILE.stat().st_size}:{_WORKER_FILE.stat().st_mtime_ns}"
-_CALIBRATION: dict[str, Any] | None = None
 _CGROUP_IDS = itertools.count()
+# bwrap's --die-with-parent fires when the *thread* that started it ends: every worker starts from this one
 _SPAWNER = ThreadPoolExecutor(1, thread_name_prefix="codetune-sandbox-spawner")
 
 
@@ -60,28 +57,23 @@ class Limits:
 
     timeout_s: float = 10.0  # wall clock, from fork to exit
     cpu_s: float | None = None  # RLIMIT_CPU (whole seconds, rounded up); None: timeout_s + 1 s
-    memory_mb: int = 1024  # RLIMIT_AS
+    memory_mb: int = 1024  # RLIMIT_AS (node: RLIMIT_DATA and the V8 heap)
     file_size_mb: int = 16  # RLIMIT_FSIZE
-    max_processes: int = 64  # RLIMIT_NPROC
+    max_processes: int = 64  # RLIMIT_NPROC (as root, where that exempts: a pids cgroup)
     open_files: int = 256  # RLIMIT_NOFILE
     output_bytes: int = 16_384  # tail of stdout and of stderr kept, per stream
     network: bool = False  # True: the job runs on a worker that shares the host network
 
     def __post_init__(self) -> None:
-        cpu = 1.0 if self.cpu_s is None else self.cpu_s
-        numbers = {"timeout_s": self.timeout_s, "cpu_s": cpu, "memory_mb": self.memory_mb}
-        numbers |= {"file_size_mb": self.file_size_mb, "max_processes": self.max_processes}
-        problems = [name for name, value in numbers.items() if not value > 0]
+        values = asdict(self) | {"cpu_s": 1.0 if self.cpu_s is None else self.cpu_s}
+        problems = [
+            k
+            for k in ("timeout_s", "cpu_s", "memory_mb", "file_size_mb", "max_processes")
+            if not values[k] > 0
+        ]
         problems += ["open_files"] * (self.open_files < 16) + ["output_bytes"] * (self.output_bytes < 0)
         if problems:
             raise CodetuneError(f"sandbox limits: {', '.join(problems)} must be positive (got {self})")
-
-    @property
-    def cpu_limit_s(self) -> int:
-        """The RLIMIT_CPU soft limit in whole seconds."""
-        if self.cpu_s is None:  # a backstop past the wall clock, which decides (worker._cpu_limit)
-            return max(1, -int(-self.timeout_s // 1)) + 1
-        return max(1, -int(-self.cpu_s // 1))
 
 
 @dataclass(frozen=True)
@@ -89,10 +81,10 @@ class Verdict:
     """The outcome of one sample. `status` is one of `STATUSES`."""
 
     status: str
-    error_type: str | None  # exception class name for "failed" / "error" / "memory"
-    stderr_tail: str
-    stdout_tail: str
-    duration_s: float  # wall clock of the whole sample, fork to reap
+    error_type: str | None = None  # exception class name for "failed" / "error" / "memory"
+    stderr_tail: str = ""
+    stdout_tail: str = ""
+    duration_s: float = 0.0  # wall clock of the whole sample, fork to reap
     exec_s: float | None = None  # time spent running program + tests inside the sample
     cpu_s: float = 0.0  # user + system CPU of the sample's processes that were reaped
     exit_code: int | None = None
@@ -133,25 +125,24 @@ class SandboxPool:
         count = workers if workers is not None else max(1, os.cpu_count() or 1)
         if count < 1:
             raise CodetuneError(f"SandboxPool: workers must be at least 1 (got {count})")
-        if isolation not in ("auto", *MODES):
-            raise CodetuneError(f"SandboxPool: isolation must be auto or one of {MODES} (got {isolation!r})")
-        self.limits = limits
+        if isolation not in ("auto", "bwrap", "rlimits"):
+            raise CodetuneError(f"SandboxPool: isolation must be auto, bwrap or rlimits (got {isolation!r})")
+        self.limits, self._count = limits, count
         unsafe = unsafe_isolation or os.environ.get(UNSAFE_ENV) == "1"
         self._spec = (tuple(preload), _choose_mode(isolation), unsafe)
         self._workers: list[_Worker] = []
-        self._finalizer = weakref.finalize(self, _close_workers, self._workers)
+        self._finalizer = weakref.finalize(self, _kill_workers, self._workers)
+        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         self._net: _Worker | None = None  # started for the first job with network=True
         self._net_lock = threading.Lock()
         try:
             self._workers += [_Worker(*self._spec) for _ in range(count)]
             for worker in self._workers:
                 worker.await_hello()
+                self._idle.put(worker)
         except BaseException:
             self.close()
             raise
-        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
-        for worker in self._workers:
-            self._idle.put(worker)
 
     @property
     def isolation(self) -> str:
@@ -160,7 +151,7 @@ class SandboxPool:
 
     @property
     def worker_pids(self) -> tuple[int, ...]:
-        return tuple(worker.pid for worker in self._workers)
+        return tuple(worker.proc.pid for worker in self._workers)
 
     def run(
         self, program: str, tests: str, limits: Limits | None = None, *, language: str = "python"
@@ -168,10 +159,10 @@ class SandboxPool:
         """Run one sample on the next free worker."""
         if not self._finalizer.alive:
             raise RuntimeError("SandboxPool is closed")
-        limits = limits or self.limits
-        job = _encode({"program": program, "tests": tests, "limits": asdict(limits), "language": language})
         if language not in LANGUAGES:
             raise CodetuneError(f"sandbox: language must be one of {LANGUAGES} (got {language!r})")
+        limits = limits or self.limits
+        job = {"program": program, "tests": tests, "limits": asdict(limits), "language": language}
         if limits.network:
             with self._net_lock:
                 if self._net is None:
@@ -194,54 +185,15 @@ class SandboxPool:
     ) -> list[Verdict]:
         """Run `(program, tests)` jobs in parallel on all workers; verdicts come back in job order.
 
-        `limits` is one `Limits` for all jobs, or one per job (e.g. from `calibrated_limits`).
+        `limits` is one `Limits` for all jobs, or one per job (e.g. calibrated on reference solutions).
         """
-        per_job = [limits or self.limits] * len(jobs) if not isinstance(limits, Sequence) else list(limits)
+        per_job = list(limits) if isinstance(limits, Sequence) else [limits or self.limits] * len(jobs)
         if len(per_job) != len(jobs):
             raise CodetuneError(f"SandboxPool.map: {len(jobs)} jobs but {len(per_job)} limits")
-        count = sum(worker is not self._net for worker in self._workers)
-        with ThreadPoolExecutor(count) as executor:
-            if any(job_limits.network for job_limits in per_job):
-                futures = [
-                    executor.submit(self.run, program, tests, job_limits, language=language)
-                    for (program, tests), job_limits in zip(jobs, per_job, strict=True)
-                ]
-                return [future.result() for future in futures]
-            work = [
-                (index, _encode({"program": p, "tests": t, "limits": asdict(lim), "language": language}), lim)
-                for index, ((p, t), lim) in reversed(list(enumerate(zip(jobs, per_job, strict=True))))
-            ]
-            verdicts: list[Verdict] = [None] * len(jobs)  # type: ignore[list-item]
-            for future in [executor.submit(self._drive, work, verdicts) for _ in range(count)]:
-                future.result()
-            return verdicts
-
-    def _drive(self, work: list[tuple[int, bytes, Limits]], verdicts: list[Verdict]) -> None:
-        """Feed one worker from `work` with one job queued behind the running one (so it never waits for
-        the evaluator between samples) when that job is small enough to sit in the worker's stdin pipe."""
-        worker = self._idle.get()
-        pending: list[tuple[int, bytes, Limits]] = []
-        try:
-            while True:
-                while len(pending) < 2:
-                    try:
-                        job = work.pop()  # atomic: no lock needed
-                    except IndexError:
-                        break
-                    if pending and len(job[1]) > 32_768:
-                        work.append(job)  # sent once nothing is queued: it could fill the pipe
-                        break
-                    worker.send(job[1], job[2])
-                    pending.append(job)
-                if not pending:
-                    return
-                index, _, limits = pending.pop(0)
-                pid = worker.pid
-                verdicts[index] = worker.receive(limits)
-                for _, message, job_limits in pending if worker.pid != pid else ():
-                    worker.send(message, job_limits)  # what the dead worker had queued, to its successor
-        finally:
-            self._idle.put(worker)
+        with ThreadPoolExecutor(self._count) as executor:
+            return list(
+                executor.map(lambda job, lim: self.run(job[0], job[1], lim, language=language), jobs, per_job)
+            )
 
     def close(self) -> None:
         self._finalizer()
@@ -257,8 +209,7 @@ def _choose_mode(requested: str) -> str:
     """bwrap where it is installed and can start a sandbox here; else rlimits, said loudly."""
     if requested == "rlimits":
         return requested
-    problem = _bwrap_problem()
-    if problem is None:
+    if (problem := _bwrap_problem()) is None:
         return "bwrap"
     if requested == "bwrap":
         raise CodetuneError(f"sandbox: isolation bwrap was asked for but {problem}; install bubblewrap")
@@ -275,8 +226,12 @@ def _bwrap_binary() -> str | None:
     return os.environ.get(BWRAP_ENV) or shutil.which("bwrap")
 
 
+def _bwrap_problem() -> str | None:
+    return _probe_bwrap(_bwrap_binary())
+
+
 @functools.cache
-def _bwrap_problem_for(binary: str | None) -> str | None:
+def _probe_bwrap(binary: str | None) -> str | None:
     if binary is None or not os.access(binary, os.X_OK):
         return f"bubblewrap is not installed ({binary or 'bwrap not on PATH'})"
     probe = subprocess.run([*_bwrap_command(binary, False), "/bin/true"], capture_output=True, timeout=60)
@@ -285,121 +240,85 @@ def _bwrap_problem_for(binary: str | None) -> str | None:
     return None
 
 
-def _bwrap_problem() -> str | None:
-    return _bwrap_problem_for(_bwrap_binary())
-
-
 def _bwrap_command(binary: str, network: bool) -> list[str]:
     """Namespaces (user, pid, net, ipc, uts, cgroup, mount), read-only root, fresh /dev, /dev/shm, /proc,
     /tmp, /run; uid 65534 without capabilities; the worker is PID 1, which samples can't signal."""
     command = [binary, "--unshare-all", *(["--share-net"] if network else []), "--die-with-parent"]
-    command += ["--as-pid-1", "--new-session", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
-    command += ["--ro-bind", "/", "/", "--dev", "/dev", "--tmpfs", "/dev/shm", "--proc", "/proc"]
-    command += ["--tmpfs", "/tmp", "--tmpfs", "/run", "--tmpfs", "/root"]
+    command += ["--as-pid-1", "--new-session", "--uid", "65534", "--gid", "65534", "--ro-bind", "/", "/"]
+    command += ["--dev", "/dev", "--tmpfs", "/dev/shm", "--proc", "/proc", "--tmpfs", "/tmp"]
+    command += ["--tmpfs", "/run", "--tmpfs", "/root"]
     if not os.path.islink("/var/run") and os.path.isdir("/var/run"):
         command += ["--tmpfs", "/var/run"]
-    for path in _python_paths():  # hidden above (a venv in /tmp, a pyenv in /root): bound back read-only
-        if path.startswith(("/tmp/", "/root/", "/run/")):
+    paths = {sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix, *sys.path}
+    real = {os.path.realpath(path) for path in paths if path and os.path.isdir(path)}
+    for path in sorted(p for p in real if not any(p.startswith(q + "/") for q in real)):
+        if path.startswith(("/tmp/", "/root/", "/run/")):  # hidden above (a venv in /tmp): bound back
             command += ["--ro-bind", path, path]
     return [*command, "--chdir", "/tmp"]
 
 
-def _python_paths() -> list[str]:
-    paths = {sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix, *sys.path}
-    real = {os.path.realpath(path) for path in paths if path and os.path.isdir(path)}
-    return sorted(p for p in real if not any(p.startswith(q + "/") for q in real))
-
-
 class _Worker:
-    """The evaluator's handle on one worker: length-prefixed JSON over its stdin/stdout."""
+    """The evaluator's handle on one worker: one JSON line per job on its stdin, one per verdict back."""
 
     def __init__(self, preload: tuple[str, ...], mode: str, unsafe: bool, network: bool = False) -> None:
-        self.preload, self.mode, self.unsafe, self.network = preload, mode, unsafe, network
-        self.isolation, self.pids_max = "", 0
-        self.cgroup: str | None = None
+        self.spec, self.isolation = (preload, mode, unsafe, network), ""
         self._start()
 
     def _start(self) -> None:
-        python = [sys.executable, "-I", "-c", _BOOT, str(_WORKER_FILE)]
-        if self.mode == "bwrap":
-            prefix = _bwrap_command(_bwrap_binary() or "bwrap", self.network)
-        else:
-            prefix = []
-        config = {"mode": self.mode, "preload": list(self.preload), "unsafe": self.unsafe, "stamp": _STAMP}
+        preload, mode, unsafe, network = self.spec
+        prefix = _bwrap_command(_bwrap_binary() or "bwrap", network) if mode == "bwrap" else []
         # As root (in bubblewrap the sandbox's uid is root outside), RLIMIT_NPROC exempts the samples: a pids
         # cgroup counts the worker's processes instead (joined before bwrap starts), and without bubblewrap
         # it also lists what the samples left behind
-        self.cgroup = _pids_cgroup() if os.geteuid() == 0 else None
+        self.cgroup, self.pids_max = _pids_cgroup() if os.geteuid() == 0 else None, 0
+        config = {"mode": mode, "preload": list(preload), "unsafe": unsafe, "stamp": _STAMP}
         config |= {"node": shutil.which("node"), "cgroup": self.cgroup}
         procs = os.path.join(self.cgroup, "cgroup.procs") if self.cgroup else None
-        # bwrap's --die-with-parent fires when the *thread* that started it ends: start every worker from
-        # one long-lived thread, not from whichever thread (a map's, say) found its predecessor dead
         self.proc = _SPAWNER.submit(
             subprocess.Popen,
-            [*prefix, *python, json.dumps(config)],
+            [*prefix, sys.executable, "-I", "-c", _BOOT, str(_WORKER_FILE), json.dumps(config)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=_ENV,
             start_new_session=True,  # Ctrl-C in the evaluator's terminal is the evaluator's to handle
             preexec_fn=None if procs is None else functools.partial(_write, procs, "0"),
         ).result()
-        self.pid, self.pids_max = self.proc.pid, 0
 
     def await_hello(self) -> None:
-        hello = self._receive(time.monotonic() + _HELLO_TIMEOUT_S)
-        if hello is None or "error" in hello:
+        hello = self._receive(time.monotonic() + 120)
+        if hello is None or "error" in hello or hello["preload_errors"]:
             self.kill()
-            why = hello["error"] if hello else "it did not start"
-            raise CodetuneError(f"sandbox worker {self.pid}: {why}")
+            why = hello and (hello.get("error") or f"could not preload {'; '.join(hello['preload_errors'])}")
+            raise CodetuneError(f"sandbox worker {self.proc.pid}: {why or 'it did not start'}")
         self.isolation = hello["isolation"]
-        if hello["preload_errors"]:
-            self.kill()
-            raise CodetuneError(f"SandboxPool: could not preload {'; '.join(hello['preload_errors'])}")
 
-    def run(self, job: bytes, limits: Limits) -> Verdict:
-        self.send(job, limits)
-        return self.receive(limits)
-
-    def send(self, job: bytes, limits: Limits) -> None:
+    def run(self, job: dict[str, Any], limits: Limits) -> Verdict:
+        """Send one job and return its verdict; sandbox-error (and a new worker) if it doesn't come."""
         if self.cgroup is not None and self.pids_max != limits.max_processes:
             _write(os.path.join(self.cgroup, "pids.max"), str(limits.max_processes + 2))  # + bwrap, worker
             self.pids_max = limits.max_processes
-        if self.proc.poll() is None and self.proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                self.proc.stdin.write(job)
-                self.proc.stdin.flush()
-
-    def receive(self, limits: Limits) -> Verdict:
-        """The reply to the oldest job sent; sandbox-error (and a new worker) if it doesn't come."""
-        started = time.monotonic()
-        try:
-            reply = self._receive(started + limits.timeout_s + _REPLY_GRACE_S)
-        except OSError:
-            reply = None
-        if reply is None:  # the worker died or hung: the sample gets sandbox-error, the worker a successor
-            self.kill()
-            self._start()
-            self.await_hello()
-            detail = "the sandbox worker died or stopped answering"
-            return Verdict("sandbox-error", None, "", "", time.monotonic() - started, detail=detail)
-        return Verdict(**reply)
+        started, reply = time.monotonic(), None
+        with contextlib.suppress(OSError, ValueError):  # a dead worker: a broken pipe, half a reply
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps(job).encode() + b"\n")
+            self.proc.stdin.flush()
+            reply = self._receive(started + limits.timeout_s + 30)
+        if reply is not None:
+            return Verdict(**reply)
+        self.kill()  # the worker died or hung: the sample gets sandbox-error, the worker a successor
+        self._start()
+        self.await_hello()
+        detail = "the sandbox worker died or stopped answering"
+        return Verdict("sandbox-error", duration_s=time.monotonic() - started, detail=detail)
 
     def _receive(self, deadline: float) -> dict[str, Any] | None:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        header = _read_exactly(fd, 4, deadline)
-        body = _read_exactly(fd, struct.unpack(">I", header)[0], deadline) if header else None
-        return None if body is None else dict(json.loads(body))
-
-    def close(self) -> None:
-        if self.proc.poll() is None and self.proc.stdin is not None:
-            with contextlib.suppress(Exception):
-                self.proc.stdin.close()  # EOF: the worker finishes and exits
-                self.proc.wait(timeout=5)
-        self.kill()
+        stdout = self.proc.stdout
+        assert stdout is not None
+        line = stdout.readline() if select.select([stdout], [], [], deadline - time.monotonic())[0] else b""
+        return dict(json.loads(line)) if line else None
 
     def kill(self) -> None:
-        # its session: bwrap, the worker and (by parent-death signal) the samples
+        """Kill its session: bwrap, and by parent-death signal the worker and the samples (in bubblewrap)."""
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -407,11 +326,16 @@ class _Worker:
         for stream in (self.proc.stdin, self.proc.stdout):
             with contextlib.suppress(OSError, AttributeError):
                 stream.close()  # type: ignore[union-attr]
-        for _ in range(50):  # removable once the namespace's last process is reaped
-            with contextlib.suppress(OSError, TypeError):
+        for _ in range(50 if self.cgroup else 0):  # removable once the namespace's last process is reaped
+            with contextlib.suppress(OSError):
                 os.rmdir(self.cgroup)  # type: ignore[arg-type]
                 break
-            time.sleep(0.01 if self.cgroup else 0)
+            time.sleep(0.01)
+
+
+def _kill_workers(workers: list[_Worker]) -> None:
+    for worker in workers:
+        worker.kill()
 
 
 def _pids_cgroup() -> str | None:
@@ -431,32 +355,6 @@ def _write(path: str, text: str) -> None:
         handle.write(text)
 
 
-def _read_exactly(fd: int, size: int, deadline: float) -> bytes | None:
-    import select
-
-    chunks: list[bytes] = []
-    while size:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-            return None
-        chunk = os.read(fd, min(size, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
-
-
-def _encode(message: dict[str, Any]) -> bytes:
-    data = json.dumps(message).encode()
-    return struct.pack(">I", len(data)) + data
-
-
-def _close_workers(workers: list[_Worker]) -> None:
-    for worker in workers:
-        worker.close()
-
-
 @functools.cache
 def _default_pool() -> SandboxPool:
     pool = SandboxPool(workers=1)
@@ -465,88 +363,23 @@ def _default_pool() -> SandboxPool:
 
 
 @functools.cache
-def _probed_isolation() -> str:
+def isolation_level() -> str:
+    """Which isolation this machine gives samples, e.g. "bubblewrap: ... + rlimits" or "rlimits only ...";
+    probed once per process by starting a worker."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # said by the pool that runs samples, not by a probe
         with SandboxPool(workers=1) as pool:
             return pool.isolation
 
 
-def isolation_level() -> str:
-    """Which isolation this machine gives samples, e.g. "bubblewrap: ... + rlimits" or "rlimits only ...".
-
-    Probed once per process by starting a worker."""
-    return _probed_isolation()
-
-
-def calibrate_timeout(
-    reference_seconds: Sequence[float], factor: float = 10.0, floor_s: float = 2.0
-) -> float:
-    """A timeout of `factor` times the slowest reference run, and never less than `floor_s`.
-
-    The references are run times of a known-good (canonical) solution measured on this machine, so
-    the timeout scales with the machine instead of being a constant that flips verdicts under load.
-    """
-    return round(max(floor_s, factor * max(reference_seconds, default=0.0)), 3)
-
-
-def measure_reference_seconds(
-    pool: SandboxPool, jobs: Sequence[tuple[str, str]], repeats: int = 3, limits: Limits | None = None
-) -> list[list[float]]:
-    """Run each known-good `(program, tests)` job `repeats` times; return its in-sandbox run times.
-
-    A reference that doesn't pass is run once more, by itself, with 10 times the limits (a slow one on
-    a busy machine, or a flaky test). Raises `CodetuneError` naming the first job that fails twice.
-    """
-    times: list[list[float]] = [[] for _ in jobs]
-    base = limits or pool.limits
-    for _ in range(repeats):
-        for index, verdict in enumerate(pool.map(jobs, base)):
-            if not verdict.passed:
-                verdict = pool.run(*jobs[index], replace(base, timeout_s=base.timeout_s * 10))
-            if not verdict.passed:
-                raise CodetuneError(
-                    f"calibration: reference job {index} did not pass ({verdict.status}: {verdict.detail}); "
-                    "fix the canonical solution or its tests"
-                )
-            times[index].append(verdict.exec_s if verdict.exec_s is not None else verdict.duration_s)
-    return times
-
-
-def calibrated_limits(
-    pool: SandboxPool,
-    jobs: Sequence[tuple[str, str]],
-    base: Limits | None = None,
-    factor: float = 10.0,
-    floor_s: float = 2.0,
-    repeats: int = 3,
-) -> list[Limits]:
-    """Per-job limits whose timeouts come from `calibrate_timeout` on the jobs' reference runs; the
-    calibration is recorded for `sandbox_manifest()`."""
-    global _CALIBRATION
-    base = base or pool.limits
-    references = measure_reference_seconds(pool, jobs, repeats, base)
-    timeouts = [calibrate_timeout(seconds, factor, floor_s) for seconds in references]
-    slowest = sorted(max(seconds) for seconds in references)
-    _CALIBRATION = {"factor": factor, "floor_s": floor_s, "repeats": repeats, "jobs": len(jobs)}
-    _CALIBRATION |= {
-        "reference_max_s": max(slowest, default=0.0),
-        "reference_median_s": slowest[len(slowest) // 2] if slowest else 0.0,
-        "timeouts_above_floor": sum(timeout > floor_s for timeout in timeouts),
-        "timeout_max_s": max(timeouts, default=floor_s),
-    }
-    return [replace(base, timeout_s=timeout) for timeout in timeouts]
-
-
 def sandbox_manifest() -> dict[str, Any]:
-    """Isolation level, default limits and the last calibration, for evaluation manifests."""
+    """Isolation level, bwrap binary, default limits, Python and kernel, for evaluation manifests."""
     level = isolation_level()
     return {
         "isolation": level,
         "isolation_mode": "bwrap" if level.startswith("bubblewrap") else "rlimits",
         "bwrap": _bwrap_binary(),
         "limits": asdict(Limits()),
-        "calibration": dict(_CALIBRATION) if _CALIBRATION is not None else None,
         "python": sys.version.split()[0],
         "kernel": os.uname().release,
     }

@@ -1,18 +1,18 @@
 """The sandbox worker: a fork server that runs each sample in a fresh child. Standard library only.
 
 Started by `pool.py` as `python -I -c BOOT worker.py CONFIG`, inside bubblewrap (as its PID 1, which the
-samples can't signal) or, in the rlimit-only fallback, as a plain process. It reads jobs as
-length-prefixed JSON on stdin and answers verdicts the same way; it never runs sample code itself.
+samples can't signal) or, without it, as a plain process. Jobs come as JSON lines on stdin and verdicts
+go back the same way; the worker never runs sample code itself.
 
-Each sample: fork; the child starts a session, gets /dev/null, pipes for stdout/stderr/result and
-nothing else, rlimits, a fresh work dir (and, in the fallback as root, the worker's own unprivileged
-uid), then runs the program and the tests (Python in this interpreter; JavaScript by exec'ing node).
-The verdict is the worker's: "passed" needs exit status 0 *and* a record on the result pipe that carries
-a random per-sample nonce, written only after the tests ran to the end (so exiting, printing or closing
-pipes early can't pass). In Python, between program and tests the sample's changes to what the tests
-use are undone (see `_prepare_tests`); an audit hook refuses swaps of any function's `__code__` or
-defaults; the tests get the program's functions wrapped so that a result whose class the program made
-(an always-true `__eq__`, say) is an error.
+Each sample is forked: its own session, stdin on /dev/null, pipes for stdout, stderr and the result and
+nothing else, rlimits, a fresh work dir (and, as root without bubblewrap, the worker's unprivileged uid).
+Python runs the program and then the tests in that child; JavaScript execs node. The verdict is the
+worker's: "passed" needs exit status 0 *and* a result record carrying a random per-sample nonce, written
+only after the tests ran to the end (so exiting, printing or closing pipes early can't pass). In Python,
+what the tests use (modules, their classes, builtins, the runner's own globals) is restored from a
+snapshot taken in the worker, between program and tests and after every call the tests make into the
+program; an audit hook refuses swaps of the standard library's or the runner's function code; a result
+that claims to equal a fresh random value (an always-true `__eq__`) is an error.
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ import os
 import resource
 import select
 import signal
-import struct
 import sys
 import time
 import types
 from typing import Any, NoReturn
 
-_PRELOAD = (
+_PRELOAD = [
     "unittest",
     "math",
     "re",
@@ -41,27 +40,24 @@ _PRELOAD = (
     "heapq",
     "typing",
     "traceback",
-)
+]
 _MEMORY_HINTS = ("MemoryError", "Cannot allocate memory", "out of memory", "bad_alloc", "heap out of memory")
-_FALLBACK_UID_BASE = 1_000_000_000  # keep in step with pool.FALLBACK_UID_BASE
-_HEAPTYPE = 1 << 9
 _PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None), range, bytearray})
-_JS_BOOT = r"""
-(() => {
+_JS_BOOT = r"""(() => {
 const fs = require('fs'), vm = require('vm'), write = fs.writeSync, exit = process.exit.bind(process);
-const nonce = fs.readFileSync(4, 'utf8'); fs.closeSync(4);
-for (const name of ['assert', 'assert/strict']) { const a = require(name); Object.freeze(a); }
+const nonce = fs.readFileSync('.nonce', 'utf8'); fs.unlinkSync('.nonce');
+for (const name of ['assert', 'assert/strict']) Object.freeze(require(name));
 globalThis.require = require;
 let phase = 'program', status = 'passed', type = '', detail = '';
 const started = process.hrtime.bigint();
 try {
   vm.runInThisContext(fs.readFileSync('program.js', 'utf8'), {filename: '<program>'});
-  phase = 'tests';
-  const tests = fs.readFileSync('tests.js', 'utf8');  // in a function: its own top-level names
-  vm.runInThisContext(`(function () {${tests}\n})();`, {filename: '<tests>'});
+  phase = 'tests';  // in a function: the tests' top-level names are their own
+  vm.runInThisContext(`(function () {${fs.readFileSync('tests.js', 'utf8')}\n})();`, {filename: '<tests>'});
 } catch (e) {
   type = (e && e.name) || typeof e;
-  status = type === 'AssertionError' ? 'failed' : /RangeError: (Invalid array length|Array buffer)/.test(String(e)) ? 'memory' : 'error';
+  const memory = /RangeError: (Invalid array length|Array buffer)/.test(String(e));
+  status = type === 'AssertionError' ? 'failed' : memory ? 'memory' : 'error';
   detail = `${phase}: ${type}: ${String(e && e.message).split('\n')[0]}`.slice(0, 1000);
   try { process.stderr.write(String(e && e.stack || e) + '\n'); } catch (_) {}
 }
@@ -72,133 +68,113 @@ exit(0);
 """
 
 
-class _Context:
-    """What the worker set up once: its isolation, the snapshot samples are restored from."""
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.mode, self.node, self.cgroup, self.count = config["mode"], config["node"], config["cgroup"], 0
-        self.pid1 = os.getpid() == 1  # bubblewrap's --as-pid-1: the samples' orphans come to us
-        root = os.geteuid() == 0 and config["mode"] == "rlimits"
-        self.uid = None if not root or config["unsafe"] else _FALLBACK_UID_BASE + os.getpid()
-        self.devnull = os.open(os.devnull, os.O_RDWR)
-        self.refusal = (
-            None
-            if self.uid is None or _readable_as(self.uid)
-            else (
-                f"without bubblewrap, samples would run as root: uid {self.uid} can't read Python's files here "
-                f"({os.path.dirname(os.__file__)}); install bubblewrap, or allow running samples as root with "
-                "unsafe_isolation=True / CODETUNE_UNSAFE_ISOLATION=1"
-            )
-        )
-
-
-def _readable_as(uid: int) -> bool:
-    """Whether `uid` can read the standard library (else every import a sample makes would fail)."""
-    pid = os.fork()
-    if pid == 0:
-        os.setresuid(uid, uid, uid)
-        os._exit(0 if os.access(os.path.dirname(os.__file__), os.R_OK | os.X_OK) else 1)
-    return os.waitpid(pid, 0)[1] == 0
-
-
 def main(config_json: str) -> None:
-    """Preload, snapshot, install the audit hook, say hello, then serve jobs until EOF."""
+    """Check the stamp, set up, preload, snapshot, install the audit hook, say hello, serve until EOF."""
     config = json.loads(config_json)
     vars(sys.modules["__main__"]).pop("m", None)  # the bootstrap's name for this module
     here = os.stat(__file__)
     if config["stamp"] != f"{here.st_size}:{here.st_mtime_ns}":
         return _send({"error": f"{__file__} changed after the evaluator loaded it (edited?): restart"})
-    sys.dont_write_bytecode = True
+    sys.dont_write_bytecode, sys.argv = True, [""]
     os.environ.pop("PWD", None)  # set by bubblewrap; samples get exactly the evaluator's allow-list
-    context = _Context(config)
-    if context.refusal:
-        return _send({"error": context.refusal})
+    ctx = types.SimpleNamespace(mode=config["mode"], node=config["node"], cgroup=config["cgroup"], count=0)
+    ctx.pid1, ctx.devnull = os.getpid() == 1, os.open(os.devnull, os.O_RDWR)  # --as-pid-1: orphans come here
+    drop = os.geteuid() == 0 and ctx.mode == "rlimits" and not config["unsafe"]
+    ctx.uid = 1_000_000_000 + os.getpid() if drop else None  # the fallback's unprivileged uid, per worker
+    if ctx.uid is not None and not _readable_as(ctx.uid):
+        return _send({"error": f"without bubblewrap, samples would run as root: uid {ctx.uid} can't read "
+                      f"Python's files here ({os.path.dirname(os.__file__)}); install bubblewrap, or allow "
+                      "running samples as root with unsafe_isolation=True / CODETUNE_UNSAFE_ISOLATION=1"})  # fmt: skip
+    if ctx.mode == "bwrap":
+        isolation = (
+            "bubblewrap: user/pid/net/mount/ipc/uts namespaces + read-only root + private /tmp, /proc, "
+        )
+        isolation += "/dev, /dev/shm, /run + uid 65534, no capabilities + rlimits"
+    elif ctx.uid is not None:
+        isolation = "rlimits only, unprivileged uid per worker (no bubblewrap) + rlimits"
+    else:
+        who = "as root (unsafe isolation allowed)" if os.geteuid() == 0 else "as the evaluator's user"
+        isolation = f"rlimits only, samples run {who} + rlimits"
     failed = []
     for name in (*_PRELOAD, *config["preload"]):
         try:
             __import__(name)
         except Exception as exc:
             failed.append(f"{name} ({type(exc).__name__}: {exc})")
-    sys.argv = [""]
-    try:
-        _snapshot()
-    except Exception as exc:
-        return _send({"error": f"could not snapshot the worker's modules ({type(exc).__name__}: {exc})"})
+    _snapshot()
     sys.addaudithook(_audit)
     gc.freeze()  # collections in the samples then skip the worker's objects instead of copying their pages
-    _send({"isolation": _describe(context), "preload_errors": failed})
-    while (job := _receive()) is not None:
+    _send({"isolation": isolation, "preload_errors": failed})
+    for line in sys.stdin.buffer:
         started = time.monotonic()
         try:
-            reply = _run_job(job, context)
+            reply = _run_job(json.loads(line), ctx)
         except Exception as exc:  # the worker must answer, whatever happened
             detail = f"worker: {type(exc).__name__}: {exc}"
-            reply = {"status": "sandbox-error", "error_type": None, "stderr_tail": "", "stdout_tail": ""}
-            reply |= {"duration_s": time.monotonic() - started, "detail": detail}
+            reply = {"status": "sandbox-error", "duration_s": time.monotonic() - started, "detail": detail}
         _send(reply)
 
 
-def _describe(context: _Context) -> str:
-    if context.mode == "bwrap":
-        return (
-            "bubblewrap: user/pid/net/mount/ipc/uts namespaces + read-only root + private /tmp, /proc, /dev, "
-            "/dev/shm, /run + uid 65534, no capabilities + rlimits"
-        )
-    if context.uid is not None:
-        return "rlimits only, unprivileged uid per worker (no bubblewrap) + rlimits"
-    who = "as root (unsafe isolation allowed)" if os.geteuid() == 0 else "as the evaluator's user"
-    return f"rlimits only, samples run {who} + rlimits"
+def _send(message: dict[str, Any]) -> None:
+    data = memoryview(json.dumps(message).encode() + b"\n")
+    while data:
+        data = data[os.write(1, data) :]
 
 
-_KNOWN_FUNCTIONS: set[Any] = set()  # the standard library's functions and this module's: their code is theirs
-
-
-def _audit(event: str, args: tuple[Any, ...], known: set[Any] = _KNOWN_FUNCTIONS) -> None:
-    """Refuse to swap the code or defaults of the standard library's functions (unittest's) or the runner's;
-    other libraries may do it to their own (matplotlib does)."""
-    protected = ("__code__", "__defaults__", "__kwdefaults__")
-    if event.startswith("object.__") and len(args) > 1 and args[1] in protected and args[0] in known:
-        raise PermissionError(f"sandbox: changing {args[0].__qualname__}.{args[1]} is not allowed")
+def _readable_as(uid: int) -> bool:
+    """Whether `uid` can read the standard library (else every import a sample makes would fail)."""
+    if (pid := os.fork()) == 0:
+        os.setresuid(uid, uid, uid)
+        os._exit(0 if os.access(os.path.dirname(os.__file__), os.R_OK | os.X_OK) else 1)
+    return os.waitpid(pid, 0)[1] == 0
 
 
 # --- the snapshot: taken in the worker, restored in the sample between program and tests ---------------
 
 _SAVED: dict[str, tuple[types.ModuleType, dict[str, Any], list[tuple[type, dict[str, Any]]], list[str]]] = {}
-_SAVED_BUILTINS: dict[str, Any] = {}
+_BUILTINS: dict[str, Any] = {}
 _TOUCHED: set[str] = set()  # modules restored in this sample; restored again after each call into the program
 _OWN: list[tuple[dict[str, Any], dict[str, Any]]] = []  # this module's globals, its builtins, the builtins
-_GRAVE: list[Any] = []  # what a restore displaced
+_GRAVE: list[Any] = []  # what a restore displaced, kept alive: no finalizer of the sample's runs here
+_KNOWN: set[int] = set()  # ids of the standard library's functions and this module's: their code is theirs
 
 
 def _snapshot() -> None:
     """Save every loaded module's namespace, the classes defined there and the modules it refers to."""
     for name, module in list(sys.modules.items()):
-        if not isinstance(module, types.ModuleType) or name == __name__:
-            continue
-        namespace = module.__dict__
-        classes = [
-            (value, dict(value.__dict__))
-            for value in list(namespace.values())
-            if isinstance(value, type) and value.__flags__ & _HEAPTYPE and value.__module__ == name
-        ]
-        refers = {getattr(value, "__module__", None) for value in namespace.values() if callable(value)}
-        refers |= {value.__name__ for value in namespace.values() if isinstance(value, types.ModuleType)}
-        refers |= {other for other in sys.modules if other.startswith(name + ".")}
-        _SAVED[name] = (module, dict(namespace), classes, sorted(r for r in refers if isinstance(r, str)))
-    _SAVED_BUILTINS.update(builtins.__dict__)
+        if isinstance(module, types.ModuleType) and name != __name__:
+            space = module.__dict__
+            classes = [(v, dict(v.__dict__)) for v in list(space.values()) if _own_class(v, name)]
+            refers = {getattr(v, "__module__", None) for v in space.values() if callable(v)}
+            refers |= {v.__name__ for v in space.values() if isinstance(v, types.ModuleType)}
+            refers |= {other for other in sys.modules if other.startswith(name + ".")}
+            _SAVED[name] = (module, dict(space), classes, sorted(r for r in refers if isinstance(r, str)))
+    _BUILTINS.update(builtins.__dict__)
     trusted = (os.path.dirname(os.__file__) + os.sep, __file__)  # the standard library's and this module's
     functions = [obj for obj in gc.get_objects() if type(obj) is types.FunctionType]
-    _KNOWN_FUNCTIONS.update(f for f in functions if f.__code__.co_filename.startswith(trusted))
+    _KNOWN.update(id(f) for f in functions if f.__code__.co_filename.startswith(trusted))
     own = globals()
     own["__builtins__"] = dict(builtins.__dict__)  # this module's builtins: a private copy
-    _OWN.extend([(own, dict(own)), (own["__builtins__"], dict(own["__builtins__"]))])
-    _OWN.append((builtins.__dict__, _SAVED_BUILTINS))
+    _OWN.extend(
+        [(own, dict(own)), (own["__builtins__"], dict(own["__builtins__"])), (builtins.__dict__, _BUILTINS)]
+    )
+
+
+def _own_class(value: Any, module: str) -> bool:
+    return isinstance(value, type) and bool(value.__flags__ & (1 << 9)) and value.__module__ == module  # heap
+
+
+def _audit(event: str, args: tuple[Any, ...], known: set[int] = _KNOWN) -> None:
+    """Refuse swaps of the code or defaults of the standard library's functions (unittest's) and the
+    runner's; other libraries may do it to their own (matplotlib does)."""
+    protected = ("__code__", "__defaults__", "__kwdefaults__")
+    if event.startswith("object.__") and len(args) > 1 and args[1] in protected and id(args[0]) in known:
+        raise PermissionError(f"sandbox: changing {args[0].__qualname__}.{args[1]} is not allowed")
 
 
 def _restore(names: list[str], expand: bool = True) -> None:
-    """Put back the saved modules `names` (with `expand`, and every saved module they refer to, once per
-    sample): sys.modules entries, namespaces and class dicts. Dicts that still compare equal are left
-    alone (no pages copied); what is displaced is kept alive, so no finalizer of the sample's runs here."""
+    """Put back the saved modules `names` (with `expand`, and once per sample every saved module they
+    refer to): sys.modules entries, namespaces and class dicts. Equal dicts are left alone (no pages copied)."""
     stack = list(names)
     while stack:
         name = stack.pop()
@@ -214,9 +190,7 @@ def _restore(names: list[str], expand: bool = True) -> None:
             module.__dict__.clear()
             module.__dict__.update(saved)
             for other in [other for other in sys.modules if other.rpartition(".")[0] == name]:
-                module.__dict__.setdefault(
-                    other.rpartition(".")[2], sys.modules[other]
-                )  # `import a.b` sets a.b once
+                module.__dict__.setdefault(other.rpartition(".")[2], sys.modules[other])  # `import a.b`
         for cls, attributes in classes:
             if cls.__dict__ != attributes:
                 _GRAVE.append(dict(cls.__dict__))
@@ -225,8 +199,7 @@ def _restore(names: list[str], expand: bool = True) -> None:
                 for key, value in attributes.items():
                     if cls.__dict__.get(key) is not value and key not in ("__dict__", "__weakref__"):
                         setattr(cls, key, value)
-        if expand:
-            stack.extend(refers)
+        stack.extend(refers if expand else ())
 
 
 def _restore_own(
@@ -255,7 +228,7 @@ def _import(name: str, globals: Any = None, locals: Any = None, fromlist: Any = 
         parts = name.split(".")
         _restore([".".join(parts[:i]) for i in range(1, len(parts) + 1)])
         _restore([f"{name}.{item}" for item in fromlist or ()])
-    return _SAVED_BUILTINS["__import__"](name, globals, locals, fromlist, level)
+    return _BUILTINS["__import__"](name, globals, locals, fromlist, level)
 
 
 def _guard(function: Any) -> Any:
@@ -270,8 +243,7 @@ def _guard(function: Any) -> Any:
         vet(result, 0)
         return result
 
-    guarded.__wrapped__ = function  # type: ignore[attr-defined]
-    guarded.__name__ = getattr(function, "__name__", "candidate")
+    guarded.__wrapped__, guarded.__name__ = function, getattr(function, "__name__", "candidate")  # type: ignore[attr-defined]
     return guarded
 
 
@@ -306,9 +278,9 @@ def _prepare_tests(program_ns: dict[str, Any], tests_ns: dict[str, Any]) -> None
     """The tests' namespace: fresh builtins with a restoring import, the program's names (functions
     guarded, modules restored) without dunders or names that shadow builtins."""
     _restore_own()
-    tests_ns["__builtins__"] = {**_SAVED_BUILTINS, "__import__": _import}
+    tests_ns["__builtins__"] = {**_BUILTINS, "__import__": _import}
     for key, value in list(program_ns.items()):
-        if type(key) is not str or key.startswith("__") or key in _SAVED_BUILTINS:
+        if type(key) is not str or key.startswith("__") or key in _BUILTINS:
             continue
         if type(value) is types.FunctionType:
             value = _guard(value)
@@ -320,9 +292,7 @@ def _prepare_tests(program_ns: dict[str, Any], tests_ns: dict[str, Any]) -> None
 
 def _run_test_cases(namespace: dict[str, Any]) -> tuple[str, str | None, str]:
     """Run the unittest.TestCase classes the tests defined, if any; errors outrank failures."""
-    classes = [
-        v for v in list(namespace.values()) if isinstance(v, type) and v.__module__ == namespace["__name__"]
-    ]
+    classes = [v for v in list(namespace.values()) if _own_class(v, namespace["__name__"])]
     unittest = _import("unittest") if classes else None  # restoring unittest costs time: only when used
     cases = [cls for cls in classes if unittest is not None and issubclass(cls, unittest.TestCase)]
     if unittest is None or not cases:
@@ -338,13 +308,8 @@ def _run_test_cases(namespace: dict[str, Any]) -> tuple[str, str | None, str]:
             problems.append(_note("failed", test, err))
             super().addFailure(test, err)
 
-        def addSuccess(self, test: Any) -> None:
-            succeeded.append(test)
-
-    succeeded: list[Any] = []
     outcome = Outcome()
-    loader = unittest.TestLoader()
-    unittest.TestSuite([loader.loadTestsFromTestCase(case) for case in cases]).run(outcome)
+    unittest.TestSuite([unittest.TestLoader().loadTestsFromTestCase(case) for case in cases]).run(outcome)
     _restore_own()
     for label, found in (("ERROR", outcome.errors), ("FAIL", outcome.failures)):
         for test, trace in found:
@@ -353,9 +318,9 @@ def _run_test_cases(namespace: dict[str, Any]) -> tuple[str, str | None, str]:
         return next((p for p in problems if p[0] == "error"), problems[0])
     if outcome.unexpectedSuccesses:
         return ("failed", None, f"unittest: unexpected success {outcome.unexpectedSuccesses[0]}")
-    if not succeeded:
+    if outcome.testsRun == len(outcome.skipped):
         return ("error", None, "the tests define unittest.TestCase classes with no test methods")
-    return ("passed", None, f"unittest: {len(succeeded)} tests")
+    return ("passed", None, f"unittest: {outcome.testsRun - len(outcome.skipped)} tests")
 
 
 def _note(status: str, test: Any, err: Any) -> tuple[str, str | None, str]:
@@ -378,276 +343,6 @@ def _explain(error: BaseException, phase: str) -> tuple[str | None, str]:
         return name, f"{phase}: {name}"
 
 
-# --- one job: fork, supervise, decide -------------------------------------------------------------
-
-
-def _run_job(job: dict[str, Any], context: _Context) -> dict[str, Any]:
-    limits = job["limits"]
-    context.count += 1
-    workdir = f"/tmp/codetune-sample-{os.getpid()}-{context.count}"
-    os.mkdir(workdir, 0o700)
-    if context.uid is not None:
-        os.chown(workdir, context.uid, context.uid)
-    nonce = os.urandom(16).hex()
-    pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, result
-    started = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        _sample(job, nonce, workdir, [context.devnull, *(w for _, w in pipes)], context)
-    for _, write_end in pipes:
-        os.close(write_end)
-    reads = [r for r, _ in pipes]
-    try:
-        tails = [bytearray(), bytearray(), bytearray()]
-        caps = [limits["output_bytes"], limits["output_bytes"], 65_536]
-        timed_out, status, cpu_s, totals = _supervise(pid, reads, tails, caps, started + limits["timeout_s"])
-    finally:
-        _kill_all(pid, context)
-        for fd in reads:
-            os.close(fd)
-        _remove(workdir)
-    texts = [_tail(tail, cap, total) for tail, cap, total in zip(tails, caps, totals, strict=True)]
-    verdict = _decide(nonce, limits, texts, timed_out, status, cpu_s)
-    return verdict | {"duration_s": round(time.monotonic() - started, 6), "cpu_s": round(cpu_s, 6)}
-
-
-def _supervise(
-    pid: int, reads: list[int], tails: list[bytearray], caps: list[int], deadline: float
-) -> tuple[bool, int, float, list[int]]:
-    """Collect output until the sample exits or the deadline passes (then kill its group)."""
-    pidfd = os.pidfd_open(pid)
-    poller = select.poll()
-    for fd in (*reads, pidfd):
-        poller.register(fd, select.POLLIN)
-    totals, timed_out, open_fds = [0, 0, 0], False, set(reads)
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                timed_out = True
-                _kill_group(pid)
-                break
-            events = poller.poll(remaining * 1000)
-            if any(fd == pidfd for fd, _ in events):
-                break
-            for fd, _ in events:
-                if not _read_into(fd, reads, tails, caps, totals):
-                    poller.unregister(fd)
-                    open_fds.discard(fd)
-    finally:
-        os.close(pidfd)
-    _kill_group(pid)  # what it left in its group, while its unreaped pid still holds the group id
-    _, status, usage = os.wait4(pid, 0)
-    end = time.monotonic() + 1.0
-    while open_fds and (left := end - time.monotonic()) > 0:  # what the dead sample left in the pipes
-        for fd in select.select(list(open_fds), [], [], left)[0]:
-            if not _read_into(fd, reads, tails, caps, totals):
-                open_fds.discard(fd)
-    return timed_out, status, usage.ru_utime + usage.ru_stime, totals
-
-
-def _read_into(fd: int, reads: list[int], tails: list[bytearray], caps: list[int], totals: list[int]) -> bool:
-    index = reads.index(fd)
-    chunk = os.read(fd, 1 << 16)
-    totals[index] += len(chunk)
-    tails[index] += chunk
-    if len(tails[index]) > 2 * caps[index]:
-        del tails[index][: len(tails[index]) - caps[index]]
-    return bool(chunk)
-
-
-def _tail(data: bytearray, cap: int, total: int) -> str:
-    kept = bytes(data[len(data) - cap :]) if cap else b""
-    text = kept.decode("utf-8", "replace")
-    return f"[... {total - len(kept)} bytes truncated ...]\n{text}" if total > len(kept) else text
-
-
-def _kill_group(pid: int) -> None:
-    for kill, target in ((os.killpg, pid), (os.kill, pid)):
-        try:
-            kill(target, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def _kill_all(pid: int, context: _Context) -> None:
-    """Nothing a sample started outlives it: as PID 1 kill every other process in the namespace and
-    reap them; else kill everything else in the worker's cgroup, or of the worker's sample uid."""
-    try:
-        if os.waitpid(pid, os.WNOHANG) == (0, 0):  # not reaped yet: supervision failed
-            _kill_group(pid)
-            os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
-    if context.pid1:
-        try:
-            os.kill(-1, signal.SIGKILL)
-        except ProcessLookupError:
-            pass  # nothing else was left
-        while True:
-            try:
-                os.waitpid(-1, 0)
-            except ChildProcessError:
-                return
-    elif context.cgroup:  # everything in the worker's cgroup but the worker, until nothing else lives
-        for _ in range(500):  # a process forking while we read the list escapes one round, not the next
-            with open(os.path.join(context.cgroup, "cgroup.procs")) as procs:
-                others = [pid for pid in {int(line) for line in procs} - {os.getpid()} if _alive(pid)]
-            for other in others:
-                _kill_group(other)
-            if not others:
-                return
-            time.sleep(0.01)
-    elif context.uid is not None:
-        killer = os.fork()
-        if killer == 0:
-            os.setresuid(context.uid, context.uid, context.uid)
-            os.kill(-1, signal.SIGKILL)
-            os._exit(0)
-        os.waitpid(killer, 0)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _remove(path: str) -> None:
-    try:
-        return os.rmdir(path)  # the usual case: the sample left nothing
-    except OSError:
-        import shutil
-
-    def force(function: Any, name: str, _: Any) -> None:
-        try:
-            os.chmod(os.path.dirname(name), 0o700)
-            os.chmod(name, 0o700)
-            function(name)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=force)
-    return None
-
-
-def _decide(
-    nonce: str, limits: dict[str, Any], texts: list[str], timed_out: bool, raw: int, cpu_s: float
-) -> dict[str, Any]:
-    """The verdict, from the exit status and the last record that carries this sample's nonce."""
-    stdout, stderr, result = texts
-    lines = result.splitlines()
-    record = next((line.split("\t", 4) for line in reversed(lines) if line.startswith(nonce + "\t")), None)
-    setup = next((line[6:] for line in lines if line.startswith("setup\t")), None)
-    exit_code = os.WEXITSTATUS(raw) if os.WIFEXITED(raw) else None
-    sig = os.WTERMSIG(raw) if os.WIFSIGNALED(raw) else None
-    cpu_limit = _cpu_limit(limits)
-    verdict: dict[str, Any] = {"error_type": None, "detail": "", "exec_s": None}
-    if record is not None and len(record) == 5 and record[1] in ("passed", "failed", "error", "memory"):
-        verdict |= {"status": record[1], "error_type": record[2] or None, "detail": record[4]}
-        verdict["exec_s"] = round(float(record[3]), 6)
-        if record[1] == "passed" and exit_code != 0:
-            verdict |= {"status": "error", "detail": "the sample did not exit cleanly after its tests"}
-    elif setup is not None and exit_code == 70:
-        verdict |= {"status": "sandbox-error", "detail": f"isolation set-up failed: {setup}"}
-    elif timed_out or sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_s >= cpu_limit):
-        limit = f"{limits['timeout_s']:g} s wall / {cpu_limit} s CPU"
-        verdict |= {"status": "timeout", "detail": f"over the limit of {limit}"}
-    elif sig is not None:
-        memory = any(hint in stderr for hint in _MEMORY_HINTS)
-        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
-        verdict |= {"status": "memory" if memory else "killed", "detail": f"killed by {name}"}
-    else:
-        detail = f"the sample exited (code {exit_code}) before the tests completed"
-        verdict |= {"status": "error", "detail": detail}
-    return verdict | {"stdout_tail": stdout, "stderr_tail": stderr, "exit_code": exit_code, "signal": sig}
-
-
-# --- in the forked sample ------------------------------------------------------------------------
-
-
-def _sample(job: dict[str, Any], nonce: str, workdir: str, fds: list[int], context: _Context) -> NoReturn:
-    """Session, fds 0-3 (nothing else open), uid, work dir, rlimits; then run the job."""
-    try:
-        os.setsid()
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target)
-        os.closerange(len(fds), 2**31 - 1)
-        if context.uid is not None:
-            os.setgroups([])
-            os.setresgid(context.uid, context.uid, context.uid)
-            os.setresuid(context.uid, context.uid, context.uid)
-        os.chdir(workdir)
-        os.environ.update(HOME=workdir, TMPDIR=workdir)
-        _set_rlimits(job["limits"], context, job["language"])
-        if job["language"] == "javascript":
-            _exec_node(job, nonce, context)
-    except BaseException as exc:
-        try:
-            os.write(3, f"setup\t{type(exc).__name__}: {exc}\n".encode())
-        finally:
-            os._exit(70)
-    try:  # (os.fork already reseeded `random` in this child)
-        _run_python(job["program"], job["tests"], nonce)
-    finally:
-        os._exit(1)
-
-
-def _cpu_limit(limits: dict[str, Any]) -> int:
-    """RLIMIT_CPU in whole seconds: `cpu_s` rounded up, or without one a backstop a second past the
-    wall-clock timeout, so that the wall clock (not a race with it) ends a busy single-process sample."""
-    if limits["cpu_s"] is None:
-        return max(1, -int(-limits["timeout_s"] // 1)) + 1
-    return max(1, -int(-limits["cpu_s"] // 1))
-
-
-def _set_rlimits(limits: dict[str, Any], context: _Context, language: str) -> None:
-    mib = 1 << 20
-    memory = limits["memory_mb"] * mib
-    cpu = _cpu_limit(limits)
-    processes = limits["max_processes"] + (1 if context.pid1 else 0)  # the worker shares the uid there
-    if context.uid is None and not context.pid1 and os.geteuid() != 0:
-        processes += sum(1 for p in os.listdir("/proc") if p.isdigit() and _owned(p))  # the user's own
-    for which, soft, hard in (
-        (resource.RLIMIT_CPU, cpu, cpu + 1),
-        # V8 reserves far more address space than it uses: for node, limit the data segment instead
-        (resource.RLIMIT_AS if language == "python" else resource.RLIMIT_DATA, memory, memory),
-        (resource.RLIMIT_FSIZE, limits["file_size_mb"] * mib, limits["file_size_mb"] * mib),
-        (resource.RLIMIT_NPROC, processes, processes),
-        (resource.RLIMIT_NOFILE, limits["open_files"], limits["open_files"]),
-        (resource.RLIMIT_CORE, 0, 0),
-    ):
-        cap = resource.getrlimit(which)[1]
-        if cap != resource.RLIM_INFINITY:  # a limit may only be lowered
-            soft, hard = min(soft, cap), min(hard, cap)
-        resource.setrlimit(which, (soft, hard))
-
-
-def _owned(pid: str) -> bool:
-    try:
-        return os.stat(f"/proc/{pid}").st_uid == os.getuid()
-    except OSError:
-        return False
-
-
-def _exec_node(job: dict[str, Any], nonce: str, context: _Context) -> NoReturn:
-    if not context.node:
-        raise RuntimeError("node (Node.js) is not on PATH: JavaScript samples can't run")
-    for name, text in (("program.js", job["program"]), ("tests.js", job["tests"])):
-        with open(name, "w") as handle:
-            handle.write(text)
-    read_end, write_end = os.pipe()
-    os.write(write_end, nonce.encode())
-    os.close(write_end)
-    if read_end != 4:
-        os.dup2(read_end, 4)
-    os.set_inheritable(4, True)
-    heap = f"--max-old-space-size={job['limits']['memory_mb']}"
-    os.execve(context.node, [context.node, heap, "-e", _JS_BOOT], {**os.environ, "NODE_OPTIONS": ""})
-
-
 def _run_python(program: str, tests: str, nonce: str) -> NoReturn:
     """Run the program, then (restored, see `_prepare_tests`) the tests and their TestCases; report.
 
@@ -662,8 +357,8 @@ def _run_python(program: str, tests: str, nonce: str) -> NoReturn:
         compile,
     )
     is_instance, assertion, no_memory, restore_own = isinstance, AssertionError, MemoryError, _restore_own
-    prepare, run_cases, explain, flush = _prepare_tests, _run_test_cases, _explain, _flush
-    me = getpid()
+    prepare, run_cases, explain = _prepare_tests, _run_test_cases, _explain
+    streams, me = (sys.__stdout__, sys.__stderr__), getpid()
     program_ns = _module_namespace("__sandbox__", "<program>", program)
     tests_ns = _module_namespace("__sandbox_tests__", "<tests>", tests)
     status, error_type, detail, phase = "passed", None, "", "program"
@@ -695,7 +390,11 @@ def _run_python(program: str, tests: str, nonce: str) -> NoReturn:
     elapsed = clock() - started
     if getpid() != me:  # a fork made by the sample never reports
         exit_now(0)
-    flush()
+    for stream in streams:
+        try:
+            stream.flush()  # type: ignore[union-attr]
+        except BaseException:
+            pass
     line = f"{nonce}\t{status}\t{error_type or ''}\t{elapsed:.6f}\t{detail.replace(chr(9), ' ')}\n"
     try:
         write(3, line.encode("utf-8", "backslashreplace"))
@@ -714,36 +413,239 @@ def _module_namespace(name: str, filename: str, source: str) -> dict[str, Any]:
     return module.__dict__
 
 
-def _flush() -> None:
-    for stream in (sys.__stdout__, sys.__stderr__):
+# --- one job: fork, supervise, decide -------------------------------------------------------------
+
+
+def _run_job(job: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    limits = job["limits"]
+    ctx.count += 1
+    workdir = f"/tmp/codetune-sample-{os.getpid()}-{ctx.count}"
+    os.mkdir(workdir, 0o700)
+    if ctx.uid is not None:
+        os.chown(workdir, ctx.uid, ctx.uid)
+    nonce = os.urandom(16).hex()
+    pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, result
+    started = time.monotonic()
+    if (pid := os.fork()) == 0:
+        _sample(job, nonce, workdir, [ctx.devnull, *(w for _, w in pipes)], ctx)
+    for _, write_end in pipes:
+        os.close(write_end)
+    reads = [r for r, _ in pipes]
+    try:
+        outcome = _supervise(
+            pid, reads, [limits["output_bytes"]] * 2 + [65_536], started + limits["timeout_s"]
+        )
+    finally:
+        _kill_all(pid, ctx)
+        for fd in reads:
+            os.close(fd)
+        _remove(workdir)
+    verdict = _decide(nonce, limits, *outcome)
+    return verdict | {"duration_s": round(time.monotonic() - started, 6), "cpu_s": round(outcome[3], 6)}
+
+
+def _supervise(pid: int, reads: list[int], caps: list[int], deadline: float) -> tuple[Any, ...]:
+    """Keep the tails of the sample's pipes until it exits or the deadline passes (then kill its group),
+    and for up to a second after it exits; return the texts, whether it timed out, its status and CPU."""
+    pidfd, poller, timed_out, status, cpu_s = os.pidfd_open(pid), select.poll(), False, None, 0.0
+    tails, totals, open_fds = {fd: bytearray() for fd in reads}, dict.fromkeys(reads, 0), set(reads)
+    for fd in (*reads, pidfd):
+        poller.register(fd, select.POLLIN)
+    while status is None or open_fds:
+        left = deadline - time.monotonic()
+        events = poller.poll(left * 1000) if left > 0 else []
+        if not events and status is not None:
+            break  # a process it left holds the pipes: what they carry later is lost
+        if not events:  # the wall clock ran out
+            timed_out, events = True, [(pidfd, 0)]
+        for fd, _ in events:
+            if fd == pidfd:
+                poller.unregister(pidfd)
+                _kill_group(pid)  # what it left in its group, while its unreaped pid still holds the group id
+                _, status, usage = os.wait4(pid, 0)
+                cpu_s, deadline = usage.ru_utime + usage.ru_stime, time.monotonic() + 1.0
+            elif chunk := os.read(fd, 1 << 16):
+                totals[fd] += len(chunk)
+                tails[fd] += chunk
+                del tails[fd][: -2 * caps[reads.index(fd)] or None]
+            else:
+                poller.unregister(fd)
+                open_fds.discard(fd)
+    os.close(pidfd)
+    texts = []
+    for fd, cap in zip(reads, caps, strict=True):
+        text = (kept := bytes(tails[fd][-cap:]) if cap else b"").decode("utf-8", "replace")
+        cut = totals[fd] - len(kept)
+        texts.append(f"[... {cut} bytes truncated ...]\n{text}" if cut else text)
+    return texts, timed_out, status, cpu_s
+
+
+def _decide(
+    nonce: str, limits: dict[str, Any], texts: list[str], timed_out: bool, raw: int, cpu_s: float
+) -> dict[str, Any]:
+    """The verdict, from the exit status and the last record that carries this sample's nonce."""
+    stdout, stderr, result = texts
+    lines = result.splitlines()
+    record = next((line.split("\t", 4) for line in reversed(lines) if line.startswith(nonce + "\t")), None)
+    setup = next((line[6:] for line in lines if line.startswith("setup\t")), None)
+    exit_code = os.WEXITSTATUS(raw) if os.WIFEXITED(raw) else None
+    sig = os.WTERMSIG(raw) if os.WIFSIGNALED(raw) else None
+    verdict: dict[str, Any] = {"error_type": None, "detail": "", "exec_s": None, "exit_code": exit_code}
+    verdict |= {"stdout_tail": stdout, "stderr_tail": stderr, "signal": sig}
+    if record is not None and len(record) == 5 and record[1] in ("passed", "failed", "error", "memory"):
+        verdict |= {"status": record[1], "error_type": record[2] or None, "detail": record[4]}
+        verdict["exec_s"] = round(float(record[3]), 6)
+        if record[1] == "passed" and exit_code != 0:
+            verdict |= {"status": "error", "detail": "the sample did not exit cleanly after its tests"}
+    elif setup is not None and exit_code == 70:
+        verdict |= {"status": "sandbox-error", "detail": f"isolation set-up failed: {setup}"}
+    elif timed_out or sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_s >= _cpu_limit(limits)):
+        limit = f"{limits['timeout_s']:g} s wall / {_cpu_limit(limits)} s CPU"
+        verdict |= {"status": "timeout", "detail": f"over the limit of {limit}"}
+    elif sig is not None:
+        memory = any(hint in stderr for hint in _MEMORY_HINTS)
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        verdict |= {"status": "memory" if memory else "killed", "detail": f"killed by {name}"}
+    else:
+        verdict |= {
+            "status": "error",
+            "detail": f"the sample exited (code {exit_code}) before the tests completed",
+        }
+    return verdict
+
+
+def _kill_group(pid: int) -> None:
+    for kill, target in ((os.killpg, pid), (os.kill, pid)):
         try:
-            stream.flush()  # type: ignore[union-attr]
-        except BaseException:
+            kill(target, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
             pass
 
 
-# --- messages: a 4-byte big-endian length, then UTF-8 JSON -----------------------------------------
+def _kill_all(pid: int, ctx: Any) -> None:
+    """Nothing a sample started outlives it: as PID 1 kill every other process in the namespace and
+    reap them; else kill everything else in the worker's cgroup, or of the worker's sample uid."""
+    try:
+        if os.waitpid(pid, os.WNOHANG) == (0, 0):  # not reaped yet: supervision failed
+            _kill_group(pid)
+            os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+    if ctx.pid1:
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # nothing else was left
+        while True:
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                return
+    elif ctx.cgroup:  # everything in the worker's cgroup but the worker, until nothing else lives
+        for _ in range(500):  # a process forking while we read the list escapes one round, not the next
+            with open(os.path.join(ctx.cgroup, "cgroup.procs")) as procs:
+                others = [pid for pid in {int(line) for line in procs} - {os.getpid()} if _alive(pid)]
+            for other in others:
+                _kill_group(other)
+            if not others:
+                return
+            time.sleep(0.01)
+    elif ctx.uid is not None:
+        if (killer := os.fork()) == 0:
+            os.setresuid(ctx.uid, ctx.uid, ctx.uid)
+            os.kill(-1, signal.SIGKILL)
+            os._exit(0)
+        os.waitpid(killer, 0)
 
 
-def _send(message: dict[str, Any]) -> None:
-    data = json.dumps(message).encode()
-    view = memoryview(struct.pack(">I", len(data)) + data)
-    while view:
-        view = view[os.write(1, view) :]
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
 
 
-def _receive() -> dict[str, Any] | None:
-    header = _read(4)
-    body = _read(struct.unpack(">I", header)[0]) if header else None
-    return None if body is None else dict(json.loads(body))
+def _remove(path: str) -> None:
+    """Remove the work dir, whatever the sample did to the permissions inside it."""
+    try:
+        return os.rmdir(path)  # the usual case: the sample left nothing
+    except OSError:
+        import shutil
+    os.chmod(path, 0o700)
+    for root, dirs, _ in os.walk(path):
+        for name in dirs:
+            if not os.path.islink(inside := os.path.join(root, name)):
+                os.chmod(inside, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
 
 
-def _read(size: int) -> bytes | None:
-    chunks = []
-    while size:
-        chunk = os.read(0, min(size, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
+# --- in the forked sample ------------------------------------------------------------------------
+
+
+def _sample(job: dict[str, Any], nonce: str, workdir: str, fds: list[int], ctx: Any) -> NoReturn:
+    """Session, fds 0-3 (nothing else open), uid, work dir, rlimits; then run the job."""
+    try:
+        os.setsid()
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        os.closerange(len(fds), 2**31 - 1)
+        if ctx.uid is not None:
+            os.setgroups([])
+            os.setresgid(ctx.uid, ctx.uid, ctx.uid)
+            os.setresuid(ctx.uid, ctx.uid, ctx.uid)
+        os.chdir(workdir)
+        os.environ.update(HOME=workdir, TMPDIR=workdir)
+        _set_rlimits(job["limits"], ctx, job["language"])
+        if job["language"] == "javascript":
+            if not ctx.node:
+                raise RuntimeError("node (Node.js) is not on PATH: JavaScript samples can't run")
+            for name, text in (("program.js", job["program"]), ("tests.js", job["tests"]), (".nonce", nonce)):
+                with open(name, "w") as handle:
+                    handle.write(text)
+            heap = f"--max-old-space-size={job['limits']['memory_mb']}"
+            os.execve(ctx.node, [ctx.node, heap, "-e", _JS_BOOT], {**os.environ, "NODE_OPTIONS": ""})
+    except BaseException as exc:
+        try:
+            os.write(3, f"setup\t{type(exc).__name__}: {exc}\n".encode())
+        finally:
+            os._exit(70)
+    try:  # (os.fork already reseeded `random` in this child)
+        _run_python(job["program"], job["tests"], nonce)
+    finally:
+        os._exit(1)
+
+
+def _cpu_limit(limits: dict[str, Any]) -> int:
+    """RLIMIT_CPU in whole seconds: `cpu_s` rounded up, or without one a backstop a second past the
+    wall-clock timeout, so that the wall clock (not a race with it) ends a busy single-process sample."""
+    if limits["cpu_s"] is None:
+        return max(1, -int(-limits["timeout_s"] // 1)) + 1
+    return max(1, -int(-limits["cpu_s"] // 1))
+
+
+def _set_rlimits(limits: dict[str, Any], ctx: Any, language: str) -> None:
+    memory, size, cpu = limits["memory_mb"] << 20, limits["file_size_mb"] << 20, _cpu_limit(limits)
+    processes = limits["max_processes"] + (1 if ctx.pid1 else 0)  # the worker shares the uid there
+    if ctx.uid is None and not ctx.pid1 and os.geteuid() != 0:  # the user's own processes count too
+        processes += sum(1 for p in os.listdir("/proc") if p.isdigit() and _owned(p))
+    for which, soft, hard in (
+        (resource.RLIMIT_CPU, cpu, cpu + 1),
+        # V8 reserves far more address space than it uses: for node, limit the data segment instead
+        (resource.RLIMIT_AS if language == "python" else resource.RLIMIT_DATA, memory, memory),
+        (resource.RLIMIT_FSIZE, size, size),
+        (resource.RLIMIT_NPROC, processes, processes),
+        (resource.RLIMIT_NOFILE, limits["open_files"], limits["open_files"]),
+        (resource.RLIMIT_CORE, 0, 0),
+    ):
+        cap = resource.getrlimit(which)[1]
+        if cap != resource.RLIM_INFINITY:  # a limit may only be lowered
+            soft, hard = min(soft, cap), min(hard, cap)
+        resource.setrlimit(which, (soft, hard))
+
+
+def _owned(pid: str) -> bool:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid == os.getuid()
+    except OSError:
+        return False
