@@ -151,6 +151,14 @@ def test_unittest_cases_in_the_tests_are_run(
         assert "TestAddOne" in verdict.detail and "test_it" in verdict.stderr_tail
 
 
+def test_a_failing_subtest_is_a_failure(pool: SandboxPool) -> None:
+    body = "for i in range(2):\n            with self.subTest(i=i):\n                self.assertEqual(i, 0)"
+    tests = f"import unittest\n\nclass TestSub(unittest.TestCase):\n    def test_it(self):\n        {body}\n"
+    verdict = pool.run(ADD_ONE, tests)
+    assert (verdict.status, verdict.error_type) == ("failed", "AssertionError"), verdict
+    assert "(i=1)" in verdict.detail
+
+
 def test_a_testcase_without_test_methods_is_not_a_pass(pool: SandboxPool) -> None:
     verdict = pool.run(ADD_ONE, "import unittest\n\nclass TestNothing(unittest.TestCase):\n    pass\n")
     assert verdict.status == "error"

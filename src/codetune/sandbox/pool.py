@@ -127,27 +127,25 @@ class SandboxPool:
             raise CodetuneError(f"SandboxPool: workers must be at least 1 (got {count})")
         if isolation not in ("auto", "bwrap", "rlimits"):
             raise CodetuneError(f"SandboxPool: isolation must be auto, bwrap or rlimits (got {isolation!r})")
-        self.limits, self._count = limits, count
-        unsafe = unsafe_isolation or os.environ.get(UNSAFE_ENV) == "1"
-        self._spec = (tuple(preload), _choose_mode(isolation), unsafe)
+        self.limits, self._count, self._net_lock = limits, count, threading.Lock()
+        self._spec = (
+            tuple(preload),
+            _choose_mode(isolation),
+            unsafe_isolation or os.environ.get(UNSAFE_ENV) == "1",
+        )
+        self.isolation = _describe(*self._spec[1:])  # see `isolation_level`
         self._workers: list[_Worker] = []
         self._finalizer = weakref.finalize(self, _kill_workers, self._workers)
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         self._net: _Worker | None = None  # started for the first job with network=True
-        self._net_lock = threading.Lock()
         try:
             self._workers += [_Worker(*self._spec) for _ in range(count)]
             for worker in self._workers:
-                worker.await_hello()
+                worker.hello()
                 self._idle.put(worker)
         except BaseException:
             self.close()
             raise
-
-    @property
-    def isolation(self) -> str:
-        """The isolation level of the workers (see `isolation_level`)."""
-        return self._workers[0].isolation
 
     @property
     def worker_pids(self) -> tuple[int, ...]:
@@ -166,9 +164,9 @@ class SandboxPool:
         if limits.network:
             with self._net_lock:
                 if self._net is None:
-                    self._net = _Worker(*self._spec, network=True)
-                    self._workers.append(self._net)
-                    self._net.await_hello()
+                    self._workers.append(_Worker(*self._spec, network=True))
+                    self._net = self._workers[-1]
+                    self._net.hello()
                 return self._net.run(job, limits)
         worker = self._idle.get()
         try:
@@ -192,7 +190,7 @@ class SandboxPool:
             raise CodetuneError(f"SandboxPool.map: {len(jobs)} jobs but {len(per_job)} limits")
         with ThreadPoolExecutor(self._count) as executor:
             return list(
-                executor.map(lambda job, lim: self.run(job[0], job[1], lim, language=language), jobs, per_job)
+                executor.map(lambda j, lim: self.run(j[0], j[1], lim, language=language), jobs, per_job)
             )
 
     def close(self) -> None:
@@ -220,6 +218,16 @@ def _choose_mode(requested: str) -> str:
         stacklevel=3,
     )
     return "rlimits"
+
+
+def _describe(mode: str, unsafe: bool) -> str:
+    if mode == "bwrap":
+        private = "/tmp, /proc, /dev, /dev/shm, /run"
+        return f"bubblewrap: user/pid/net/mount/ipc/uts namespaces + read-only root + private {private} + uid 65534, no capabilities + rlimits"
+    if os.geteuid() == 0 and not unsafe:
+        return "rlimits only, unprivileged uid per worker (no bubblewrap) + rlimits"
+    who = "as root (unsafe isolation allowed)" if os.geteuid() == 0 else "as the evaluator's user"
+    return f"rlimits only, samples run {who} + rlimits"
 
 
 def _bwrap_binary() -> str | None:
@@ -261,7 +269,7 @@ class _Worker:
     """The evaluator's handle on one worker: one JSON line per job on its stdin, one per verdict back."""
 
     def __init__(self, preload: tuple[str, ...], mode: str, unsafe: bool, network: bool = False) -> None:
-        self.spec, self.isolation = (preload, mode, unsafe, network), ""
+        self.spec = (preload, mode, unsafe, network)
         self._start()
 
     def _start(self) -> None:
@@ -271,8 +279,16 @@ class _Worker:
         # cgroup counts the worker's processes instead (joined before bwrap starts), and without bubblewrap
         # it also lists what the samples left behind
         self.cgroup, self.pids_max = _pids_cgroup() if os.geteuid() == 0 else None, 0
-        config = {"mode": mode, "preload": list(preload), "unsafe": unsafe, "stamp": _STAMP}
-        config |= {"node": shutil.which("node"), "cgroup": self.cgroup}
+        config: dict[str, Any] = {
+            "mode": mode,
+            "preload": list(preload),
+            "stamp": _STAMP,
+            "cgroup": self.cgroup,
+        }
+        config |= {
+            "node": shutil.which("node"),
+            "drop_uid": os.geteuid() == 0 and mode == "rlimits" and not unsafe,
+        }
         procs = os.path.join(self.cgroup, "cgroup.procs") if self.cgroup else None
         self.proc = _SPAWNER.submit(
             subprocess.Popen,
@@ -284,13 +300,12 @@ class _Worker:
             preexec_fn=None if procs is None else functools.partial(_write, procs, "0"),
         ).result()
 
-    def await_hello(self) -> None:
+    def hello(self) -> None:
         hello = self._receive(time.monotonic() + 120)
         if hello is None or "error" in hello or hello["preload_errors"]:
             self.kill()
             why = hello and (hello.get("error") or f"could not preload {'; '.join(hello['preload_errors'])}")
             raise CodetuneError(f"sandbox worker {self.proc.pid}: {why or 'it did not start'}")
-        self.isolation = hello["isolation"]
 
     def run(self, job: dict[str, Any], limits: Limits) -> Verdict:
         """Send one job and return its verdict; sandbox-error (and a new worker) if it doesn't come."""
@@ -299,22 +314,20 @@ class _Worker:
             self.pids_max = limits.max_processes
         started, reply = time.monotonic(), None
         with contextlib.suppress(OSError, ValueError):  # a dead worker: a broken pipe, half a reply
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(json.dumps(job).encode() + b"\n")
-            self.proc.stdin.flush()
+            self.proc.stdin.write(json.dumps(job).encode() + b"\n")  # type: ignore[union-attr]
+            self.proc.stdin.flush()  # type: ignore[union-attr]
             reply = self._receive(started + limits.timeout_s + 30)
         if reply is not None:
             return Verdict(**reply)
         self.kill()  # the worker died or hung: the sample gets sandbox-error, the worker a successor
         self._start()
-        self.await_hello()
+        self.hello()
         detail = "the sandbox worker died or stopped answering"
         return Verdict("sandbox-error", duration_s=time.monotonic() - started, detail=detail)
 
     def _receive(self, deadline: float) -> dict[str, Any] | None:
-        stdout = self.proc.stdout
-        assert stdout is not None
-        line = stdout.readline() if select.select([stdout], [], [], deadline - time.monotonic())[0] else b""
+        out = self.proc.stdout
+        line = out.readline() if out and select.select([out], [], [], deadline - time.monotonic())[0] else b""
         return dict(json.loads(line)) if line else None
 
     def kill(self) -> None:
@@ -362,14 +375,9 @@ def _default_pool() -> SandboxPool:
     return pool
 
 
-@functools.cache
 def isolation_level() -> str:
-    """Which isolation this machine gives samples, e.g. "bubblewrap: ... + rlimits" or "rlimits only ...";
-    probed once per process by starting a worker."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # said by the pool that runs samples, not by a probe
-        with SandboxPool(workers=1) as pool:
-            return pool.isolation
+    """Which isolation samples get on this machine, e.g. "bubblewrap: ... + rlimits" or "rlimits only ..."."""
+    return _describe("bwrap" if _bwrap_problem() is None else "rlimits", os.environ.get(UNSAFE_ENV) == "1")
 
 
 def sandbox_manifest() -> dict[str, Any]:

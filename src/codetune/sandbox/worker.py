@@ -1,18 +1,15 @@
 """The sandbox worker: a fork server that runs each sample in a fresh child. Standard library only.
 
-Started by `pool.py` as `python -I -c BOOT worker.py CONFIG`, inside bubblewrap (as its PID 1, which the
-samples can't signal) or, without it, as a plain process. Jobs come as JSON lines on stdin and verdicts
-go back the same way; the worker never runs sample code itself.
-
-Each sample is forked: its own session, stdin on /dev/null, pipes for stdout, stderr and the result and
-nothing else, rlimits, a fresh work dir (and, as root without bubblewrap, the worker's unprivileged uid).
-Python runs the program and then the tests in that child; JavaScript execs node. The verdict is the
-worker's: "passed" needs exit status 0 *and* a result record carrying a random per-sample nonce, written
-only after the tests ran to the end (so exiting, printing or closing pipes early can't pass). In Python,
-what the tests use (modules, their classes, builtins, the runner's own globals) is restored from a
-snapshot taken in the worker, between program and tests and after every call the tests make into the
-program; an audit hook refuses swaps of the standard library's or the runner's function code; a result
-that claims to equal a fresh random value (an always-true `__eq__`) is an error.
+Started by `pool.py` inside bubblewrap (as its PID 1, which samples can't signal) or, without it, as a
+plain process. Jobs come as JSON lines on stdin, verdicts go back the same way; the worker itself never
+runs sample code. Each sample is a fork with its own session, stdin on /dev/null, pipes for stdout, stderr
+and the result and nothing else, rlimits, a fresh work dir (and, as root without bubblewrap, the worker's
+unprivileged uid); Python runs program and tests in it, JavaScript execs node. "passed" needs exit status
+0 and a result record with a random per-sample nonce, written after the tests ran to the end. In Python,
+what the tests use (modules, their classes, builtins, the runner's globals) is restored from a snapshot
+taken in the worker, between program and tests and after each call the tests make into the program; an
+audit hook refuses swaps of the code of the standard library's functions and the runner's; a result that
+claims to equal a fresh random value (an always-true `__eq__`) is an error.
 """
 
 from __future__ import annotations
@@ -29,7 +26,7 @@ import time
 import types
 from typing import Any, NoReturn
 
-_PRELOAD = [
+_PRELOAD: tuple[str, ...] = (
     "unittest",
     "math",
     "re",
@@ -39,17 +36,17 @@ _PRELOAD = [
     "string",
     "heapq",
     "typing",
-    "traceback",
-]
+)
+_PRELOAD += ("traceback",)  # for `_explain`
 _MEMORY_HINTS = ("MemoryError", "Cannot allocate memory", "out of memory", "bad_alloc", "heap out of memory")
 _PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None), range, bytearray})
 _JS_BOOT = r"""(() => {
 const fs = require('fs'), vm = require('vm'), write = fs.writeSync, exit = process.exit.bind(process);
-const nonce = fs.readFileSync('.nonce', 'utf8'); fs.unlinkSync('.nonce');
+const nonce = fs.readFileSync('.nonce', 'utf8'), started = process.hrtime.bigint();
+fs.unlinkSync('.nonce');
 for (const name of ['assert', 'assert/strict']) Object.freeze(require(name));
 globalThis.require = require;
 let phase = 'program', status = 'passed', type = '', detail = '';
-const started = process.hrtime.bigint();
 try {
   vm.runInThisContext(fs.readFileSync('program.js', 'utf8'), {filename: '<program>'});
   phase = 'tests';  // in a function: the tests' top-level names are their own
@@ -58,18 +55,18 @@ try {
   type = (e && e.name) || typeof e;
   const memory = /RangeError: (Invalid array length|Array buffer)/.test(String(e));
   status = type === 'AssertionError' ? 'failed' : memory ? 'memory' : 'error';
-  detail = `${phase}: ${type}: ${String(e && e.message).split('\n')[0]}`.slice(0, 1000);
+  detail = `${phase}: ${type}: ${String(e && e.message).split('\n')[0]}`.slice(0, 1000).replace(/\t/g, ' ');
   try { process.stderr.write(String(e && e.stack || e) + '\n'); } catch (_) {}
 }
 const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-write(3, `${nonce}\t${status}\t${type}\t${seconds}\t${detail.replace(/[\t\n]/g, ' ')}\n`);
+write(3, `${nonce}\t${status}\t${type}\t${seconds}\t${detail}\n`);
 exit(0);
 })();
 """
 
 
 def main(config_json: str) -> None:
-    """Check the stamp, set up, preload, snapshot, install the audit hook, say hello, serve until EOF."""
+    """Check the stamp, preload, snapshot, install the audit hook, say hello, then serve jobs until EOF."""
     config = json.loads(config_json)
     vars(sys.modules["__main__"]).pop("m", None)  # the bootstrap's name for this module
     here = os.stat(__file__)
@@ -77,24 +74,15 @@ def main(config_json: str) -> None:
         return _send({"error": f"{__file__} changed after the evaluator loaded it (edited?): restart"})
     sys.dont_write_bytecode, sys.argv = True, [""]
     os.environ.pop("PWD", None)  # set by bubblewrap; samples get exactly the evaluator's allow-list
-    ctx = types.SimpleNamespace(mode=config["mode"], node=config["node"], cgroup=config["cgroup"], count=0)
-    ctx.pid1, ctx.devnull = os.getpid() == 1, os.open(os.devnull, os.O_RDWR)  # --as-pid-1: orphans come here
-    drop = os.geteuid() == 0 and ctx.mode == "rlimits" and not config["unsafe"]
-    ctx.uid = 1_000_000_000 + os.getpid() if drop else None  # the fallback's unprivileged uid, per worker
+    ctx = types.SimpleNamespace(
+        **config, count=0, pid1=os.getpid() == 1, devnull=os.open(os.devnull, os.O_RDWR)
+    )
+    ctx.uid = 1_000_000_000 + os.getpid() if config["drop_uid"] else None  # the fallback's, per worker
     if ctx.uid is not None and not _readable_as(ctx.uid):
-        return _send({"error": f"without bubblewrap, samples would run as root: uid {ctx.uid} can't read "
-                      f"Python's files here ({os.path.dirname(os.__file__)}); install bubblewrap, or allow "
-                      "running samples as root with unsafe_isolation=True / CODETUNE_UNSAFE_ISOLATION=1"})  # fmt: skip
-    if ctx.mode == "bwrap":
-        isolation = (
-            "bubblewrap: user/pid/net/mount/ipc/uts namespaces + read-only root + private /tmp, /proc, "
-        )
-        isolation += "/dev, /dev/shm, /run + uid 65534, no capabilities + rlimits"
-    elif ctx.uid is not None:
-        isolation = "rlimits only, unprivileged uid per worker (no bubblewrap) + rlimits"
-    else:
-        who = "as root (unsafe isolation allowed)" if os.geteuid() == 0 else "as the evaluator's user"
-        isolation = f"rlimits only, samples run {who} + rlimits"
+        stdlib = os.path.dirname(os.__file__)
+        why = f"uid {ctx.uid} can't read Python's files here ({stdlib}); install bubblewrap, or allow running"
+        why += " samples as root with unsafe_isolation=True / CODETUNE_UNSAFE_ISOLATION=1"
+        return _send({"error": f"without bubblewrap, samples would run as root: {why}"})
     failed = []
     for name in (*_PRELOAD, *config["preload"]):
         try:
@@ -104,7 +92,7 @@ def main(config_json: str) -> None:
     _snapshot()
     sys.addaudithook(_audit)
     gc.freeze()  # collections in the samples then skip the worker's objects instead of copying their pages
-    _send({"isolation": isolation, "preload_errors": failed})
+    _send({"preload_errors": failed})
     for line in sys.stdin.buffer:
         started = time.monotonic()
         try:
@@ -129,13 +117,13 @@ def _readable_as(uid: int) -> bool:
     return os.waitpid(pid, 0)[1] == 0
 
 
-# --- the snapshot: taken in the worker, restored in the sample between program and tests ---------------
+# --- the snapshot: taken in the worker, restored in the sample -----------------------------------
 
 _SAVED: dict[str, tuple[types.ModuleType, dict[str, Any], list[tuple[type, dict[str, Any]]], list[str]]] = {}
 _BUILTINS: dict[str, Any] = {}
-_TOUCHED: set[str] = set()  # modules restored in this sample; restored again after each call into the program
+_TOUCHED: set[str] = set()  # modules the tests use: restored once, then after each call into the program
 _OWN: list[tuple[dict[str, Any], dict[str, Any]]] = []  # this module's globals, its builtins, the builtins
-_GRAVE: list[Any] = []  # what a restore displaced, kept alive: no finalizer of the sample's runs here
+_GRAVE: list[Any] = []  # what a restore displaced, kept alive: no finalizer of the sample's runs in a restore
 _KNOWN: set[int] = set()  # ids of the standard library's functions and this module's: their code is theirs
 
 
@@ -148,16 +136,14 @@ def _snapshot() -> None:
             refers = {getattr(v, "__module__", None) for v in space.values() if callable(v)}
             refers |= {v.__name__ for v in space.values() if isinstance(v, types.ModuleType)}
             refers |= {other for other in sys.modules if other.startswith(name + ".")}
-            _SAVED[name] = (module, dict(space), classes, sorted(r for r in refers if isinstance(r, str)))
-    _BUILTINS.update(builtins.__dict__)
-    trusted = (os.path.dirname(os.__file__) + os.sep, __file__)  # the standard library's and this module's
+            _SAVED[name] = (module, dict(space), classes, [r for r in refers if isinstance(r, str)])
+    trusted = (os.path.dirname(os.__file__) + os.sep, __file__)  # the standard library and this module
     functions = [obj for obj in gc.get_objects() if type(obj) is types.FunctionType]
     _KNOWN.update(id(f) for f in functions if f.__code__.co_filename.startswith(trusted))
+    _BUILTINS.update(builtins.__dict__)
     own = globals()
     own["__builtins__"] = dict(builtins.__dict__)  # this module's builtins: a private copy
-    _OWN.extend(
-        [(own, dict(own)), (own["__builtins__"], dict(own["__builtins__"])), (builtins.__dict__, _BUILTINS)]
-    )
+    _OWN.extend([(own, dict(own)), (own["__builtins__"], dict(_BUILTINS)), (builtins.__dict__, _BUILTINS)])
 
 
 def _own_class(value: Any, module: str) -> bool:
@@ -165,8 +151,8 @@ def _own_class(value: Any, module: str) -> bool:
 
 
 def _audit(event: str, args: tuple[Any, ...], known: set[int] = _KNOWN) -> None:
-    """Refuse swaps of the code or defaults of the standard library's functions (unittest's) and the
-    runner's; other libraries may do it to their own (matplotlib does)."""
+    """Refuse swaps of the code or defaults of known functions (unittest's, the runner's); other libraries
+    may do it to their own (matplotlib does)."""
     protected = ("__code__", "__defaults__", "__kwdefaults__")
     if event.startswith("object.__") and len(args) > 1 and args[1] in protected and id(args[0]) in known:
         raise PermissionError(f"sandbox: changing {args[0].__qualname__}.{args[1]} is not allowed")
@@ -174,7 +160,7 @@ def _audit(event: str, args: tuple[Any, ...], known: set[int] = _KNOWN) -> None:
 
 def _restore(names: list[str], expand: bool = True) -> None:
     """Put back the saved modules `names` (with `expand`, and once per sample every saved module they
-    refer to): sys.modules entries, namespaces and class dicts. Equal dicts are left alone (no pages copied)."""
+    refer to): sys.modules entries, namespaces, class dicts. Equal dicts are left alone (no pages copied)."""
     stack = list(names)
     while stack:
         name = stack.pop()
@@ -203,17 +189,17 @@ def _restore(names: list[str], expand: bool = True) -> None:
 
 
 def _restore_own(
-    own: list[tuple[dict[str, Any], dict[str, Any]]] = _OWN,
+    own: list[Any] = _OWN,
     grave: list[Any] = _GRAVE,
     settrace: Any = sys.settrace,
     setprofile: Any = sys.setprofile,
     threads: Any = sys._current_frames,
 ) -> None:
     """Put back this module's globals, its builtins and the real builtins; no trace or profile hook; no
-    thread of the sample's left running. Only locals bound when this was defined are used before."""
+    thread of the sample's left running. Only what was bound when this was defined is used before."""
     for namespace, saved in own:
         if namespace != saved:
-            grave.append(dict(namespace))
+            grave.append(namespace.copy())
             namespace.clear()
             namespace.update(saved)
     settrace(None)
@@ -233,7 +219,7 @@ def _import(name: str, globals: Any = None, locals: Any = None, fromlist: Any = 
 
 def _guard(function: Any) -> Any:
     """The program's function as the tests see it: after each call, undo what the call changed in the
-    modules the tests use, and refuse a result of a class the program made."""
+    modules the tests use, and refuse a result whose comparisons can't be trusted."""
     restore_own, restore, vet, touched = _restore_own, _restore, _vet, _TOUCHED
 
     def guarded(*args: Any, **kwargs: Any) -> Any:
@@ -243,7 +229,8 @@ def _guard(function: Any) -> Any:
         vet(result, 0)
         return result
 
-    guarded.__wrapped__, guarded.__name__ = function, getattr(function, "__name__", "candidate")  # type: ignore[attr-defined]
+    guarded.__wrapped__ = function  # type: ignore[attr-defined]
+    guarded.__name__ = getattr(function, "__name__", "candidate")
     return guarded
 
 
@@ -276,18 +263,17 @@ def _vet(value: Any, depth: int) -> None:
 
 def _prepare_tests(program_ns: dict[str, Any], tests_ns: dict[str, Any]) -> None:
     """The tests' namespace: fresh builtins with a restoring import, the program's names (functions
-    guarded, modules restored) without dunders or names that shadow builtins."""
+    guarded, modules restored) but no dunders and no names that shadow builtins."""
     _restore_own()
     tests_ns["__builtins__"] = {**_BUILTINS, "__import__": _import}
     for key, value in list(program_ns.items()):
-        if type(key) is not str or key.startswith("__") or key in _BUILTINS:
-            continue
-        if type(value) is types.FunctionType:
-            value = _guard(value)
-        elif isinstance(value, types.ModuleType) and getattr(value, "__name__", None) in _SAVED:
-            _restore([value.__name__])
-            value = _SAVED[value.__name__][0]
-        tests_ns[key] = value
+        if type(key) is str and not key.startswith("__") and key not in _BUILTINS:
+            if type(value) is types.FunctionType:
+                value = _guard(value)
+            elif isinstance(value, types.ModuleType) and getattr(value, "__name__", None) in _SAVED:
+                _restore([value.__name__])
+                value = _SAVED[value.__name__][0]
+            tests_ns[key] = value
 
 
 def _run_test_cases(namespace: dict[str, Any]) -> tuple[str, str | None, str]:
@@ -297,35 +283,21 @@ def _run_test_cases(namespace: dict[str, Any]) -> tuple[str, str | None, str]:
     cases = [cls for cls in classes if unittest is not None and issubclass(cls, unittest.TestCase)]
     if unittest is None or not cases:
         return ("passed", None, "")
-    problems: list[tuple[str, str | None, str]] = []
-
-    class Outcome(unittest.TestResult):  # type: ignore[name-defined]
-        def addError(self, test: Any, err: Any) -> None:
-            problems.append(_note("error", test, err))
-            super().addError(test, err)
-
-        def addFailure(self, test: Any, err: Any) -> None:
-            problems.append(_note("failed", test, err))
-            super().addFailure(test, err)
-
-    outcome = Outcome()
+    outcome = unittest.TestResult()
     unittest.TestSuite([unittest.TestLoader().loadTestsFromTestCase(case) for case in cases]).run(outcome)
     _restore_own()
-    for label, found in (("ERROR", outcome.errors), ("FAIL", outcome.failures)):
+    for status, label, found in (("error", "ERROR", outcome.errors), ("failed", "FAIL", outcome.failures)):
         for test, trace in found:
             sys.stderr.write(f"{label}: {test}\n{trace}\n")
-    if problems:
-        return next((p for p in problems if p[0] == "error"), problems[0])
+        for test, trace in found[:1]:  # the exception's line: the first unindented one of the last traceback
+            last = trace.rpartition("Traceback (most recent call last):\n")[2].splitlines()
+            line = next((line for line in last if line and not line.startswith(" ")), "")
+            return status, line.partition(":")[0].rpartition(".")[2], f"unittest {test}: {line}"[:1000]
     if outcome.unexpectedSuccesses:
         return ("failed", None, f"unittest: unexpected success {outcome.unexpectedSuccesses[0]}")
     if outcome.testsRun == len(outcome.skipped):
         return ("error", None, "the tests define unittest.TestCase classes with no test methods")
     return ("passed", None, f"unittest: {outcome.testsRun - len(outcome.skipped)} tests")
-
-
-def _note(status: str, test: Any, err: Any) -> tuple[str, str | None, str]:
-    first_line = (str(err[1]).strip().splitlines() or [""])[0]
-    return (status, err[0].__name__, f"unittest {test}: {err[0].__name__}: {first_line}".rstrip(": ")[:1000])
 
 
 def _explain(error: BaseException, phase: str) -> tuple[str | None, str]:
@@ -345,9 +317,7 @@ def _explain(error: BaseException, phase: str) -> tuple[str | None, str]:
 
 def _run_python(program: str, tests: str, nonce: str) -> NoReturn:
     """Run the program, then (restored, see `_prepare_tests`) the tests and their TestCases; report.
-
-    Everything used after the program ran is bound to a local first: the program may rebind globals.
-    """
+    Everything used after the program ran is bound to a local first: the program may rebind globals."""
     write, exit_now, getpid, clock, run, build = (
         os.write,
         os._exit,
@@ -357,12 +327,11 @@ def _run_python(program: str, tests: str, nonce: str) -> NoReturn:
         compile,
     )
     is_instance, assertion, no_memory, restore_own = isinstance, AssertionError, MemoryError, _restore_own
-    prepare, run_cases, explain = _prepare_tests, _run_test_cases, _explain
-    streams, me = (sys.__stdout__, sys.__stderr__), getpid()
+    prepare, run_cases, explain, me = _prepare_tests, _run_test_cases, _explain, getpid()
+    streams = (sys.__stdout__, sys.__stderr__)
     program_ns = _module_namespace("__sandbox__", "<program>", program)
     tests_ns = _module_namespace("__sandbox_tests__", "<tests>", tests)
-    status, error_type, detail, phase = "passed", None, "", "program"
-    started = clock()
+    status, error_type, detail, phase, started = "passed", None, "", "program", clock()
     try:
         run(build(program, "<program>", "exec"), program_ns)
         phase = "tests"
@@ -406,9 +375,8 @@ def _module_namespace(name: str, filename: str, source: str) -> dict[str, Any]:
     """A real module (so pickling and dataclasses work), with its source known to tracebacks."""
     import linecache
 
-    module = types.ModuleType(name)
+    module = sys.modules[name] = types.ModuleType(name)
     module.__dict__["__builtins__"] = builtins
-    sys.modules[name] = module
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     return module.__dict__
 
@@ -417,67 +385,58 @@ def _module_namespace(name: str, filename: str, source: str) -> dict[str, Any]:
 
 
 def _run_job(job: dict[str, Any], ctx: Any) -> dict[str, Any]:
-    limits = job["limits"]
+    """Fork the sample; keep the tails of its pipes until it exits or the deadline passes (then kill its
+    group), and for up to a second after it exits; clean up; decide."""
+    limits, nonce, started = job["limits"], os.urandom(16).hex(), time.monotonic()
     ctx.count += 1
     workdir = f"/tmp/codetune-sample-{os.getpid()}-{ctx.count}"
     os.mkdir(workdir, 0o700)
     if ctx.uid is not None:
         os.chown(workdir, ctx.uid, ctx.uid)
-    nonce = os.urandom(16).hex()
     pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, result
-    started = time.monotonic()
     if (pid := os.fork()) == 0:
         _sample(job, nonce, workdir, [ctx.devnull, *(w for _, w in pipes)], ctx)
     for _, write_end in pipes:
         os.close(write_end)
-    reads = [r for r, _ in pipes]
+    reads, caps = [r for r, _ in pipes], [limits["output_bytes"]] * 2 + [65_536]
+    tails, totals, open_fds = {fd: bytearray() for fd in reads}, dict.fromkeys(reads, 0), set(reads)
+    pidfd, poller, timed_out, raw, cpu_s = os.pidfd_open(pid), select.poll(), False, None, 0.0
+    deadline = started + limits["timeout_s"]
     try:
-        outcome = _supervise(
-            pid, reads, [limits["output_bytes"]] * 2 + [65_536], started + limits["timeout_s"]
-        )
+        for fd in (*reads, pidfd):
+            poller.register(fd, select.POLLIN)
+        while raw is None or open_fds:
+            left = deadline - time.monotonic()
+            events = poller.poll(left * 1000) if left > 0 else []
+            if not events and raw is not None:
+                break  # a process it left holds the pipes: what they carry later is lost
+            if not events:  # the wall clock ran out
+                timed_out, events = True, [(pidfd, 0)]
+            for fd, _ in events:
+                if fd == pidfd:
+                    poller.unregister(pidfd)
+                    _kill_group(pid)  # what it left in its group, while its unreaped pid holds the group id
+                    _, raw, usage = os.wait4(pid, 0)
+                    cpu_s, deadline = usage.ru_utime + usage.ru_stime, time.monotonic() + 1.0
+                elif chunk := os.read(fd, 1 << 16):
+                    totals[fd] += len(chunk)
+                    tails[fd] += chunk
+                    del tails[fd][: -2 * caps[reads.index(fd)] or None]
+                else:
+                    poller.unregister(fd)
+                    open_fds.discard(fd)
     finally:
         _kill_all(pid, ctx)
-        for fd in reads:
+        for fd in (*reads, pidfd):
             os.close(fd)
         _remove(workdir)
-    verdict = _decide(nonce, limits, *outcome)
-    return verdict | {"duration_s": round(time.monotonic() - started, 6), "cpu_s": round(outcome[3], 6)}
-
-
-def _supervise(pid: int, reads: list[int], caps: list[int], deadline: float) -> tuple[Any, ...]:
-    """Keep the tails of the sample's pipes until it exits or the deadline passes (then kill its group),
-    and for up to a second after it exits; return the texts, whether it timed out, its status and CPU."""
-    pidfd, poller, timed_out, status, cpu_s = os.pidfd_open(pid), select.poll(), False, None, 0.0
-    tails, totals, open_fds = {fd: bytearray() for fd in reads}, dict.fromkeys(reads, 0), set(reads)
-    for fd in (*reads, pidfd):
-        poller.register(fd, select.POLLIN)
-    while status is None or open_fds:
-        left = deadline - time.monotonic()
-        events = poller.poll(left * 1000) if left > 0 else []
-        if not events and status is not None:
-            break  # a process it left holds the pipes: what they carry later is lost
-        if not events:  # the wall clock ran out
-            timed_out, events = True, [(pidfd, 0)]
-        for fd, _ in events:
-            if fd == pidfd:
-                poller.unregister(pidfd)
-                _kill_group(pid)  # what it left in its group, while its unreaped pid still holds the group id
-                _, status, usage = os.wait4(pid, 0)
-                cpu_s, deadline = usage.ru_utime + usage.ru_stime, time.monotonic() + 1.0
-            elif chunk := os.read(fd, 1 << 16):
-                totals[fd] += len(chunk)
-                tails[fd] += chunk
-                del tails[fd][: -2 * caps[reads.index(fd)] or None]
-            else:
-                poller.unregister(fd)
-                open_fds.discard(fd)
-    os.close(pidfd)
     texts = []
     for fd, cap in zip(reads, caps, strict=True):
         text = (kept := bytes(tails[fd][-cap:]) if cap else b"").decode("utf-8", "replace")
         cut = totals[fd] - len(kept)
         texts.append(f"[... {cut} bytes truncated ...]\n{text}" if cut else text)
-    return texts, timed_out, status, cpu_s
+    verdict = _decide(nonce, limits, texts, timed_out, raw or 0, cpu_s)
+    return verdict | {"duration_s": round(time.monotonic() - started, 6), "cpu_s": round(cpu_s, 6)}
 
 
 def _decide(
@@ -490,8 +449,12 @@ def _decide(
     setup = next((line[6:] for line in lines if line.startswith("setup\t")), None)
     exit_code = os.WEXITSTATUS(raw) if os.WIFEXITED(raw) else None
     sig = os.WTERMSIG(raw) if os.WIFSIGNALED(raw) else None
-    verdict: dict[str, Any] = {"error_type": None, "detail": "", "exec_s": None, "exit_code": exit_code}
-    verdict |= {"stdout_tail": stdout, "stderr_tail": stderr, "signal": sig}
+    verdict: dict[str, Any] = {
+        "stdout_tail": stdout,
+        "stderr_tail": stderr,
+        "exit_code": exit_code,
+        "signal": sig,
+    }
     if record is not None and len(record) == 5 and record[1] in ("passed", "failed", "error", "memory"):
         verdict |= {"status": record[1], "error_type": record[2] or None, "detail": record[4]}
         verdict["exec_s"] = round(float(record[3]), 6)
@@ -541,16 +504,15 @@ def _kill_all(pid: int, ctx: Any) -> None:
                 os.waitpid(-1, 0)
             except ChildProcessError:
                 return
-    elif ctx.cgroup:  # everything in the worker's cgroup but the worker, until nothing else lives
-        for _ in range(500):  # a process forking while we read the list escapes one round, not the next
-            with open(os.path.join(ctx.cgroup, "cgroup.procs")) as procs:
-                others = [pid for pid in {int(line) for line in procs} - {os.getpid()} if _alive(pid)]
-            for other in others:
-                _kill_group(other)
-            if not others:
-                return
-            time.sleep(0.01)
-    elif ctx.uid is not None:
+    for _ in range(500 if ctx.cgroup else 0):  # all in the worker's cgroup but the worker, until none lives
+        with open(os.path.join(ctx.cgroup, "cgroup.procs")) as procs:  # (one forking as we read escapes once)
+            others = [pid for pid in {int(line) for line in procs} - {os.getpid()} if _alive(pid)]
+        for other in others:
+            _kill_group(other)
+        if not others:
+            return
+        time.sleep(0.01)
+    if ctx.uid is not None:
         if (killer := os.fork()) == 0:
             os.setresuid(ctx.uid, ctx.uid, ctx.uid)
             os.kill(-1, signal.SIGKILL)
@@ -574,8 +536,8 @@ def _remove(path: str) -> None:
         import shutil
     os.chmod(path, 0o700)
     for root, dirs, _ in os.walk(path):
-        for name in dirs:
-            if not os.path.islink(inside := os.path.join(root, name)):
+        for inside in [os.path.join(root, name) for name in dirs]:
+            if not os.path.islink(inside):
                 os.chmod(inside, 0o700)
     shutil.rmtree(path, ignore_errors=True)
 
@@ -619,14 +581,13 @@ def _sample(job: dict[str, Any], nonce: str, workdir: str, fds: list[int], ctx: 
 def _cpu_limit(limits: dict[str, Any]) -> int:
     """RLIMIT_CPU in whole seconds: `cpu_s` rounded up, or without one a backstop a second past the
     wall-clock timeout, so that the wall clock (not a race with it) ends a busy single-process sample."""
-    if limits["cpu_s"] is None:
-        return max(1, -int(-limits["timeout_s"] // 1)) + 1
-    return max(1, -int(-limits["cpu_s"] // 1))
+    seconds = limits["timeout_s"] if limits["cpu_s"] is None else limits["cpu_s"]
+    return max(1, -int(-seconds // 1)) + (limits["cpu_s"] is None)
 
 
 def _set_rlimits(limits: dict[str, Any], ctx: Any, language: str) -> None:
     memory, size, cpu = limits["memory_mb"] << 20, limits["file_size_mb"] << 20, _cpu_limit(limits)
-    processes = limits["max_processes"] + (1 if ctx.pid1 else 0)  # the worker shares the uid there
+    processes = limits["max_processes"] + ctx.pid1  # the worker shares the uid there
     if ctx.uid is None and not ctx.pid1 and os.geteuid() != 0:  # the user's own processes count too
         processes += sum(1 for p in os.listdir("/proc") if p.isdigit() and _owned(p))
     for which, soft, hard in (
