@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -44,6 +45,13 @@ MaxNewTokensOption = Annotated[
     int | None, typer.Option("--max-new-tokens", help="Tokens to generate at most.")
 ]
 BackendOption = Annotated[str | None, typer.Option("--backend", help="hf or llamacpp.")]
+UnsafeIsolationOption = Annotated[
+    bool,
+    typer.Option(
+        "--unsafe-isolation",
+        help="Where bubblewrap can't run, as root: run samples as root (also CODETUNE_UNSAFE_ISOLATION=1).",
+    ),
+]
 
 
 @app.callback()
@@ -114,12 +122,14 @@ def train(
 
 
 @app.command(context_settings=_EXTRA, epilog=_OVERRIDES + describe_sections("selftrain", "generate", "train"))
-def selftrain(ctx: typer.Context, config: ConfigArg) -> None:
+def selftrain(ctx: typer.Context, config: ConfigArg, unsafe_isolation: UnsafeIsolationOption = False) -> None:
     """Self-training by execution: sample n answers per training task, keep those that pass its tests
     in the sandbox (distinct, at most m per task), fine-tune on them; repeat for selftrain.rounds.
     Re-running continues from what is on disk."""
     from codetune.selftraining import selftrain as run
 
+    if unsafe_isolation:
+        os.environ["CODETUNE_UNSAFE_ISOLATION"] = "1"
     print(run(_config(config, ctx)))
 
 
@@ -144,10 +154,13 @@ def evaluate(
             "problems with tests.",
         ),
     ] = None,
+    unsafe_isolation: UnsafeIsolationOption = False,
 ) -> None:
     """Generate for the test split (or a benchmark) and score it: BLEU, exact match, edit similarity, syntax."""
     from codetune.eval.evaluate import evaluate as run
 
+    if unsafe_isolation:
+        os.environ["CODETUNE_UNSAFE_ISOLATION"] = "1"
     extra: dict[str, Any] = {"eval": {}}
     if model:
         extra["eval"]["models"] = list(model)

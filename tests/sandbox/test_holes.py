@@ -7,6 +7,7 @@ import os
 import socket
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -214,6 +215,30 @@ def test_running_samples_as_root_needs_the_explicit_opt_in(monkeypatch: pytest.M
     monkeypatch.setenv("CODETUNE_UNSAFE_ISOLATION", "1")
     with SandboxPool(workers=1, limits=FAST, isolation="rlimits") as unsafe:
         assert "as root" in unsafe.isolation
+
+
+@pytest.mark.parametrize("command", ["evaluate", "selftrain"])
+def test_the_cli_opt_in_is_the_environment_opt_in(
+    command: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from codetune import cli, selftraining
+    from codetune.eval import evaluate
+
+    seen: list[str | None] = []
+    stage = evaluate if command == "evaluate" else selftraining
+    report = SimpleNamespace(output_dir=tmp_path)  # what evaluate returns, for the command to print
+    monkeypatch.setattr(
+        stage, command, lambda cfg: seen.append(os.environ.get("CODETUNE_UNSAFE_ISOLATION")) or report
+    )
+    monkeypatch.setattr(cli, "_config", lambda *args, **kwargs: None)
+    monkeypatch.delenv("CODETUNE_UNSAFE_ISOLATION", raising=False)
+    config = tmp_path / "c.yaml"
+    config.write_text("{}\n")
+    for flags in ([], ["--unsafe-isolation"]):
+        assert CliRunner().invoke(cli.app, [command, str(config), *flags]).exit_code == 0
+    assert seen == [None, "1"]
 
 
 # --- JavaScript ----------------------------------------------------------------------------------
