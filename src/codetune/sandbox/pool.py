@@ -8,7 +8,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
-import itertools
 import json
 import os
 import queue
@@ -35,10 +34,9 @@ UNSAFE_ENV = "CODETUNE_UNSAFE_ISOLATION"  # "1": run samples as root where no ot
 BWRAP_ENV = "CODETUNE_BWRAP"  # the bwrap binary; a path that doesn't exist simulates its absence
 _WORKER_FILE = Path(__file__).with_name("worker.py")
 _ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-_ENV |= dict.fromkeys(
-    ["PYTHONDONTWRITEBYTECODE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"], "1"
-)
-_BOOT = (
+_ENV |= {name: "1" for name in ("PYTHONDONTWRITEBYTECODE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+_ENV |= {"MKL_NUM_THREADS": "1"}
+_BOOT = (  # worker.py from its bytecode, under a name that is not in sys.modules
     "import sys, importlib.util as u\n"
     "s = u.spec_from_file_location('_codetune_sandbox_worker', sys.argv[1]); m = u.module_from_spec(s)\n"
     "s.loader.exec_module(m); m.main(sys.argv[2])\n"
@@ -46,7 +44,6 @@ _BOOT = (
 # worker.py as this process loaded its neighbour: a worker started from a file edited (or upgraded) since
 # would speak another protocol; it compares and says so
 _STAMP = f"{_WORKER_FILE.stat().st_size}:{_WORKER_FILE.stat().st_mtime_ns}"
-_CGROUP_IDS = itertools.count()
 # bwrap's --die-with-parent fires when the *thread* that started it ends: every worker starts from this one
 _SPAWNER = ThreadPoolExecutor(1, thread_name_prefix="codetune-sandbox-spawner")
 
@@ -59,21 +56,15 @@ class Limits:
     cpu_s: float | None = None  # RLIMIT_CPU (whole seconds, rounded up); None: timeout_s + 1 s
     memory_mb: int = 1024  # RLIMIT_AS (node: RLIMIT_DATA and the V8 heap)
     file_size_mb: int = 16  # RLIMIT_FSIZE
-    max_processes: int = 64  # RLIMIT_NPROC (as root, where that exempts: a pids cgroup)
+    max_processes: int = 64  # RLIMIT_NPROC (as root, which it exempts: a pids cgroup)
     open_files: int = 256  # RLIMIT_NOFILE
     output_bytes: int = 16_384  # tail of stdout and of stderr kept, per stream
     network: bool = False  # True: the job runs on a worker that shares the host network
 
     def __post_init__(self) -> None:
-        values = asdict(self) | {"cpu_s": 1.0 if self.cpu_s is None else self.cpu_s}
-        problems = [
-            k
-            for k in ("timeout_s", "cpu_s", "memory_mb", "file_size_mb", "max_processes")
-            if not values[k] > 0
-        ]
-        problems += ["open_files"] * (self.open_files < 16) + ["output_bytes"] * (self.output_bytes < 0)
-        if problems:
-            raise CodetuneError(f"sandbox limits: {', '.join(problems)} must be positive (got {self})")
+        sizes = (self.timeout_s, 1 if self.cpu_s is None else self.cpu_s, self.memory_mb, self.file_size_mb)
+        if min(*sizes, self.max_processes) <= 0 or self.open_files < 16 or self.output_bytes < 0:
+            raise CodetuneError(f"sandbox limits must be positive, open_files at least 16 (got {self})")
 
 
 @dataclass(frozen=True)
@@ -127,17 +118,17 @@ class SandboxPool:
             raise CodetuneError(f"SandboxPool: workers must be at least 1 (got {count})")
         if isolation not in ("auto", "bwrap", "rlimits"):
             raise CodetuneError(f"SandboxPool: isolation must be auto, bwrap or rlimits (got {isolation!r})")
-        self.limits, self._count, self._net_lock = limits, count, threading.Lock()
-        self._spec = (
-            tuple(preload),
-            _choose_mode(isolation),
-            unsafe_isolation or os.environ.get(UNSAFE_ENV) == "1",
+        mode, unsafe = _choose_mode(isolation), unsafe_isolation or os.environ.get(UNSAFE_ENV) == "1"
+        self.limits, self.isolation, self._spec = (
+            limits,
+            _describe(mode, unsafe),
+            (tuple(preload), mode, unsafe),
         )
-        self.isolation = _describe(*self._spec[1:])  # see `isolation_level`
         self._workers: list[_Worker] = []
         self._finalizer = weakref.finalize(self, _kill_workers, self._workers)
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
-        self._net: _Worker | None = None  # started for the first job with network=True
+        self._net: list[_Worker] = []  # the network worker, started for the first job with network=True
+        self._net_lock = threading.Lock()
         try:
             self._workers += [_Worker(*self._spec) for _ in range(count)]
             for worker in self._workers:
@@ -163,11 +154,11 @@ class SandboxPool:
         job = {"program": program, "tests": tests, "limits": asdict(limits), "language": language}
         if limits.network:
             with self._net_lock:
-                if self._net is None:
-                    self._workers.append(_Worker(*self._spec, network=True))
-                    self._net = self._workers[-1]
-                    self._net.hello()
-                return self._net.run(job, limits)
+                if not self._net:
+                    self._net.append(_Worker(*self._spec, network=True))
+                    self._workers.append(self._net[0])
+                    self._net[0].hello()
+                return self._net[0].run(job, limits)
         worker = self._idle.get()
         try:
             return worker.run(job, limits)
@@ -188,10 +179,12 @@ class SandboxPool:
         per_job = list(limits) if isinstance(limits, Sequence) else [limits or self.limits] * len(jobs)
         if len(per_job) != len(jobs):
             raise CodetuneError(f"SandboxPool.map: {len(jobs)} jobs but {len(per_job)} limits")
-        with ThreadPoolExecutor(self._count) as executor:
-            return list(
-                executor.map(lambda j, lim: self.run(j[0], j[1], lim, language=language), jobs, per_job)
-            )
+        with ThreadPoolExecutor(len(self._workers) - len(self._net)) as executor:
+            runs = [
+                executor.submit(self.run, *job, lim, language=language)
+                for job, lim in zip(jobs, per_job, strict=True)
+            ]
+            return [run.result() for run in runs]
 
     def close(self) -> None:
         self._finalizer()
@@ -205,10 +198,8 @@ class SandboxPool:
 
 def _choose_mode(requested: str) -> str:
     """bwrap where it is installed and can start a sandbox here; else rlimits, said loudly."""
-    if requested == "rlimits":
-        return requested
-    if (problem := _bwrap_problem()) is None:
-        return "bwrap"
+    if requested == "rlimits" or (problem := _bwrap_problem()) is None:
+        return "rlimits" if requested == "rlimits" else "bwrap"
     if requested == "bwrap":
         raise CodetuneError(f"sandbox: isolation bwrap was asked for but {problem}; install bubblewrap")
     warnings.warn(
@@ -222,8 +213,10 @@ def _choose_mode(requested: str) -> str:
 
 def _describe(mode: str, unsafe: bool) -> str:
     if mode == "bwrap":
-        private = "/tmp, /proc, /dev, /dev/shm, /run"
-        return f"bubblewrap: user/pid/net/mount/ipc/uts namespaces + read-only root + private {private} + uid 65534, no capabilities + rlimits"
+        return (
+            "bubblewrap: user/pid/net/mount/ipc/uts namespaces + read-only root + private /tmp, /proc, /dev, "
+            "/dev/shm, /run + uid 65534, no capabilities + rlimits"
+        )
     if os.geteuid() == 0 and not unsafe:
         return "rlimits only, unprivileged uid per worker (no bubblewrap) + rlimits"
     who = "as root (unsafe isolation allowed)" if os.geteuid() == 0 else "as the evaluator's user"
@@ -269,35 +262,30 @@ class _Worker:
     """The evaluator's handle on one worker: one JSON line per job on its stdin, one per verdict back."""
 
     def __init__(self, preload: tuple[str, ...], mode: str, unsafe: bool, network: bool = False) -> None:
-        self.spec = (preload, mode, unsafe, network)
+        self.command = _bwrap_command(_bwrap_binary() or "bwrap", network) if mode == "bwrap" else []
+        self.command += [sys.executable, "-I", "-c", _BOOT, str(_WORKER_FILE)]
+        self.config: dict[str, Any] = {
+            "mode": mode,
+            "preload": list(preload),
+            "stamp": _STAMP,
+            "node": shutil.which("node"),
+        }
+        self.config["drop_uid"] = os.geteuid() == 0 and mode == "rlimits" and not unsafe
         self._start()
 
     def _start(self) -> None:
-        preload, mode, unsafe, network = self.spec
-        prefix = _bwrap_command(_bwrap_binary() or "bwrap", network) if mode == "bwrap" else []
         # As root (in bubblewrap the sandbox's uid is root outside), RLIMIT_NPROC exempts the samples: a pids
         # cgroup counts the worker's processes instead (joined before bwrap starts), and without bubblewrap
         # it also lists what the samples left behind
         self.cgroup, self.pids_max = _pids_cgroup() if os.geteuid() == 0 else None, 0
-        config: dict[str, Any] = {
-            "mode": mode,
-            "preload": list(preload),
-            "stamp": _STAMP,
-            "cgroup": self.cgroup,
-        }
-        config |= {
-            "node": shutil.which("node"),
-            "drop_uid": os.geteuid() == 0 and mode == "rlimits" and not unsafe,
-        }
-        procs = os.path.join(self.cgroup, "cgroup.procs") if self.cgroup else None
         self.proc = _SPAWNER.submit(
             subprocess.Popen,
-            [*prefix, sys.executable, "-I", "-c", _BOOT, str(_WORKER_FILE), json.dumps(config)],
+            [*self.command, json.dumps(self.config | {"cgroup": self.cgroup})],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=_ENV,
             start_new_session=True,  # Ctrl-C in the evaluator's terminal is the evaluator's to handle
-            preexec_fn=None if procs is None else functools.partial(_write, procs, "0"),
+            preexec_fn=functools.partial(_write, f"{self.cgroup}/cgroup.procs", "0") if self.cgroup else None,
         ).result()
 
     def hello(self) -> None:
@@ -310,7 +298,7 @@ class _Worker:
     def run(self, job: dict[str, Any], limits: Limits) -> Verdict:
         """Send one job and return its verdict; sandbox-error (and a new worker) if it doesn't come."""
         if self.cgroup is not None and self.pids_max != limits.max_processes:
-            _write(os.path.join(self.cgroup, "pids.max"), str(limits.max_processes + 2))  # + bwrap, worker
+            _write(f"{self.cgroup}/pids.max", str(limits.max_processes + 2))  # + bwrap and the worker
             self.pids_max = limits.max_processes
         started, reply = time.monotonic(), None
         with contextlib.suppress(OSError, ValueError):  # a dead worker: a broken pipe, half a reply
@@ -354,10 +342,10 @@ def _kill_workers(workers: list[_Worker]) -> None:
 def _pids_cgroup() -> str | None:
     """A fresh cgroup under the pids controller (cgroup v1, or v2 where pids is enabled), or None."""
     for root in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup"):
-        path = os.path.join(root, f"codetune-sandbox-{os.getpid()}-{next(_CGROUP_IDS)}")
+        path = f"{root}/codetune-sandbox-{os.getpid()}-{os.urandom(4).hex()}"
         with contextlib.suppress(OSError):
             os.mkdir(path)
-            if os.path.exists(os.path.join(path, "pids.max")):
+            if os.path.exists(f"{path}/pids.max"):
                 return path
             os.rmdir(path)
     return None
@@ -376,7 +364,7 @@ def _default_pool() -> SandboxPool:
 
 
 def isolation_level() -> str:
-    """Which isolation samples get on this machine, e.g. "bubblewrap: ... + rlimits" or "rlimits only ..."."""
+    """Which isolation samples get here, e.g. "bubblewrap: ... + rlimits" or "rlimits only, ..."."""
     return _describe("bwrap" if _bwrap_problem() is None else "rlimits", os.environ.get(UNSAFE_ENV) == "1")
 
 

@@ -26,18 +26,8 @@ import time
 import types
 from typing import Any, NoReturn
 
-_PRELOAD: tuple[str, ...] = (
-    "unittest",
-    "math",
-    "re",
-    "collections",
-    "itertools",
-    "functools",
-    "string",
-    "heapq",
-    "typing",
-)
-_PRELOAD += ("traceback",)  # for `_explain`
+_PRELOAD = ("unittest", "math", "re", "collections", "itertools", "functools", "string", "heapq", "typing")
+_PRELOAD += ("traceback",)  # type: ignore[assignment]  # for `_explain`
 _MEMORY_HINTS = ("MemoryError", "Cannot allocate memory", "out of memory", "bad_alloc", "heap out of memory")
 _PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None), range, bytearray})
 _JS_BOOT = r"""(() => {
@@ -342,14 +332,12 @@ def _run_python(program: str, tests: str, nonce: str) -> NoReturn:
         restore_own()
         status, error_type, detail = run_cases(tests_ns)
     except BaseException as exc:
-        status = (
-            "failed" if is_instance(exc, assertion) else "memory" if is_instance(exc, no_memory) else "error"
-        )
-        if status == "memory":
+        status = "failed" if is_instance(exc, assertion) else "error"
+        if is_instance(exc, no_memory):
             exc = None  # type: ignore[assignment]  # drop the frames, to have memory to report with
             program_ns.clear()
             tests_ns.clear()
-            error_type, detail = "MemoryError", f"{phase}: MemoryError"
+            status, error_type, detail = "memory", "MemoryError", f"{phase}: MemoryError"
         else:
             try:
                 restore_own()
