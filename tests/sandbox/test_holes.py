@@ -228,10 +228,12 @@ def test_the_cli_opt_in_is_the_environment_opt_in(
 
     seen: list[str | None] = []
     stage = evaluate if command == "evaluate" else selftraining
-    report = SimpleNamespace(output_dir=tmp_path)  # what evaluate returns, for the command to print
-    monkeypatch.setattr(
-        stage, command, lambda cfg: seen.append(os.environ.get("CODETUNE_UNSAFE_ISOLATION")) or report
-    )
+
+    def stage_function(cfg: object) -> SimpleNamespace:
+        seen.append(os.environ.get("CODETUNE_UNSAFE_ISOLATION"))
+        return SimpleNamespace(output_dir=tmp_path)  # evaluate's report, for the command to print
+
+    monkeypatch.setattr(stage, command, stage_function)
     monkeypatch.setattr(cli, "_config", lambda *args, **kwargs: None)
     monkeypatch.delenv("CODETUNE_UNSAFE_ISOLATION", raising=False)
     config = tmp_path / "c.yaml"
