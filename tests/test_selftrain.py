@@ -434,7 +434,7 @@ def test_the_model_sampler_prompts_as_training_does_and_seeds_by_position(
     ]
     seeds = [(s.seed, s.n, s.temperature) for _, s in backend.calls]
     assert seeds == [(100, 3, 0.8), (106, 3, 0.8)]  # task i's samples start at seed + i*n
-    assert backend.calls[0][1].stop == ("\n```", "\n# end")  # the answer's closing fence, the benchmark's
+    assert backend.calls[0][1].stop == ("\n```\n", "\n# end")  # the answer's closing fence, the benchmark's
     assert [[c.code for c in row] for row in rows] == [[ADD] * 3] * 3
     assert rows[0][0] == Candidate(ADD, f"```python\n{ADD}```", "stop", tokens=7)
     sampler(TRAIN[:1], 3, 0)

@@ -75,7 +75,14 @@ SANDBOX_PRELOAD: tuple[str, ...] = (
 )
 # A reply ends at its closing fence or where example usage starts at top level (the sanitiser drops it).
 # "\n```\n" (a closing fence), not "\n```": a reply that opens with a sentence reaches "\n```python" first
-REPLY_STOPS: tuple[str, ...] = ("\n```\n", "\n# Example", "\n# Test", "\nif __name__", "\nprint(", "\nassert ")
+REPLY_STOPS: tuple[str, ...] = (
+    "\n```\n",
+    "\n# Example",
+    "\n# Test",
+    "\nif __name__",
+    "\nprint(",
+    "\nassert ",
+)
 # pandas + matplotlib + scikit-learn map ~1.5 GB of address space before a sample starts.
 DEFAULT_LIMITS = Limits(timeout_s=60.0, memory_mb=6144, file_size_mb=64, max_processes=64)
 CALIBRATION_FACTOR = 5.0
