@@ -131,7 +131,11 @@ class FakeLowLevel:
 
     def llama_memory_seq_cp(self, memory: Any, src: int, dst: int, p0: int, p1: int) -> None:
         assert not self.cells.get(dst), "copied into a sequence in use"
-        self.cells[dst] = {p for p in self.cells.get(src, set()) if p0 <= p < p1}
+        assert (p0 < 0) == (p1 < 0), "a partial copy names both ends"
+        held = self.cells.get(src, set())
+        if p1 < 0:  # the whole sequence (llama.cpp copies whole KV streams this way)
+            p0, p1 = 0, len(held)
+        self.cells[dst] = {p for p in held if p0 <= p < p1}
         self.prompt_len[dst] = p1 + 1
 
     def llama_memory_seq_rm(self, memory: Any, seq: int, p0: int, p1: int) -> bool:
@@ -255,7 +259,7 @@ def test_greedy_settings_and_end_of_turn(fake: tuple[Any, Path]) -> None:
     low = low_level()
     assert low.chains == [[("greedy",)]] and low.freed_chains == 1
     [params] = low.contexts
-    assert (params.n_threads, params.n_seq_max, params.kv_unified) == (2, 2, True)
+    assert (params.n_threads, params.n_seq_max, params.kv_unified) == (2, 3, False)
     assert params.n_ctx >= 2 * (3 + 61)  # a slot and the shared prompt, each up to the context window
     assert llm.tokenized[-1] == (b"abc", True, True)
 
@@ -344,6 +348,27 @@ def test_a_batch_shares_each_prompt_stops_each_sequence_and_keeps_prompt_order(
     # the same as one at a time, and as streaming
     assert backend_cls(gguf, max_batch=1).generate(prompts, settings) == out
     assert ["".join(backend_cls(gguf).stream(p, settings)) for p in prompts] == [row[0].text for row in out]
+
+
+def test_a_prefix_every_prompt_shares_is_encoded_once(fake: tuple[Any, Path]) -> None:
+    backend_cls, gguf = fake
+    SCRIPTS[24] = [5, 0]
+    prompts = ["x" * 20, "y" * 24, "z" * 22]  # one token per byte, all the same token: 19 shared
+    settings = SamplingSettings(max_new_tokens=100, n=2)
+    out = backend_cls(gguf, max_batch=2).generate(prompts, settings)
+    low = low_level()
+    prefills = [[(seq, pos) for seq, pos, _ in rows] for rows in low.decodes if not rows[0][2]]
+    # the 19 shared tokens once, into sequence 3 (slots + 1); then, under a copy of them in the prompt
+    # holder (sequence 2), each prompt's own tokens but its last: none for prompt 0, 4 and 2 for the others
+    assert prefills == [
+        [(3, k) for k in range(19)],
+        [(2, k) for k in range(19, 23)],
+        [(2, k) for k in range(19, 21)],
+    ]
+    assert not any(low.cells.values())
+    expected = ["".join(backend_cls(gguf).stream(p, settings)) for p in prompts]
+    assert [[c.text for c in row] for row in out] == [[text] * 2 for text in expected]
+    assert expected[1] == "    return" and expected[0] == SCRIPT_TEXT
 
 
 def test_a_sequence_out_of_room_leaves_the_batch(fake: tuple[Any, Path]) -> None:
