@@ -12,6 +12,14 @@ import pytest
 import torch
 
 from codetune.config import Config, load_config
+from codetune.sandbox import Limits
+
+# A quick sandbox job and its tests (tests/sandbox, tests/benchmarks)
+FAST = Limits(timeout_s=2.0, memory_mb=512)
+ADD_ONE = "def add_one(x):\n    return x + 1\n"
+CHECK_ADD_ONE = (
+    "def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(-1) == 0\n\ncheck(add_one)\n"
+)
 
 # Tiny models gain nothing from threads, and threads oversubscribe a busy 2-core machine.
 torch.set_num_threads(1)

@@ -7,12 +7,7 @@ import pytest
 from codetune.benchmarks.runner import calibrate_timeout, calibrated_limits, last_calibration
 from codetune.errors import CodetuneError
 from codetune.sandbox import Limits, SandboxPool
-
-FAST = Limits(timeout_s=2.0, memory_mb=512)
-ADD_ONE = "def add_one(x):\n    return x + 1\n"
-CHECK_ADD_ONE = (
-    "def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(-1) == 0\n\ncheck(add_one)\n"
-)
+from tests.conftest import ADD_ONE, CHECK_ADD_ONE, FAST
 
 
 @pytest.fixture(scope="module")

@@ -32,12 +32,7 @@ from codetune.sandbox import (
     sandbox_manifest,
 )
 from codetune.sandbox import pool as pool_module
-
-FAST = Limits(timeout_s=2.0, memory_mb=512)
-ADD_ONE = "def add_one(x):\n    return x + 1\n"
-CHECK_ADD_ONE = (
-    "def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(-1) == 0\n\ncheck(add_one)\n"
-)
+from tests.conftest import ADD_ONE, CHECK_ADD_ONE, FAST
 
 
 @pytest.fixture(scope="module")
