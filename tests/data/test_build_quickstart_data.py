@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests.conftest import load_script
 
 SOURCE = '''
 import os
@@ -91,12 +92,7 @@ class Box:
 
 @pytest.fixture(scope="module")
 def miner() -> ModuleType:
-    path = Path(__file__).resolve().parents[2] / "scripts" / "build_quickstart_data.py"
-    spec = importlib.util.spec_from_file_location("build_quickstart_data", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/build_quickstart_data.py")
 
 
 def test_only_self_contained_functions_are_mined_and_the_rest_counted(

@@ -19,21 +19,9 @@ from codetune.config import load_config
 from codetune.errors import CodetuneError
 from codetune.manifest import read_jsonl, sha256_file, write_jsonl
 from codetune.sandbox import run_tests
+from tests.conftest import load_script
 
-
-def _load_recipe() -> Any:
-    """recipes/dataframebench_train.py, a script outside the package, loaded as a module."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[2] / "recipes" / "dataframebench_train.py"
-    spec = importlib.util.spec_from_file_location("dataframebench_train", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-recipe = _load_recipe()
+recipe = load_script("recipes/dataframebench_train.py")
 
 STUB = '{library_import}\n\ndef task_func(records, column="x"):\n    """Sum a column."""\n'
 REFERENCE = '''import pandas as pd
