@@ -6,9 +6,10 @@ transformers backend: temperature 0 is greedy; otherwise top-k (0 = off), top-p,
 min-p, typical-p or repetition penalty that llama-cpp-python would otherwise add by default.
 
 `generate` decodes up to `max_batch` sequences together on llama.cpp's low-level API (one
-`llama_decode` per step, one token per sequence, in one context with a unified KV cache): a prompt is
-encoded once and its KV-cache sequence copied to each of its n samples; a sequence leaves the batch as
-soon as it ends and the next waiting sample takes its place. `stream` decodes one sequence through
+`llama_decode` per step, one token per sequence, in one context with a KV stream per sequence): the
+prefix all prompts share is encoded once, each prompt once on top of it, and its KV stream copied to
+each of its n samples; a sequence leaves the batch as soon as it ends and the next waiting sample takes
+its place. `stream` decodes one sequence through
 `Llama.generate`. Sample j of prompt i is seeded `seed + i * n + j` whatever the batch, and a call
 repeated gives the same text. Batched and one-at-a-time output agree only as far as the logits do:
 llama.cpp's CPU matrix products are not batch-invariant (one row and several rows take different
