@@ -93,6 +93,7 @@ class FakeLowLevel:
         self.chains: list[list[tuple[Any, ...]]] = []  # the parts of each sampler chain made
         self.cells: dict[int, set[int]] = {}  # seq -> positions it holds
         self.prompt_len: dict[int, int] = {}  # seq -> its prompt length, known when it is copied
+        self.live: set[int] = set()  # sequences decoding samples (decoded with logits)
         self.freed_chains = 0
 
     def install(self, module: Any) -> None:
@@ -126,6 +127,7 @@ class FakeLowLevel:
             assert pos not in self.cells.setdefault(seq, set()), "a position decoded twice"
             assert pos == len(self.cells[seq]), "positions must follow on"
             self.cells[seq].add(pos)
+        self.live.update(seq for seq, _, logits in rows if logits)
         self.decodes.append(rows)
         return 0
 
@@ -136,14 +138,20 @@ class FakeLowLevel:
         if p1 < 0:  # the whole sequence (llama.cpp copies whole KV streams this way)
             p0, p1 = 0, len(held)
         self.cells[dst] = {p for p in held if p0 <= p < p1}
-        self.prompt_len[dst] = p1 + 1
+        if src in self.live:  # a sample moved to another slot: the same prompt, the same text so far
+            self.prompt_len[dst] = self.prompt_len[src]
+            self.live.add(dst)
+        else:  # a prompt copied under a new sample (its last token is fed at the first step)
+            self.prompt_len[dst] = p1 + 1
 
     def llama_memory_seq_rm(self, memory: Any, seq: int, p0: int, p1: int) -> bool:
         self.cells[seq] = set()
+        self.live.discard(seq)
         return True
 
     def llama_memory_clear(self, memory: Any, data: bool) -> None:
         self.cells.clear()
+        self.live.clear()
 
     def llama_sampler_chain_default_params(self) -> Any:
         return None
@@ -342,8 +350,9 @@ def test_a_batch_shares_each_prompt_stops_each_sequence_and_keeps_prompt_order(
     steps = [[seq for seq, _, _ in rows] for rows in low.decodes if rows[0][2]]
     # Each prompt is encoded once (all but its last token, into sequence 3) for both of its samples.
     assert prefills == [[(3, 0, False), (3, 1, False)], [(3, 0, False)]]
-    # Three slots; a sequence that has ended leaves and the next sample takes its slot at once.
-    assert steps == [[0, 1, 2], [2, 0, 1], [0, 1, 2]] + [[1, 2]] * 7 + [[2]]
+    # Three slots; a sequence that has ended leaves and the next sample takes its slot at once; once
+    # nothing waits, the last ones move down to the lowest ids (each step, rows in ascending ids).
+    assert steps == [[0, 1, 2]] * 3 + [[0, 1]] * 7 + [[0]]
     assert low.freed_chains == 6 and not any(low.cells.values())
     # the same as one at a time, and as streaming
     assert backend_cls(gguf, max_batch=1).generate(prompts, settings) == out
@@ -371,6 +380,25 @@ def test_a_prefix_every_prompt_shares_is_encoded_once(fake: tuple[Any, Path]) ->
     assert expected[1] == "    return" and expected[0] == SCRIPT_TEXT
 
 
+def test_live_sequences_keep_the_lowest_ids_so_each_step_is_one_micro_batch(fake: tuple[Any, Path]) -> None:
+    # With a KV stream per sequence llama.cpp computes each run of consecutive ids separately: a
+    # step over sequences (0, 2, 3) would be two graph computations. Samples that end leave gaps;
+    # the backend moves the highest ones down (their KV stream with them) once nothing waits.
+    backend_cls, gguf = fake
+    for length, script in ((2, [5, 0]), (3, [5, 5, 5, 0]), (4, [5, 5, 0]), (5, [5, 5, 5, 5, 5, 5, 0])):
+        SCRIPTS[length] = script
+    prompts = ["a" * k for k in (2, 3, 4, 5, 1)]
+    settings = SamplingSettings(max_new_tokens=100)
+    out = backend_cls(gguf, max_batch=4).generate(prompts, settings)
+    steps = [[seq for seq, _, _ in rows] for rows in low_level().decodes if rows[0][2]]
+    assert all(ids == list(range(len(ids))) for ids in steps), steps
+    # 4 live; prompt 0 ends and prompt 4 takes its slot; then nothing waits, and each end shrinks the run
+    assert [len(ids) for ids in steps] == [4, 4, 4, 3, 2, 2, 2] + [1] * 7
+    expected = ["".join(backend_cls(gguf).stream(p, settings)) for p in prompts]
+    assert [c.text for [c] in out] == expected
+    assert not any(low_level().cells.values())
+
+
 def test_a_sequence_out_of_room_leaves_the_batch(fake: tuple[Any, Path]) -> None:
     backend_cls, gguf = fake
     backend = backend_cls(gguf, n_ctx=8, max_batch=2)
@@ -382,7 +410,8 @@ def test_a_sequence_out_of_room_leaves_the_batch(fake: tuple[Any, Path]) -> None
         ("def f():\n    return 1", "length", 6),
     ]
     steps = [[seq for seq, _, _ in rows] for rows in low_level().decodes if rows[0][2]]
-    assert steps == [[0, 1]] * 7 + [[1]]  # "cc" takes the slot "bbbbbb" left after 2 tokens
+    # "cc" takes the slot "bbbbbb" left after 2 tokens; when "a" ends, "cc" moves down to slot 0
+    assert steps == [[0, 1]] * 7 + [[0]]
     assert backend.generate(["a"], SamplingSettings(max_new_tokens=0)) == [[Completion("", "length", 1, 0)]]
 
 

@@ -356,7 +356,7 @@ class LlamaCppBackend:
                     seq = min(set(range(slots)) - active.keys())
                     ctx.copy(holder, seq, len(prompts[i]) - 1)
                     active[seq] = self._start(i, j, prompts[i], budgets[i], s)
-                rows = list(active.items())
+                rows = sorted(active.items())  # ascending ids: see `_compact`
                 ctx.step([(seq, q.token, q.pos) for seq, q in rows])
                 for row, (seq, q) in enumerate(rows):
                     token = self._lib.llama_sampler_sample(q.sampler, ctx.ctx, row)
@@ -365,11 +365,30 @@ class LlamaCppBackend:
                         self._lib.llama_sampler_free(q.sampler)
                         ctx.remove(seq)
                         del active[seq]
+                if not waiting:  # nothing will refill the freed slots
+                    self._compact(ctx, active)
         finally:
             for q in active.values():
                 self._lib.llama_sampler_free(q.sampler)
             ctx.clear()
         return out
+
+    @staticmethod
+    def _compact(ctx: _BatchContext, active: dict[int, _Sequence]) -> None:
+        """Move the highest-numbered sequences into the free slots below them, so that the live ones
+        are 0..k-1. With a KV stream per sequence, llama.cpp puts only a run of consecutive sequence
+        ids into one micro-batch and computes each run separately: live ids with gaps (0, 1, 5, 9)
+        make a step of 4 sequences cost three graph computations of 2, 1 and 1 rows. Measured on a
+        HumanEval run before this (80 problems, 32 slots): steps cost twice a lock-step's."""
+        if ctx.unified:
+            return  # one stream: llama.cpp splits the batch by size only
+        free = sorted(set(range(len(active))) - active.keys())
+        for dst, src in zip(free, sorted(active, reverse=True), strict=False):
+            if src < dst:
+                break
+            ctx.copy(src, dst, active[src].pos)
+            ctx.remove(src)
+            active[dst] = active.pop(src)
 
     def _start(self, i: int, j: int, tokens: list[int], budget: int, s: SamplingSettings) -> _Sequence:
         seed = s.seed + i * s.n + j  # as one at a time: sample j of prompt i
