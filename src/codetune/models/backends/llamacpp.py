@@ -197,7 +197,7 @@ class _BatchContext:
         self._decode(rows, logits=True)
 
     def copy(self, src: int, dst: int, length: int) -> None:
-        # across streams llama.cpp copies a whole stream (the holder holds nothing but the prompt)
+        # across streams llama.cpp copies a whole stream (the source holds nothing else the copy shouldn't carry)
         span = (0, length) if self.unified else (-1, -1)
         self.lib.llama_memory_seq_cp(self.memory, src, dst, *span)
 
@@ -382,10 +382,9 @@ class LlamaCppBackend:
         HumanEval run before this (80 problems, 32 slots): steps cost twice a lock-step's."""
         if ctx.unified:
             return  # one stream: llama.cpp splits the batch by size only
-        free = sorted(set(range(len(active))) - active.keys())
-        for dst, src in zip(free, sorted(active, reverse=True), strict=False):
-            if src < dst:
-                break
+        live = len(active)  # as many ids at or above `live` are in use as ids below it are free
+        free = sorted(set(range(live)) - active.keys())
+        for dst, src in zip(free, sorted(s for s in active if s >= live), strict=True):
             ctx.copy(src, dst, active[src].pos)
             ctx.remove(src)
             active[dst] = active.pop(src)
