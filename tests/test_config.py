@@ -134,6 +134,7 @@ def test_every_key_of_every_section_has_help() -> None:
         (["--selftrain.temperature=0"], ["selftrain.n=8", "selftrain.temperature"]),
         (["--selftrain.rounds=0", "--selftrain.max_tasks=0"], ["selftrain.rounds", "selftrain.max_tasks"]),
         (["--eval.workers=0"], ["eval.workers=0"]),
+        (["--generate.max_batch=0"], ["generate.max_batch=0"]),
         (["--serve.max_queue=-1"], ["serve.max_queue"]),
     ],
 )

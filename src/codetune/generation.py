@@ -55,7 +55,7 @@ def load_backend(g: GenerateConfig, model: str | None = None) -> Backend:
             if name not in pack.PACKS:
                 raise CodetuneError(f"generate.model {name!r}: not a GGUF file nor a model pack name")
             path = pack.fetch_model(name, convert=False).gguf_path
-        return LlamaCppBackend(str(path), seed=g.seed, **kwargs)  # type: ignore[arg-type]
+        return LlamaCppBackend(str(path), seed=g.seed, max_batch=g.max_batch, **kwargs)  # type: ignore[arg-type]
     raise CodetuneError(f"generate.backend {g.backend!r} is not one of: hf, llamacpp")
 
 

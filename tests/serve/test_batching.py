@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from codetune.config import load_config
-from codetune.models.backends.base import Completion, SamplingSettings
+from codetune.models.backends.base import Completion, Job, SamplingSettings
 from codetune.serve import create_app, running_server
 from codetune.serve.batching import Batcher, Cancelled
 from tests.serve.test_server import FakeBackend
@@ -138,3 +138,106 @@ def test_concurrent_http_requests_are_decoded_in_one_batch(tmp_path: Any) -> Non
         for t in threads:
             t.join(30)
     assert fake.calls == 2  # "first" alone, then b, c and d together
+
+
+class JoinBackend:
+    """Continuous batching over a scripted model: prompt "name:k" takes k steps. Each step first asks
+    `intake` for more work; a job whose prompt is longer than the batch's first prompts (and than 8
+    characters) is handed back, as llama.cpp hands back what its KV streams can't hold. Step 1 waits for
+    `gate`; step `hold[0]` waits for the event `hold[1]`; step `fail_at` raises."""
+
+    def __init__(self, hold: tuple[int, threading.Event] | None = None, fail_at: int = 0) -> None:
+        self.gate, self.hold, self.fail_at = threading.Event(), hold, fail_at
+        self.batches: list[list[str]] = []
+        self.held = False  # the event `hold` waits for was set in time
+
+    def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Completion]]:
+        self.batches.append([f"generate {p}" for p in prompts])
+        return [[Completion(p, "stop", 1, 1)] * settings.n for p in prompts]
+
+    def decode_joined(self, first: Sequence[Job], intake: Any) -> None:
+        names: list[str] = []
+        self.batches.append(names)
+        room = max(8, *(len(p) for job in first for p in job.prompts))
+        running: dict[Job, int] = {}
+        step = 0
+
+        def add(job: Job) -> None:
+            if max(len(p) for p in job.prompts) > room:
+                job.done(job)  # neither rows nor error: offered again later
+                return
+            names.extend(job.prompts)
+            running[job] = max(int(p.split(":")[1]) for p in job.prompts)
+
+        for job in first:
+            add(job)
+        while True:
+            for job in intake(4):
+                add(job)
+            if not running:
+                return
+            step += 1
+            if step == 1:
+                self.gate.wait(10)
+            if self.hold is not None and step == self.hold[0]:
+                self.held = self.hold[1].wait(10)
+            if step == self.fail_at:
+                raise RuntimeError("backend broke")
+            for job in list(running):
+                running[job] -= 1
+                if not running[job]:
+                    del running[job]
+                    job.rows = [[Completion(p, "stop", 1, 1)] * job.settings.n for p in job.prompts]
+                    job.done(job)
+
+
+def test_a_request_joins_a_running_batch_and_is_answered_before_the_batch_ends() -> None:
+    b_answered = threading.Event()
+    backend, out = JoinBackend(hold=(4, b_answered)), {}
+    batcher = Batcher(backend)
+    threads = [_start(batcher, ["a:6"], GREEDY, out)]
+    _wait_for(lambda: backend.batches)  # "a" is decoding (held at step 1)
+    late = SamplingSettings(max_new_tokens=3, stop=("x",))  # other settings may join too
+    threads.append(
+        threading.Thread(target=lambda: (_start(batcher, ["b:2"], late, out).join(), b_answered.set()))
+    )
+    threads[-1].start()
+    _wait_for(lambda: len(batcher._waiting) == 1)
+    backend.gate.set()
+    for t in threads:
+        t.join(10)
+    # "b" joined at step 2, ended at step 3, and its client had its answer while "a" was still decoding
+    assert backend.held and backend.batches == [["a:6", "b:2"]]
+    assert [row[0].text for row in out["b:2"]] == ["b:2"] and out["a:6"][0][0].text == "a:6"
+    assert batcher.calls == 1 and batcher.batched_requests == 2
+
+
+def test_a_request_too_long_to_join_leads_the_next_batch_and_sampled_ones_run_alone() -> None:
+    backend, out = JoinBackend(), {}
+    batcher = Batcher(backend)
+    threads = [_start(batcher, ["a:3"], GREEDY, out)]
+    _wait_for(lambda: backend.batches)
+    threads.append(_start(batcher, ["a-much-longer-prompt:1"], GREEDY, out))
+    _wait_for(lambda: len(batcher._waiting) == 1)
+    threads.append(_start(batcher, ["s:1"], SamplingSettings(temperature=0.8, n=2), out))
+    _wait_for(lambda: len(batcher._waiting) == 2)
+    backend.gate.set()
+    for t in threads:
+        t.join(10)
+    assert backend.batches[0] == ["a:3"]
+    assert sorted(backend.batches[1:]) == [["a-much-longer-prompt:1"], ["generate s:1"]]
+    assert out["a-much-longer-prompt:1"][0][0].text == "a-much-longer-prompt:1" and len(out["s:1"][0]) == 2
+
+
+def test_a_backend_error_in_a_running_batch_reaches_the_requests_decoding() -> None:
+    backend, out = JoinBackend(fail_at=3), {}
+    batcher = Batcher(backend)
+    threads = [_start(batcher, ["a:5"], GREEDY, out)]
+    _wait_for(lambda: backend.batches)
+    threads.append(_start(batcher, ["b:5"], GREEDY, out))
+    _wait_for(lambda: len(batcher._waiting) == 1)
+    backend.gate.set()
+    for t in threads:
+        t.join(10)
+    assert backend.batches == [["a:5", "b:5"]]
+    assert isinstance(out["a:5"], RuntimeError) and isinstance(out["b:5"], RuntimeError)

@@ -1,21 +1,27 @@
-"""Concurrent requests on one model decoded together: one backend call for every waiting request with
-the same decoding settings, instead of one call each.
+"""Concurrent requests on one model decoded together, instead of one backend call each.
 
 The admission layer lets up to `serve.max_concurrent` requests generate at once; each runs in its own
-thread and calls `Batcher.generate`. One thread at a time runs the backend: it takes every waiting
-request whose settings equal its own and makes one `backend.generate` call over all their prompts
-(the backends decode those prompts together), then hands each request its rows. Requests that arrive
-meanwhile form the next batch. Only greedy requests are combined: a sampled request's samples are seeded
-by their place in the call, so it runs alone and stays reproducible whatever else is being served.
+thread and calls `Batcher.generate`. One thread at a time leads the backend; the others wait until
+their request is answered or it is their turn to lead.
+
+- Continuous batching (backends with `decode_joined`: llama.cpp): the leader starts a batch with
+  every waiting greedy request, and requests that arrive while it runs join it as soon as sequences
+  free their slots; each request is answered the moment its own sequences end. A request too long for
+  the running batch's KV streams waits for the next batch, which it leads.
+- Otherwise (transformers): the leader makes one `backend.generate` call over every waiting request
+  with the same settings; requests that arrive meanwhile form the next batch.
+
+Only greedy requests are combined: a sampled request's samples are seeded by their place in the call,
+so it runs alone and stays reproducible whatever else is being served.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from codetune.models.backends.base import Backend, Completion, SamplingSettings
+from codetune.models.backends.base import Backend, Completion, Job, SamplingSettings
 
 
 class Cancelled(Exception):
@@ -27,7 +33,8 @@ class _Ticket:
     prompts: Sequence[str]
     settings: SamplingSettings
     cancel: threading.Event | None
-    done: threading.Event = field(default_factory=threading.Event)
+    finished: bool = False
+    alone: bool = False  # handed back by a running batch it did not fit: it leads the next one
     rows: list[list[Completion]] | None = None
     error: BaseException | None = None
 
@@ -35,13 +42,15 @@ class _Ticket:
 class Batcher:
     """`generate(prompts, settings)` with the Backend's meaning, sharing backend calls between threads.
 
-    `calls` and `batched_requests` count backend calls and the requests that shared one with another."""
+    `calls` and `batched_requests` count batches and the requests that shared one with another."""
 
     def __init__(self, backend: Backend, max_prompts: int = 64) -> None:
         self.backend, self.max_prompts = backend, max_prompts
+        self._decode_joined: Callable[..., None] | None = getattr(backend, "decode_joined", None)
+        self.joins = self._decode_joined is not None  # continuous batching
         self._waiting: list[_Ticket] = []
-        self._lock = threading.Lock()  # guards _waiting
-        self._run = threading.Lock()  # one backend call at a time
+        self._cv = threading.Condition()  # guards _waiting, _leading and every ticket's state
+        self._leading = False  # a thread is running the backend
         self.calls = 0
         self.batched_requests = 0
 
@@ -50,48 +59,101 @@ class Batcher:
     ) -> list[list[Completion]]:
         """Rows for `prompts`; raises Cancelled when `cancel` is set before a batch took the request."""
         ticket = _Ticket(prompts, settings, cancel)
-        with self._lock:
+        with self._cv:
             self._waiting.append(ticket)
-        while not ticket.done.is_set():
-            with self._run:
-                if not ticket.done.is_set():  # nobody took this request along: lead a batch
-                    self._serve(self._take(ticket))
+        while True:
+            with self._cv:
+                while self._leading and not ticket.finished:
+                    self._cv.wait()
+                if ticket.finished:
+                    break
+                self._leading = True  # nobody took this request along: lead a batch
+            try:
+                self._lead(ticket)
+            finally:
+                with self._cv:
+                    self._leading = False
+                    self._cv.notify_all()
         if ticket.error is not None:
             raise ticket.error
         assert ticket.rows is not None
         return ticket.rows
 
-    def _take(self, lead: _Ticket) -> list[_Ticket]:
-        """`lead` and the waiting requests that can share its call (greedy, same settings)."""
-        with self._lock:
-            batch = [lead]
-            if lead.settings.temperature <= 0:
-                room = self.max_prompts - len(lead.prompts)
-                for other in self._waiting:
-                    if other is not lead and other.settings == lead.settings and len(other.prompts) <= room:
-                        batch.append(other)
-                        room -= len(other.prompts)
-            for ticket in batch:
-                self._waiting.remove(ticket)
-        withdrawn = [t for t in batch if t.cancel is not None and t.cancel.is_set()]
-        for ticket in withdrawn:  # a client that left is not generated for
-            ticket.error = Cancelled()
-            ticket.done.set()
-        return [t for t in batch if t not in withdrawn]
-
-    def _serve(self, batch: list[_Ticket]) -> None:
+    def _lead(self, lead: _Ticket) -> None:
+        batch = self._take(lead, self.max_prompts)
         if not batch:
             return
+        if self._decode_joined is None or lead.settings.temperature > 0:
+            return self._call(batch)
+        taken = list(batch)
+
+        def intake(free: int) -> list[Job]:
+            joiners = self._take(None, free)
+            taken.extend(joiners)
+            return [self._job(t) for t in joiners]
+
+        self.calls += 1
+        try:
+            self._decode_joined([self._job(t) for t in batch], intake)
+        except BaseException as e:  # every request still decoding gets the backend's error
+            with self._cv:
+                decoding = [t for t in taken if not t.finished and t not in self._waiting]
+            self._finish(decoding, error=e)
+        self.batched_requests += len(taken) if len(taken) > 1 else 0
+
+    def _take(self, lead: _Ticket | None, room: int) -> list[_Ticket]:
+        """`lead` (if given) and the waiting requests that can share its batch, `room` prompts at most:
+        greedy, the same settings (without continuous batching), and joining a running batch (`lead`
+        None) only if no batch has handed it back."""
+        with self._cv:
+            batch = []  # in arrival order
+            room -= 0 if lead is None else len(lead.prompts) * lead.settings.n
+            for other in self._waiting:
+                fits = len(other.prompts) * other.settings.n <= room
+                same = self.joins or lead is None or other.settings == lead.settings
+                joins = lead is not None or not other.alone
+                greedy = other.settings.temperature <= 0 and (lead is None or lead.settings.temperature <= 0)
+                if other is lead or (greedy and fits and same and joins):
+                    batch.append(other)
+                    room -= 0 if other is lead else len(other.prompts) * other.settings.n
+            for ticket in batch:
+                self._waiting.remove(ticket)
+            withdrawn = [t for t in batch if t.cancel is not None and t.cancel.is_set()]
+        self._finish(withdrawn, error=Cancelled())  # a client that left is not generated for
+        return [t for t in batch if t not in withdrawn]
+
+    def _job(self, ticket: _Ticket) -> Job:
+        def done(job: Job) -> None:
+            if job.rows is None and job.error is None:  # did not fit the running batch
+                with self._cv:
+                    ticket.alone = True
+                    self._waiting.insert(0, ticket)
+            else:
+                self._finish([ticket], rows=job.rows, error=job.error)
+
+        return Job(ticket.prompts, ticket.settings, done)
+
+    def _finish(
+        self,
+        tickets: Sequence[_Ticket],
+        rows: list[list[Completion]] | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        with self._cv:
+            for ticket in tickets:
+                ticket.rows, ticket.error, ticket.finished = rows, error, True
+            self._cv.notify_all()
+
+    def _call(self, batch: list[_Ticket]) -> None:
+        """One `backend.generate` over the batch's prompts."""
         self.calls += 1
         self.batched_requests += len(batch) if len(batch) > 1 else 0
         try:
             rows = self.backend.generate([p for t in batch for p in t.prompts], batch[0].settings)
         except BaseException as e:  # every request of the batch gets the backend's error
-            for ticket in batch:
-                ticket.error = e
-                ticket.done.set()
+            self._finish(batch, error=e)
             return
         at = 0
         for ticket in batch:
-            ticket.rows, at = rows[at : at + len(ticket.prompts)], at + len(ticket.prompts)
-            ticket.done.set()
+            self._finish([ticket], rows=rows[at : at + len(ticket.prompts)])
+            at += len(ticket.prompts)

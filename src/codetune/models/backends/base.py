@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -39,6 +39,20 @@ class FimTokens:
     middle: str
     eot: str | None = None
     extra_stop: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(eq=False)
+class Job:
+    """Prompts to decode with their own settings inside a batch that is already running (continuous
+    batching: `LlamaCppBackend.decode_joined`). When the job is over, `done(job)` is called with
+    `rows` set (what `generate(prompts, settings)` would return), or `error` set (a prompt could not be
+    decoded), or neither: it does not fit this batch's context and must be offered again later."""
+
+    prompts: Sequence[str]
+    settings: SamplingSettings
+    done: Callable[[Job], None]
+    rows: list[list[Completion]] | None = None
+    error: BaseException | None = None
 
 
 class Backend(Protocol):

@@ -25,13 +25,20 @@ import ctypes
 import os
 import threading
 from collections import deque
-from collections.abc import Container, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from codetune.errors import CodetuneError
-from codetune.models.backends.base import Completion, FimTokens, SamplingSettings, cut_at_stop, stop_filtered
+from codetune.models.backends.base import (
+    Completion,
+    FimTokens,
+    Job,
+    SamplingSettings,
+    cut_at_stop,
+    stop_filtered,
+)
 
 
 def _import_llama_cpp() -> Any:
@@ -104,6 +111,17 @@ class _Sequence:
     def completion(self, prompt_tokens: int) -> Completion:
         reason: Literal["stop", "length"] = "stop" if self.stopped or self.eog else "length"
         return Completion(self.text, reason, prompt_tokens, self.completion_tokens)
+
+
+@dataclass(eq=False)
+class _Prompt:
+    """One prompt of a job in the batch: its tokens, how many it may add, and where its rows go."""
+
+    tokens: list[int]
+    budget: int  # the most tokens each sample may produce (max_new_tokens, within the context window)
+    job: Job
+    index: int  # its place in job.prompts
+    shared: int  # leading tokens it takes from the shared-prefix holder
 
 
 def _sampler_chain(lib: Any, s: SamplingSettings, seed: int) -> Any:
@@ -327,51 +345,102 @@ class LlamaCppBackend:
         )
         return self._batched
 
-    def _decode_batched(self, prompts: list[list[int]], s: SamplingSettings) -> list[list[Completion]]:
-        """Every (prompt, sample) pair decoded up to `max_batch` at a time, refilling freed slots.
-        Caller holds the lock."""
+    def _decode_jobs(self, first: Sequence[Job], intake: Callable[[int], Sequence[Job]] | None) -> None:
+        """Decode every (prompt, sample) of `first` up to `max_batch` at a time, refilling freed slots;
+        with `intake`, also the jobs `intake(free)` hands in while the batch runs (asked whenever fewer
+        than `max_batch` samples are decoding or waiting). A prompt of `first` that can't be tokenized
+        raises; a joining job gets the error, or neither rows nor error when its longest sequence
+        (prompt + max_new_tokens) is longer than this batch's KV streams. Caller holds the lock."""
         n_ctx = int(self._llm.n_ctx())
-        budgets = [min(s.max_new_tokens, n_ctx - len(t)) for t in prompts]
-        out: list[list[Completion]] = [[Completion("", "length", len(t), 0)] * s.n for t in prompts]
-        waiting = deque((i, j) for i, b in enumerate(budgets) if b > 0 for j in range(s.n))
+        prompts: list[_Prompt] = []
+        waiting: deque[tuple[int, int]] = deque()  # (prompt, sample) not started yet
+        unfinished: dict[Job, int] = {}  # samples of the job not ended yet
+
+        def admit(job: Job, tokens: list[list[int]]) -> None:
+            s = job.settings
+            job.rows = [[Completion("", "length", len(t), 0)] * s.n for t in tokens]
+            unfinished[job] = 0
+            for k, t in enumerate(tokens):
+                budget = min(s.max_new_tokens, n_ctx - len(t))
+                if budget > 0 and s.n > 0:
+                    prompts.append(_Prompt(t, budget, job, k, shared=0))
+                    waiting.extend((len(prompts) - 1, j) for j in range(s.n))
+                    unfinished[job] += s.n
+            if not unfinished[job]:
+                del unfinished[job]
+                job.done(job)
+
+        for job in first:
+            admit(job, [self._prompt_tokens(p) for p in job.prompts])
         if not waiting:
-            return out
-        slots = min(self.max_batch, len(waiting))
-        ctx = self._batch_context(slots, max(len(t) + b + 1 for t, b in zip(prompts, budgets, strict=True)))
+            return
+        slots = self.max_batch if intake is not None else min(self.max_batch, len(waiting))
+        ctx = self._batch_context(slots, max(len(p.tokens) + p.budget + 1 for p in prompts))
+        room = ctx.n_ctx // (ctx.slots + 2)  # each KV stream's cells
         holder, held = ctx.slots, -1  # the sequence id holding prompt `held`'s tokens
-        shared = _shared_prefix(prompts)
+        shared = _shared_prefix([p.tokens for p in prompts])
+        prefix = prompts[0].tokens[:shared]
         if shared:  # encoded once, copied under each prompt's own tokens
-            ctx.prefill(holder + 1, prompts[0][:shared])
+            ctx.prefill(holder + 1, prefix)
+            for p in prompts:
+                p.shared = shared
+
+        def join(job: Job) -> None:
+            try:
+                tokens = [self._prompt_tokens(p) for p in job.prompts]
+            except CodetuneError as e:
+                job.error = e
+                job.done(job)
+                return
+            if any(len(t) + min(job.settings.max_new_tokens, n_ctx - len(t)) + 1 > room for t in tokens):
+                job.done(job)  # too long for these streams: offered again, it leads a batch of its own
+                return
+            at = len(prompts)
+            admit(job, tokens)
+            for p in prompts[at:]:
+                p.shared = shared if shared and len(p.tokens) > shared and p.tokens[:shared] == prefix else 0
+
         active: dict[int, _Sequence] = {}
         try:
-            while waiting or active:
+            while True:
+                if intake is not None and len(active) + len(waiting) < slots:
+                    for job in intake(slots - len(active) - len(waiting)):
+                        join(job)
+                if not waiting and not active:
+                    break
                 while waiting and len(active) < slots:
                     i, j = waiting.popleft()
+                    p = prompts[i]
                     if held != i:  # encode the prompt once, all but its last token (fed at step 1)
                         ctx.remove(holder)
-                        if shared:
-                            ctx.copy(holder + 1, holder, shared)
-                        ctx.prefill(holder, prompts[i][shared:-1], at=shared)
+                        if p.shared:
+                            ctx.copy(holder + 1, holder, p.shared)
+                        ctx.prefill(holder, p.tokens[p.shared : -1], at=p.shared)
                         held = i
                     seq = min(set(range(slots)) - active.keys())
-                    ctx.copy(holder, seq, len(prompts[i]) - 1)
-                    active[seq] = self._start(i, j, prompts[i], budgets[i], s)
+                    ctx.copy(holder, seq, len(p.tokens) - 1)
+                    active[seq] = self._start(i, j, p)
                 rows = sorted(active.items())  # ascending ids: see `_compact`
                 ctx.step([(seq, q.token, q.pos) for seq, q in rows])
                 for row, (seq, q) in enumerate(rows):
                     token = self._lib.llama_sampler_sample(q.sampler, ctx.ctx, row)
-                    if self._advance(q, token, s.stop):
-                        out[q.prompt][q.sample] = q.completion(len(prompts[q.prompt]))
+                    p = prompts[q.prompt]
+                    if self._advance(q, token, p.job.settings.stop):
+                        assert p.job.rows is not None
+                        p.job.rows[p.index][q.sample] = q.completion(len(p.tokens))
                         self._lib.llama_sampler_free(q.sampler)
                         ctx.remove(seq)
                         del active[seq]
+                        unfinished[p.job] -= 1
+                        if not unfinished[p.job]:
+                            del unfinished[p.job]
+                            p.job.done(p.job)
                 if not waiting:  # nothing will refill the freed slots
                     self._compact(ctx, active)
         finally:
             for q in active.values():
                 self._lib.llama_sampler_free(q.sampler)
             ctx.clear()
-        return out
 
     @staticmethod
     def _compact(ctx: _BatchContext, active: dict[int, _Sequence]) -> None:
@@ -389,11 +458,13 @@ class LlamaCppBackend:
             ctx.remove(src)
             active[dst] = active.pop(src)
 
-    def _start(self, i: int, j: int, tokens: list[int], budget: int, s: SamplingSettings) -> _Sequence:
-        seed = s.seed + i * s.n + j  # as one at a time: sample j of prompt i
+    def _start(self, i: int, j: int, p: _Prompt) -> _Sequence:
+        s = p.job.settings
+        seed = s.seed + p.index * s.n + j  # as one at a time: sample j of the job's prompt p.index
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         sampler = _sampler_chain(self._lib, s, seed)
-        return _Sequence(i, j, budget, sampler, token=tokens[-1], pos=len(tokens) - 1, decoder=decoder)
+        tokens = p.tokens
+        return _Sequence(i, j, p.budget, sampler, token=tokens[-1], pos=len(tokens) - 1, decoder=decoder)
 
     def _advance(self, q: _Sequence, token: int, stop: Sequence[str]) -> bool:
         """Take sequence `q`'s next token; True when it has ended (end of turn, stop or budget)."""
@@ -428,9 +499,18 @@ class LlamaCppBackend:
     def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Completion]]:
         """`settings.n` completions per prompt, decoded up to `max_batch` sequences together;
         sample j of prompt i uses seed `seed + i * n + j`, whatever the batch."""
+        job = Job(prompts, settings, done=lambda job: None)
         with self._lock:
-            tokens = [self._prompt_tokens(p) for p in prompts]
-            return self._decode_batched(tokens, settings)
+            self._decode_jobs([job], None)
+        assert job.rows is not None  # set for every job `_decode_jobs` is given
+        return job.rows
+
+    def decode_joined(self, first: Sequence[Job], intake: Callable[[int], Sequence[Job]]) -> None:
+        """Continuous batching: decode `first` and every job `intake(free)` hands in while they run
+        (`free`: how many more samples would start at once), each finishing on its own (`Job.done`).
+        Returns when nothing is decoding and `intake` has nothing more."""
+        with self._lock:
+            self._decode_jobs(first, intake)
 
     def stream(self, prompt: str, settings: SamplingSettings) -> Iterator[str]:
         """One completion's text as produced, holding back what could be the start of a stop."""
