@@ -5,6 +5,8 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import sys
+import threading
+import time
 import types
 from collections.abc import Iterator
 from dataclasses import replace
@@ -463,6 +465,28 @@ def test_a_joining_request_too_long_for_the_streams_is_handed_back_and_a_bad_one
     assert long.rows is None and long.error is None  # not decoded: to be offered again
     assert bad.rows is None and "the context window is 512" in str(bad.error)
     assert first.rows is not None and first.rows[0][0].text == SCRIPT_TEXT
+
+
+def test_a_waiting_stream_stops_the_joining_and_goes_next(fake: tuple[Any, Path]) -> None:
+    backend_cls, gguf = fake
+    backend = backend_cls(gguf, max_batch=2)
+    settings = SamplingSettings(max_new_tokens=100)
+    asked, streamed = [0], list[str]()
+    stream = threading.Thread(target=lambda: streamed.append("".join(backend.stream("x", settings))))
+
+    def intake(free: int) -> list[Job]:  # work for 20 calls (without the stop, a long batch)
+        asked[0] += 1
+        if asked[0] == 3:
+            stream.start()
+            deadline = time.monotonic() + 10
+            while not backend._queued and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return [Job(["a"], settings, done=lambda job: None)] if free and asked[0] < 20 else []
+
+    backend.decode_joined([Job(["a"], settings, done=lambda job: None)], intake)
+    stream.join(10)
+    assert asked[0] == 3  # asked twice, then the stream waited and nothing more was taken
+    assert streamed == [SCRIPT_TEXT]
 
 
 def test_generate_max_batch_reaches_the_backend(fake: tuple[Any, Path]) -> None:

@@ -241,3 +241,21 @@ def test_a_backend_error_in_a_running_batch_reaches_the_requests_decoding() -> N
         t.join(10)
     assert backend.batches == [["a:5", "b:5"]]
     assert isinstance(out["a:5"], RuntimeError) and isinstance(out["b:5"], RuntimeError)
+
+
+def test_a_waiting_request_that_cannot_join_stops_the_joining_and_goes_next() -> None:
+    # A sampled request must not wait behind a batch that greedy arrivals keep alive: once it waits,
+    # the running batch takes no one else, and requests are then served in arrival order.
+    backend, out = JoinBackend(), {}
+    batcher = Batcher(backend)
+    threads = [_start(batcher, ["a:6"], GREEDY, out)]
+    _wait_for(lambda: backend.batches)
+    threads.append(_start(batcher, ["s:1"], SamplingSettings(temperature=0.8, n=2), out))
+    _wait_for(lambda: len(batcher._waiting) == 1)
+    threads.append(_start(batcher, ["c:1"], GREEDY, out))
+    _wait_for(lambda: len(batcher._waiting) == 2)
+    backend.gate.set()
+    for t in threads:
+        t.join(10)
+    assert backend.batches == [["a:6"], ["generate s:1"], ["c:1"]]
+    assert all(not isinstance(v, Exception) for v in out.values())

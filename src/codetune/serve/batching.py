@@ -69,7 +69,7 @@ class Batcher:
                     break
                 self._leading = True  # nobody took this request along: lead a batch
             try:
-                self._lead(ticket)
+                self._lead()
             finally:
                 with self._cv:
                     self._leading = False
@@ -79,7 +79,13 @@ class Batcher:
         assert ticket.rows is not None
         return ticket.rows
 
-    def _lead(self, lead: _Ticket) -> None:
+    def _lead(self) -> None:
+        """Run a batch led by the oldest waiting request (whichever thread runs it: first come, first
+        served)."""
+        with self._cv:
+            if not self._waiting:
+                return
+            lead = self._waiting[0]
         batch = self._take(lead, self.max_prompts)
         if not batch:
             return
@@ -104,8 +110,10 @@ class Batcher:
     def _take(self, lead: _Ticket | None, room: int) -> list[_Ticket]:
         """`lead` (if given) and the waiting requests that can share its batch, `room` prompts at most:
         greedy, the same settings (without continuous batching), and joining a running batch (`lead`
-        None) only if no batch has handed it back."""
+        None) only if no batch has handed it back, and only while no request that can't join waits."""
         with self._cv:
+            if lead is None and any(t.alone or t.settings.temperature > 0 for t in self._waiting):
+                return []  # a request the running batch can't take waits: let the batch drain
             batch = []  # in arrival order
             room -= 0 if lead is None else len(lead.prompts) * lead.settings.n
             for other in self._waiting:

@@ -274,6 +274,8 @@ class LlamaCppBackend:
             **({"lora_path": self.lora_path} if self.lora_path else {}),
         )
         self._lock = threading.Lock()  # one generation at a time: the model has a single KV cache
+        self._queued = 0  # `stream` calls waiting for the lock: a joined batch takes no more work then
+        self._queued_lock = threading.Lock()
         self._vocab: frozenset[str] | None = None
         self._formatter: Any = None
         self._batched: _BatchContext | None = None  # made by the first `generate`, grown as needed
@@ -403,7 +405,7 @@ class LlamaCppBackend:
         active: dict[int, _Sequence] = {}
         try:
             while True:
-                if intake is not None and len(active) + len(waiting) < slots:
+                if intake is not None and not self._queued and len(active) + len(waiting) < slots:
                     for job in intake(slots - len(active) - len(waiting)):
                         join(job)
                 if not waiting and not active:
@@ -508,14 +510,24 @@ class LlamaCppBackend:
     def decode_joined(self, first: Sequence[Job], intake: Callable[[int], Sequence[Job]]) -> None:
         """Continuous batching: decode `first` and every job `intake(free)` hands in while they run
         (`free`: how many more samples would start at once), each finishing on its own (`Job.done`).
-        Returns when nothing is decoding and `intake` has nothing more."""
+        Returns when nothing is decoding and `intake` has nothing more. While a `stream` call waits,
+        `intake` is not asked: the batch drains and the stream goes next."""
         with self._lock:
             self._decode_jobs(first, intake)
 
     def stream(self, prompt: str, settings: SamplingSettings) -> Iterator[str]:
         """One completion's text as produced, holding back what could be the start of a stop."""
-        with self._lock:
+        with self._queued_lock:
+            self._queued += 1
+        try:
+            self._lock.acquire()
+        finally:
+            with self._queued_lock:
+                self._queued -= 1
+        try:
             yield from stop_filtered(self._pieces(prompt, settings, settings.seed, _Run()), settings.stop)
+        finally:
+            self._lock.release()
 
     def chat_prompt(self, messages: Sequence[dict[str, str]]) -> str:
         """Render with the GGUF's own `tokenizer.chat_template` (jinja, as transformers renders it)."""
