@@ -9,7 +9,8 @@ min-p, typical-p or repetition penalty that llama-cpp-python would otherwise add
 `llama_decode` per step, one token per sequence, in one context with a KV stream per sequence): the
 prefix all prompts share is encoded once, each prompt once on top of it, and its KV stream copied to
 each of its n samples; a sequence leaves the batch as soon as it ends and the next waiting sample takes
-its place. `stream` decodes one sequence through
+its place. `decode_joined` is the same loop fed while it runs (continuous batching, for the server): new
+jobs join as slots free up and each ends on its own. `stream` decodes one sequence through
 `Llama.generate`. Sample j of prompt i is seeded `seed + i * n + j` whatever the batch, and a call
 repeated gives the same text. Batched and one-at-a-time output agree only as far as the logits do:
 llama.cpp's CPU matrix products are not batch-invariant (one row and several rows take different
