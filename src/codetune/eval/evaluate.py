@@ -19,7 +19,7 @@ from codetune.data.format import build_prompt
 from codetune.data.records import Example, read_split
 from codetune.errors import CodetuneError
 from codetune.eval.metrics import edit_similarity, text_metrics
-from codetune.eval.report import _rows_by
+from codetune.eval.report import rows_by
 from codetune.eval.text_report import PAIRED, cut_count, paired_differences
 from codetune.generation import (
     GenerationWorkers,
@@ -109,7 +109,7 @@ def split_paired_differences(
     if len(labels) < 2:
         return {}
     base = baseline if baseline in labels else ("base" if "base" in labels else labels[0])
-    rows = {x: _rows_by(out / x / "predictions.jsonl", "id") for x in labels}
+    rows = {x: rows_by(out / x / "predictions.jsonl", "id") for x in labels}
     return {
         x: {"baseline": base, **paired_differences(rows[base], rows[x], language)}
         for x in labels

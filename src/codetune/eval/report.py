@@ -53,10 +53,10 @@ def load_results(folder: Path) -> dict[str, dict[str, Any]]:
     path = Path(folder) / "results.jsonl"
     if not path.is_file():
         raise CodetuneError(f"{path}: not found; is {folder} a folder written by a codetune evaluation?")
-    return _rows_by(path, "task_id")
+    return rows_by(path, "task_id")
 
 
-def _rows_by(path: Path, key: str) -> dict[str, dict[str, Any]]:
+def rows_by(path: Path, key: str) -> dict[str, dict[str, Any]]:
     """The rows of a JSON-lines file as {row[key]: row}, in file order; a row without `key` is an error."""
     out: dict[str, dict[str, Any]] = {}
     for i, row in enumerate(_read_rows(path), 1):

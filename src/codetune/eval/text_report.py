@@ -27,10 +27,10 @@ from codetune.eval.report import (
     _finish_page,
     _page_head,
     _read_json,
-    _rows_by,
     _table,
     bootstrap_mean_ci,
     paired_bootstrap,
+    rows_by,
     training_plots,
 )
 
@@ -140,7 +140,7 @@ def write_text_report(
         raise CodetuneError(f"{eval_dir}: no sub-folder holds a predictions.jsonl; evaluate first")
     base = baseline if baseline in labels else ("base" if "base" in labels else labels[0])
     labels = [base, *[x for x in labels if x != base]]
-    preds = {x: _rows_by(eval_dir / x / "predictions.jsonl", "id") for x in labels}
+    preds = {x: rows_by(eval_dir / x / "predictions.jsonl", "id") for x in labels}
     ids = [i for i in preds[base] if all(i in preds[x] for x in labels)]
     if not ids:
         raise CodetuneError(f"{eval_dir}: the models share no example id; were they evaluated on one split?")
