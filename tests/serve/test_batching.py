@@ -259,3 +259,21 @@ def test_a_waiting_request_that_cannot_join_stops_the_joining_and_goes_next() ->
         t.join(10)
     assert backend.batches == [["a:6"], ["generate s:1"], ["c:1"]]
     assert all(not isinstance(v, Exception) for v in out.values())
+
+
+def test_the_first_request_of_a_batch_is_answered_when_it_ends_not_when_the_batch_does() -> None:
+    # The batch runs on the batcher's own thread: a request that started it is not held until the
+    # requests that joined later have ended too.
+    a_answered = threading.Event()
+    backend, out = JoinBackend(hold=(4, a_answered)), {}
+    batcher = Batcher(backend)
+    first = threading.Thread(target=lambda: (_start(batcher, ["a:2"], GREEDY, out).join(), a_answered.set()))
+    first.start()
+    _wait_for(lambda: backend.batches)
+    late = _start(batcher, ["b:6"], GREEDY, out)
+    _wait_for(lambda: len(batcher._waiting) == 1)
+    backend.gate.set()
+    for t in (first, late):
+        t.join(10)
+    assert backend.held and backend.batches == [["a:2", "b:6"]]
+    assert out["a:2"][0][0].text == "a:2" and out["b:6"][0][0].text == "b:6"

@@ -1,14 +1,14 @@
 """Concurrent requests on one model decoded together, instead of one backend call each.
 
 The admission layer lets up to `serve.max_concurrent` requests generate at once; each runs in its own
-thread and calls `Batcher.generate`. One thread at a time leads the backend; the others wait until
-their request is answered or it is their turn to lead.
+thread and calls `Batcher.generate`, which queues the request and waits for its answer. One worker
+thread runs the backend, batch after batch, the oldest waiting request leading each.
 
-- Continuous batching (backends with `decode_joined`: llama.cpp): the leader starts a batch with
+- Continuous batching (backends with `decode_joined`: llama.cpp): the worker starts a batch with
   every waiting greedy request, and requests that arrive while it runs join it as soon as sequences
   free their slots; each request is answered the moment its own sequences end. A request too long for
   the running batch's KV streams waits for the next batch, which it leads.
-- Otherwise (transformers): the leader makes one `backend.generate` call over every waiting request
+- Otherwise (transformers): the worker makes one `backend.generate` call over every waiting request
   with the same settings; requests that arrive meanwhile form the next batch.
 
 Only greedy requests are combined: a sampled request's samples are seeded by their place in the call,
@@ -49,8 +49,8 @@ class Batcher:
         self._decode_joined: Callable[..., None] | None = getattr(backend, "decode_joined", None)
         self.joins = self._decode_joined is not None  # continuous batching
         self._waiting: list[_Ticket] = []
-        self._cv = threading.Condition()  # guards _waiting, _leading and every ticket's state
-        self._leading = False  # a thread is running the backend
+        self._cv = threading.Condition()  # guards _waiting and every ticket's state
+        self._worker: threading.Thread | None = None  # runs the batches, started on first use
         self.calls = 0
         self.batched_requests = 0
 
@@ -60,28 +60,34 @@ class Batcher:
         """Rows for `prompts`; raises Cancelled when `cancel` is set before a batch took the request."""
         ticket = _Ticket(prompts, settings, cancel)
         with self._cv:
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._serve, name="codetune-batcher", daemon=True)
+                self._worker.start()
             self._waiting.append(ticket)
-        while True:
-            with self._cv:
-                while self._leading and not ticket.finished:
-                    self._cv.wait()
-                if ticket.finished:
-                    break
-                self._leading = True  # nobody took this request along: lead a batch
-            try:
-                self._lead()
-            finally:
-                with self._cv:
-                    self._leading = False
-                    self._cv.notify_all()
+            self._cv.notify_all()
+            while not ticket.finished:
+                self._cv.wait()
         if ticket.error is not None:
             raise ticket.error
         assert ticket.rows is not None
         return ticket.rows
 
+    def _serve(self) -> None:
+        """The worker: batch after batch while requests wait. It runs the backend, not a request's own
+        thread, so that every request is answered when its sequences end, not when its batch does."""
+        while True:
+            with self._cv:
+                while not self._waiting:
+                    self._cv.wait()
+            try:
+                self._lead()
+            except BaseException as e:  # a bug here must not leave requests waiting forever
+                with self._cv:
+                    waiting, self._waiting = self._waiting, []
+                self._finish(waiting, error=e)
+
     def _lead(self) -> None:
-        """Run a batch led by the oldest waiting request (whichever thread runs it: first come, first
-        served)."""
+        """Run one batch led by the oldest waiting request (first come, first served)."""
         with self._cv:
             if not self._waiting:
                 return
