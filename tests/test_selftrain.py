@@ -27,6 +27,7 @@ from codetune.selftraining import (
     normalised_code,
     select_passing,
     selftrain,
+    tamper_signs,
 )
 from tests.conftest import TINY_MODEL
 
@@ -189,6 +190,41 @@ def test_selection_keeps_passing_distinct_samples_up_to_m() -> None:
     assert (later.counts["duplicates"], later.counts["over_cap"]) == (1, 0)
 
 
+FORGERIES = [  # passing samples as a forger would write them: none may become training data
+    "import unittest\nunittest.TestResult.wasSuccessful = lambda self: True\ndef add(a, b):\n    return 0\n",
+    "import sys\ndef add(a, b):\n    sys.exit(0)\n",
+    "class Any:\n    def __eq__(self, other):\n        return True\ndef add(a, b):\n    return Any()\n",
+    "import gc\ndef add(a, b):\n    return [o for o in gc.get_objects()][0]\n",
+    "def add(a, b):\n    f = add.__code__\n    return a + b\n",
+    "from ctypes import pythonapi\ndef add(a, b):\n    return a + b\n",
+]
+
+
+def test_samples_that_could_have_forged_their_pass_are_not_kept() -> None:
+    assert [tamper_signs(code) for code in FORGERIES] == [
+        ["import unittest"],
+        [".exit"],
+        ["def __eq__"],
+        ["import gc"],
+        [".__code__"],
+        ["import ctypes"],
+    ]
+    assert tamper_signs(ADD) == [] and tamper_signs(SUB_B) == []
+    assert tamper_signs("import sys\nx = sys.maxsize\n") == []  # sys itself is fine
+    assert tamper_signs("process.exit(0)", "javascript") == []  # only Python is screened
+    sel = select_passing(TRAIN[:1], [[Candidate(c) for c in [*FORGERIES, ADD]]], [["passed"] * 7], m=2)
+    assert sel.kept == {"add": [ADD]}
+    assert (sel.counts["passed"], sel.counts["screened"], sel.counts["kept"]) == (7, 6, 1)
+    assert sel.counts["screened_signs"] == {
+        ".__code__": 1,
+        ".exit": 1,
+        "def __eq__": 1,
+        "import ctypes": 1,
+        "import gc": 1,
+        "import unittest": 1,
+    }
+
+
 # --- the loop ------------------------------------------------------------------------------------
 
 
@@ -215,6 +251,7 @@ def test_selftrain_keeps_only_passing_distinct_samples_and_trains_on_them(tmp_pa
                 "tasks_solved",
                 "samples",
                 "passed",
+                "screened",
                 "duplicates",
                 "over_cap",
                 "kept",
@@ -225,9 +262,9 @@ def test_selftrain_keeps_only_passing_distinct_samples_and_trains_on_them(tmp_pa
         for r in manifest["rounds"]
     ]
     assert rounds == [
-        {"tasks_tried": 3, "tasks_solved": 2, "samples": 15, "passed": 8, "duplicates": 2, "over_cap": 2,
+        {"tasks_tried": 3, "tasks_solved": 2, "samples": 15, "passed": 8, "screened": 0, "duplicates": 2, "over_cap": 2,
          "kept": 4, "train_examples": 4, "statuses": {"failed": 6, "passed": 8, "timeout": 1}},
-        {"tasks_tried": 3, "tasks_solved": 2, "samples": 15, "passed": 5, "duplicates": 3, "over_cap": 1,
+        {"tasks_tried": 3, "tasks_solved": 2, "samples": 15, "passed": 5, "screened": 0, "duplicates": 3, "over_cap": 1,
          "kept": 1, "train_examples": 5, "statuses": {"failed": 10, "passed": 5}},
     ]  # fmt: skip
     assert manifest["kept_per_task"] == {"add": [2, 0], "sub": [2, 0], "mul": [0, 1]}

@@ -1,7 +1,8 @@
 """The `selftrain` stage: self-training by execution (rejection-sampling fine-tuning, expert iteration).
 
 For every training task that has tests, sample `n` candidates from the current model, run them in the
-sandbox, keep those that pass (deduplicated after normalising the code, at most `m` per task), write them
+sandbox, keep those that pass (less any with `tamper_signs`: what a forged pass needs; deduplicated
+after normalising the code, at most `m` per task), write them
 as a prepared train split, and fine-tune on it with `train`. With `rounds` > 1, round k samples from
 round k-1's model; every round trains from `model.name` afresh on the samples kept so far (as STaR
 does: errors of one round's model are not compounded, and a LoRA never stacks on a LoRA).
@@ -108,6 +109,75 @@ class Selection:
     counts: dict[str, Any]
 
 
+# What a passing sample has no business using in a data-processing or algorithm answer, and what a
+# forged pass needs: the test framework, the interpreter's frames, code objects and modules, process exit,
+# always-equal objects. The sandbox decides verdicts inside the sample's own process (see
+# codetune/sandbox/__init__.py), so a sample that reached these could have forged its "passed"; learning
+# from it would teach the trick. Such samples are not kept (counted as `screened`, by sign). Measured
+# false positives: 2 of the 989 reference solutions of DataFrameBench and HumanEval (`import inspect`,
+# `eval()`); 0 of 568 base-model samples on DataFrameBench's train split.
+_SCREEN_MODULES = frozenset(
+    [
+        "unittest",
+        "gc",
+        "ctypes",
+        "inspect",
+        "builtins",
+        "atexit",
+        "signal",
+        "threading",
+        "multiprocessing",
+        "subprocess",
+        "importlib",
+    ]
+)
+_SCREEN_ATTRS = frozenset(
+    [
+        "__code__",
+        "__globals__",
+        "__builtins__",
+        "__closure__",
+        "f_back",
+        "f_globals",
+        "f_locals",
+        "f_builtins",
+        "tb_frame",
+        "gi_frame",
+        "cr_frame",
+        "_getframe",
+        "settrace",
+        "setprofile",
+        "exit",
+        "_exit",
+        "addaudithook",
+        "modules",
+    ]
+)
+_SCREEN_CALLS = frozenset(["exit", "quit", "exec", "eval", "compile", "globals", "__import__", "breakpoint"])
+_SCREEN_METHODS = frozenset(["__eq__", "__ne__", "__bool__", "__hash__", "__instancecheck__", "__del__"])
+
+
+def tamper_signs(code: str, language: str = "python") -> list[str]:
+    """The constructs in a Python sample that could forge a verdict (sorted; empty: none). Other
+    languages, and code that doesn't parse, are not screened."""
+    tree = parse_python(code) if language == "python" else None
+    signs: set[str] = set()
+    for node in ast.walk(tree) if tree is not None else ():
+        if isinstance(node, ast.Import):
+            signs |= {f"import {a.name}" for a in node.names if a.name.split(".")[0] in _SCREEN_MODULES}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in _SCREEN_MODULES:
+            signs.add(f"import {node.module}")
+        elif isinstance(node, ast.Attribute) and node.attr in _SCREEN_ATTRS:
+            signs.add(f".{node.attr}")
+        elif isinstance(node, ast.Name) and node.id == "__builtins__":
+            signs.add(node.id)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _SCREEN_CALLS:
+            signs.add(f"{node.func.id}()")
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name in _SCREEN_METHODS:
+            signs.add(f"def {node.name}")
+    return sorted(signs)
+
+
 def select_passing(
     tasks: Sequence[Task],
     candidates: Sequence[Sequence[Candidate]],
@@ -115,12 +185,14 @@ def select_passing(
     m: int,
     earlier: dict[str, list[str]] | None = None,
 ) -> Selection:
-    """Keep the candidates that passed, dropping duplicates (after `normalised_code`) of each other and
-    of `earlier` rounds' kept code, up to `m` per task in all; every drop is counted by reason."""
+    """Keep the candidates that passed, dropping those with `tamper_signs`, and duplicates (after
+    `normalised_code`) of each other and of `earlier` rounds' kept code, up to `m` per task in all;
+    every drop is counted by reason."""
     earlier = earlier or {}
     kept: dict[str, list[str]] = {}
     status_counts: Counter[str] = Counter()
-    passed = duplicates = over_cap = truncated = solved = 0
+    signs: Counter[str] = Counter()
+    passed = screened = duplicates = over_cap = truncated = solved = 0
     for task, row, verdicts in zip(tasks, candidates, statuses, strict=True):
         seen = {normalised_code(code) for code in earlier.get(task.id, [])}
         room = m - len(earlier.get(task.id, []))
@@ -131,8 +203,12 @@ def select_passing(
             if status != "passed":
                 continue
             passed += 1
+            found = tamper_signs(cand.code, task.language)
             key = normalised_code(cand.code)
-            if key in seen:
+            if found:
+                screened += 1
+                signs.update(found)
+            elif key in seen:
                 duplicates += 1
             elif len(mine) >= room:
                 over_cap += 1
@@ -146,6 +222,8 @@ def select_passing(
         "tasks_solved": solved,
         "samples": sum(len(row) for row in candidates),
         "passed": passed,
+        "screened": screened,  # passed, but used what a forged pass needs (`tamper_signs`)
+        "screened_signs": dict(sorted(signs.items())),
         "duplicates": duplicates,
         "over_cap": over_cap,
         "kept": sum(len(v) for v in kept.values()),
@@ -598,7 +676,8 @@ def _round(
     c["seconds"] = {"sample": round(sample_s, 1), "judge": round(judge_s, 1)}  # this run (0: cached)
     console.print(
         f"  round {k}: sampled {c['samples']} ({units} unit(s) new, the rest cached), judged {judged} new; "
-        f"{c['tasks_solved']}/{c['tasks_tried']} tasks solved, {c['passed']} passed, {c['duplicates']} "
+        f"{c['tasks_solved']}/{c['tasks_tried']} tasks solved, {c['passed']} passed, {c['screened']} "
+        f"screened out (tamper signs), {c['duplicates']} "
         f"duplicates, {c['over_cap']} over m={s.m}; kept {c['kept']} -> train split {len(examples)}"
     )
     data_dir = _write_split(rdir / "data", cfg, k, model, seed, selection, examples, taskset)

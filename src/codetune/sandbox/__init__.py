@@ -25,6 +25,7 @@ the runner writes after the tests finished; `worker.py` says what is restored be
 What remains: the verdict is still decided inside the sample's own process, so a sample that digs through
 the interpreter (frames, `gc`, ctypes, /proc/self/mem) can find the nonce and the runner's state and
 forge a record; modules first imported by the program (not preloaded) are not restored for the tests.
+Self-training does not learn from a passing Python sample that uses such means (`selftraining.tamper_signs`).
 """
 
 from codetune.sandbox.pool import (
