@@ -467,6 +467,29 @@ def test_a_joining_request_too_long_for_the_streams_is_handed_back_and_a_bad_one
     assert first.rows is not None and first.rows[0][0].text == SCRIPT_TEXT
 
 
+def test_a_cancelled_job_leaves_the_batch_at_once(fake: tuple[Any, Path]) -> None:
+    backend_cls, gguf = fake
+    backend = backend_cls(gguf, max_batch=4)
+    settings = SamplingSettings(max_new_tokens=100)
+    stop = threading.Event()
+    keep = Job(["a"], settings, done=lambda job: None)
+    leave = Job(["b"], replace(settings, n=2), done=lambda job: None, cancelled=stop.is_set)
+    asked = [0]
+
+    def intake(free: int) -> list[Job]:
+        asked[0] += 1
+        if asked[0] == 4:
+            stop.set()  # the client of "b" left after 3 steps
+        return []
+
+    backend.decode_joined([keep, leave], intake)
+    steps = [[seq for seq, _, _ in rows] for rows in low_level().decodes if rows[0][2]]
+    assert steps == [[0, 1, 2]] * 3 + [[0]] * 9  # "b"'s two samples left after 3 of their 12 steps
+    assert leave.rows is None and type(leave.error).__name__ == "Cancelled"
+    assert keep.rows == backend_cls(gguf).generate(["a"], settings)
+    assert not any(low_level().cells.values()) and low_level().freed_chains == len(low_level().chains)
+
+
 def test_a_waiting_stream_stops_the_joining_and_goes_next(fake: tuple[Any, Path]) -> None:
     backend_cls, gguf = fake
     backend = backend_cls(gguf, max_batch=2)

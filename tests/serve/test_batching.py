@@ -184,6 +184,11 @@ class JoinBackend:
             if step == self.fail_at:
                 raise RuntimeError("backend broke")
             for job in list(running):
+                if job.cancelled is not None and job.cancelled():
+                    del running[job]
+                    job.error = Cancelled()
+                    job.done(job)
+                    continue
                 running[job] -= 1
                 if not running[job]:
                     del running[job]
@@ -277,3 +282,22 @@ def test_the_first_request_of_a_batch_is_answered_when_it_ends_not_when_the_batc
         t.join(10)
     assert backend.held and backend.batches == [["a:2", "b:6"]]
     assert out["a:2"][0][0].text == "a:2" and out["b:6"][0][0].text == "b:6"
+
+
+def test_a_request_withdrawn_while_it_decodes_leaves_the_batch() -> None:
+    backend = JoinBackend(hold=(3, threading.Event()))
+    out: dict[str, Any] = {}
+    left: dict[str, Any] = {"cancel": threading.Event()}
+    batcher = Batcher(backend)
+    stays = _start(batcher, ["a:5"], GREEDY, out)
+    _wait_for(lambda: backend.batches)
+    gone = _start(batcher, ["b:9"], GREEDY, left)
+    _wait_for(lambda: len(batcher._waiting) == 1)
+    backend.gate.set()
+    _wait_for(lambda: backend.batches[0] == ["a:5", "b:9"])
+    left["cancel"].set()  # the client of "b" leaves while it decodes (step 3 waits on an unset event)
+    assert backend.hold is not None
+    backend.hold[1].set()
+    for t in (stays, gone):
+        t.join(10)
+    assert isinstance(left["b:9"], Cancelled) and out["a:5"][0][0].text == "a:5"

@@ -21,11 +21,9 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from codetune.models.backends.base import Backend, Completion, Job, SamplingSettings
+from codetune.models.backends.base import Backend, Cancelled, Completion, Job, SamplingSettings
 
-
-class Cancelled(Exception):
-    """The request was withdrawn (its client left) before its batch started."""
+__all__ = ["Batcher", "Cancelled"]
 
 
 @dataclass(eq=False)
@@ -57,7 +55,8 @@ class Batcher:
     def generate(
         self, prompts: Sequence[str], settings: SamplingSettings, cancel: threading.Event | None = None
     ) -> list[list[Completion]]:
-        """Rows for `prompts`; raises Cancelled when `cancel` is set before a batch took the request."""
+        """Rows for `prompts`; raises Cancelled when `cancel` is set before a batch took the request
+        (or, with continuous batching, before its sequences ended: they leave the batch)."""
         ticket = _Ticket(prompts, settings, cancel)
         with self._cv:
             if self._worker is None:
@@ -145,7 +144,10 @@ class Batcher:
             else:
                 self._finish([ticket], rows=job.rows, error=job.error)
 
-        return Job(ticket.prompts, ticket.settings, done)
+        cancel = ticket.cancel
+        return Job(
+            ticket.prompts, ticket.settings, done, cancelled=cancel.is_set if cancel is not None else None
+        )
 
     def _finish(
         self,

@@ -187,8 +187,8 @@ async def _generate(
 ) -> list[list[Completion]]:
     """`backend.generate` once admitted, in one call with the other requests waiting to generate with
     the same settings (`Batcher`). A client that leaves while its request waits in the queue
-    gives up its place, also while it waits for the model; one that leaves during generation can't stop
-    it (the slot stays held)."""
+    gives up its place, also while it waits for the model; one that leaves during generation stops it
+    on llama.cpp (its sequences leave the running batch), not on transformers."""
     access = _access(request)
     withdrawn = threading.Event()
     work = asyncio.ensure_future(

@@ -46,13 +46,19 @@ class Job:
     """Prompts to decode with their own settings inside a batch that is already running (continuous
     batching: `LlamaCppBackend.decode_joined`). When the job is over, `done(job)` is called with
     `rows` set (what `generate(prompts, settings)` would return), or `error` set (a prompt could not be
-    decoded), or neither: it does not fit this batch's context and must be offered again later."""
+    decoded, or `cancelled()` turned true: Cancelled), or neither: it does not fit this batch's context
+    and must be offered again later."""
 
     prompts: Sequence[str]
     settings: SamplingSettings
     done: Callable[[Job], None]
+    cancelled: Callable[[], bool] | None = None  # true: stop decoding it (error: Cancelled)
     rows: list[list[Completion]] | None = None
     error: BaseException | None = None
+
+
+class Cancelled(Exception):
+    """A request was withdrawn (its client left): it is not generated for, or no longer."""
 
 
 class Backend(Protocol):

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from codetune.errors import CodetuneError
 from codetune.models.backends.base import (
+    Cancelled,
     Completion,
     FimTokens,
     Job,
@@ -403,6 +404,20 @@ class LlamaCppBackend:
             for p in prompts[at:]:
                 p.shared = shared if shared and len(p.tokens) > shared and p.tokens[:shared] == prefix else 0
 
+        def withdraw(active: dict[int, _Sequence], waiting: deque[tuple[int, int]]) -> None:
+            """Drop every sample of a job whose `cancelled()` is true; the job ends with Cancelled."""
+            gone = [job for job in unfinished if job.cancelled is not None and job.cancelled()]
+            for job in gone:
+                for seq in [seq for seq, q in active.items() if prompts[q.prompt].job is job]:
+                    self._lib.llama_sampler_free(active.pop(seq).sampler)
+                    ctx.remove(seq)
+                kept = [(i, j) for i, j in waiting if prompts[i].job is not job]
+                waiting.clear()
+                waiting.extend(kept)
+                del unfinished[job]
+                job.rows, job.error = None, Cancelled()
+                job.done(job)
+
         active: dict[int, _Sequence] = {}
         try:
             while True:
@@ -423,6 +438,9 @@ class LlamaCppBackend:
                     seq = min(set(range(slots)) - active.keys())
                     ctx.copy(holder, seq, len(p.tokens) - 1)
                     active[seq] = self._start(i, j, p)
+                withdraw(active, waiting)
+                if not active:
+                    continue
                 rows = sorted(active.items())  # ascending ids: see `_compact`
                 ctx.step([(seq, q.token, q.pos) for seq, q in rows])
                 for row, (seq, q) in enumerate(rows):
