@@ -55,6 +55,13 @@ def _wait_for(condition: Any) -> None:
         time.sleep(0.01)
 
 
+def _release(backend: Any, threads: list[threading.Thread]) -> None:
+    """Let the held first batch go on, and wait for every request."""
+    backend.gate.set()
+    for t in threads:
+        t.join(10)
+
+
 def test_waiting_greedy_requests_share_one_call_and_each_gets_its_rows() -> None:
     backend, out = EchoBackend(), {}
     batcher = Batcher(backend)
@@ -62,9 +69,7 @@ def test_waiting_greedy_requests_share_one_call_and_each_gets_its_rows() -> None
     _wait_for(lambda: backend.calls)  # "a" is generating; the next ones wait
     threads += [_start(batcher, [p, p + "2"], GREEDY, out) for p in ("b", "c", "d")]
     _wait_for(lambda: len(batcher._waiting) == 3)
-    backend.gate.set()
-    for t in threads:
-        t.join(10)
+    _release(backend, threads)
     assert backend.calls == [["a"], ["b", "b2", "c", "c2", "d", "d2"]]
     for p in "bcd":
         assert [row[0].text for row in out[p]] == [p, p + "2"]
@@ -80,9 +85,7 @@ def test_sampled_or_differently_set_requests_are_not_combined() -> None:
     threads += [_start(batcher, ["s1"], sampled, out), _start(batcher, ["s2"], sampled, out)]
     threads += [_start(batcher, ["long"], SamplingSettings(max_new_tokens=64), out)]
     _wait_for(lambda: len(batcher._waiting) == 3)
-    backend.gate.set()
-    for t in threads:
-        t.join(10)
+    _release(backend, threads)
     assert sorted(backend.calls[1:]) == [["long"], ["s1"], ["s2"]]
     assert len(out["s1"][0]) == 2
 
@@ -111,9 +114,7 @@ def test_a_backend_error_reaches_every_request_of_the_batch() -> None:
     _wait_for(lambda: backend.calls)
     threads += [_start(batcher, [p], GREEDY, out) for p in ("b", "c")]
     _wait_for(lambda: len(batcher._waiting) == 2)
-    backend.gate.set()
-    for t in threads:
-        t.join(10)
+    _release(backend, threads)
     assert all(isinstance(out[p], RuntimeError) for p in "abc")
     assert len(backend.calls) == 2
 
@@ -208,9 +209,7 @@ def test_a_request_joins_a_running_batch_and_is_answered_before_the_batch_ends()
     )
     threads[-1].start()
     _wait_for(lambda: len(batcher._waiting) == 1)
-    backend.gate.set()
-    for t in threads:
-        t.join(10)
+    _release(backend, threads)
     # "b" joined at step 2, ended at step 3, and its client had its answer while "a" was still decoding
     assert backend.held and backend.batches == [["a:6", "b:2"]]
     assert [row[0].text for row in out["b:2"]] == ["b:2"] and out["a:6"][0][0].text == "a:6"
@@ -226,9 +225,7 @@ def test_a_request_too_long_to_join_leads_the_next_batch_and_sampled_ones_run_al
     _wait_for(lambda: len(batcher._waiting) == 1)
     threads.append(_start(batcher, ["s:1"], SamplingSettings(temperature=0.8, n=2), out))
     _wait_for(lambda: len(batcher._waiting) == 2)
-    backend.gate.set()
-    for t in threads:
-        t.join(10)
+    _release(backend, threads)
     assert backend.batches[0] == ["a:3"]
     assert sorted(backend.batches[1:]) == [["a-much-longer-prompt:1"], ["generate s:1"]]
     assert out["a-much-longer-prompt:1"][0][0].text == "a-much-longer-prompt:1" and len(out["s:1"][0]) == 2
@@ -241,9 +238,7 @@ def test_a_backend_error_in_a_running_batch_reaches_the_requests_decoding() -> N
     _wait_for(lambda: backend.batches)
     threads.append(_start(batcher, ["b:5"], GREEDY, out))
     _wait_for(lambda: len(batcher._waiting) == 1)
-    backend.gate.set()
-    for t in threads:
-        t.join(10)
+    _release(backend, threads)
     assert backend.batches == [["a:5", "b:5"]]
     assert isinstance(out["a:5"], RuntimeError) and isinstance(out["b:5"], RuntimeError)
 
@@ -259,9 +254,7 @@ def test_a_waiting_request_that_cannot_join_stops_the_joining_and_goes_next() ->
     _wait_for(lambda: len(batcher._waiting) == 1)
     threads.append(_start(batcher, ["c:1"], GREEDY, out))
     _wait_for(lambda: len(batcher._waiting) == 2)
-    backend.gate.set()
-    for t in threads:
-        t.join(10)
+    _release(backend, threads)
     assert backend.batches == [["a:6"], ["generate s:1"], ["c:1"]]
     assert all(not isinstance(v, Exception) for v in out.values())
 
