@@ -490,6 +490,26 @@ def test_a_cancelled_job_leaves_the_batch_at_once(fake: tuple[Any, Path]) -> Non
     assert not any(low_level().cells.values()) and low_level().freed_chains == len(low_level().chains)
 
 
+@pytest.mark.parametrize("stop", [(), ("\ndef",), ("return 1\u00e9",), ("():",), ("nothing", " f(")])
+def test_a_streaming_job_in_a_batch_emits_what_stream_yields(
+    fake: tuple[Any, Path], stop: tuple[str, ...]
+) -> None:
+    backend_cls, gguf = fake
+    SCRIPTS[2] = [5, 6, 0]
+    backend = backend_cls(gguf, max_batch=4)
+    settings = SamplingSettings(max_new_tokens=50, stop=stop)
+    pieces: list[tuple[int, int, str]] = []
+    streamed = Job(
+        ["x"], settings, done=lambda job: None, emit=lambda i, j, text: pieces.append((i, j, text))
+    )
+    other = Job(["bb"], SamplingSettings(max_new_tokens=50), done=lambda job: None)
+    backend.decode_joined([other, streamed], lambda free: [])
+    expected = list(backend_cls(gguf).stream("x", settings))
+    assert [text for _, _, text in pieces] == expected  # piece by piece, as `stream` yields them
+    assert {(i, j) for i, j, _ in pieces} == {(0, 0)}
+    assert streamed.rows is not None and streamed.rows[0][0].text == "".join(expected)
+
+
 def test_a_waiting_stream_stops_the_joining_and_goes_next(fake: tuple[Any, Path]) -> None:
     backend_cls, gguf = fake
     backend = backend_cls(gguf, max_batch=2)
@@ -717,3 +737,15 @@ def test_real_requests_joining_a_running_batch_get_their_own_text(qwen: Any) -> 
     # the same text but where a near tie went the other way batched (see the batched test above)
     assert all(t[:20] == e[:20] for t, e in zip(texts, expected, strict=True)), (texts, expected)
     assert sum(t == e for t, e in zip(texts, expected, strict=True)) >= 3
+
+
+@pytest.mark.slow
+def test_real_streaming_job_in_a_batch_streams_what_stream_yields(qwen: Any) -> None:
+    settings = SamplingSettings(max_new_tokens=24, stop=("\n\n",))
+    pieces: list[str] = []
+    job = Job([REAL_PROMPTS[1]], settings, lambda job: None, emit=lambda i, j, text: pieces.append(text))
+    other = Job([REAL_PROMPTS[0]], SamplingSettings(max_new_tokens=24), lambda job: None)
+    qwen.decode_joined([other, job], lambda free: [])
+    alone = "".join(qwen.stream(REAL_PROMPTS[1], settings))
+    assert job.rows is not None and "".join(pieces) == job.rows[0][0].text
+    assert len(pieces) > 1 and job.rows[0][0].text[:20] == alone[:20]  # near ties: see the module doc

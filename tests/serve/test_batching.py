@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -33,6 +33,9 @@ class EchoBackend:
         if self.fail:
             raise RuntimeError("backend broke")
         return [[Completion(p, "stop", 1, 1)] * settings.n for p in prompts]
+
+    def stream(self, prompt: str, settings: SamplingSettings) -> Iterator[str]:
+        yield prompt
 
 
 def _start(
@@ -191,6 +194,8 @@ class JoinBackend:
                     job.done(job)
                     continue
                 running[job] -= 1
+                if job.emit is not None:
+                    job.emit(0, 0, f"{job.prompts[0]}@{step};")
                 if not running[job]:
                     del running[job]
                     job.rows = [[Completion(p, "stop", 1, 1)] * job.settings.n for p in job.prompts]
@@ -294,3 +299,27 @@ def test_a_request_withdrawn_while_it_decodes_leaves_the_batch() -> None:
     for t in (stays, gone):
         t.join(10)
     assert isinstance(left["b:9"], Cancelled) and out["a:5"][0][0].text == "a:5"
+
+
+def test_a_greedy_stream_joins_the_running_batch_and_closing_it_withdraws_it() -> None:
+    backend = JoinBackend()
+    out: dict[str, Any] = {}
+    batcher = Batcher(backend)
+    first = _start(batcher, ["a:6"], GREEDY, out)
+    _wait_for(lambda: backend.batches)
+    streamed: list[str] = []
+    reader = threading.Thread(target=lambda: streamed.extend(batcher.stream("b:3", GREEDY)))
+    reader.start()
+    _wait_for(lambda: len(batcher._waiting) == 1)
+    leaver = batcher.stream("c:9", GREEDY)
+    taken: list[str] = []
+    closer = threading.Thread(target=lambda: (taken.append(next(leaver)), leaver.close()))
+    closer.start()
+    _wait_for(lambda: len(batcher._waiting) == 2)
+    _release(backend, [first, reader, closer])
+    # both streams joined at step 2; "b" streamed a piece per step; "c" left after its first piece
+    assert backend.batches == [["a:6", "b:3", "c:9"]]
+    assert streamed == ["b:3@2;", "b:3@3;", "b:3@4;"] and taken == ["c:9@2;"]
+    assert out["a:6"][0][0].text == "a:6"
+    sampled = SamplingSettings(temperature=0.5)
+    assert list(Batcher(EchoBackend()).stream("s", sampled)) == ["s"]  # not joined: the backend's stream

@@ -17,9 +17,10 @@ so it runs alone and stays reproducible whatever else is being served.
 
 from __future__ import annotations
 
+import queue
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 
 from codetune.models.backends.base import Backend, Cancelled, Completion, Job, SamplingSettings
 
@@ -33,6 +34,7 @@ class _Ticket:
     cancel: threading.Event | None
     finished: bool = False
     alone: bool = False  # handed back by a running batch it did not fit: it leads the next one
+    pieces: queue.Queue[str | None] | None = None  # a stream's text as it grows; None when it ends
     rows: list[list[Completion]] | None = None
     error: BaseException | None = None
 
@@ -57,19 +59,40 @@ class Batcher:
     ) -> list[list[Completion]]:
         """Rows for `prompts`; raises Cancelled when `cancel` is set before a batch took the request
         (or, with continuous batching, before its sequences ended: they leave the batch)."""
-        ticket = _Ticket(prompts, settings, cancel)
+        ticket = self._submit(_Ticket(prompts, settings, cancel))
         with self._cv:
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._serve, name="codetune-batcher", daemon=True)
-                self._worker.start()
-            self._waiting.append(ticket)
-            self._cv.notify_all()
             while not ticket.finished:
                 self._cv.wait()
         if ticket.error is not None:
             raise ticket.error
         assert ticket.rows is not None
         return ticket.rows
+
+    def stream(self, prompt: str, settings: SamplingSettings) -> Iterator[str]:
+        """`backend.stream(prompt, settings)`; a greedy one joins the running batch where the backend
+        batches continuously. Closing the iterator early withdraws the request."""
+        if self._decode_joined is None or settings.temperature > 0:
+            yield from self.backend.stream(prompt, settings)
+            return
+        cancel = threading.Event()
+        ticket = self._submit(_Ticket([prompt], replace(settings, n=1), cancel, pieces=queue.Queue()))
+        assert ticket.pieces is not None
+        try:
+            while (piece := ticket.pieces.get()) is not None:
+                yield piece
+        finally:
+            cancel.set()  # left early: its sequence leaves the batch (nothing, once it has ended)
+        if ticket.error is not None:
+            raise ticket.error
+
+    def _submit(self, ticket: _Ticket) -> _Ticket:
+        with self._cv:
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._serve, name="codetune-batcher", daemon=True)
+                self._worker.start()
+            self._waiting.append(ticket)
+            self._cv.notify_all()
+        return ticket
 
     def _serve(self) -> None:
         """The worker: batch after batch while requests wait. It runs the backend, not a request's own
@@ -144,9 +167,14 @@ class Batcher:
             else:
                 self._finish([ticket], rows=job.rows, error=job.error)
 
-        cancel = ticket.cancel
+        cancel, pieces = ticket.cancel, ticket.pieces
+        emit = (lambda i, j, text: pieces.put(text)) if pieces is not None else None
         return Job(
-            ticket.prompts, ticket.settings, done, cancelled=cancel.is_set if cancel is not None else None
+            ticket.prompts,
+            ticket.settings,
+            done,
+            cancelled=cancel.is_set if cancel is not None else None,
+            emit=emit,
         )
 
     def _finish(
@@ -158,6 +186,8 @@ class Batcher:
         with self._cv:
             for ticket in tickets:
                 ticket.rows, ticket.error, ticket.finished = rows, error, True
+                if ticket.pieces is not None:
+                    ticket.pieces.put(None)
             self._cv.notify_all()
 
     def _call(self, batch: list[_Ticket]) -> None:

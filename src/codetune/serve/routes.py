@@ -221,7 +221,7 @@ async def _sse(
     usage_chunk: Callable[[Usage], BaseModel] | None,
 ) -> StreamingResponse:
     """Stream one completion as server-sent events; a client that goes away cancels the generation."""
-    pieces = await _state(request).admission.stream(lambda: served.backend.stream(prompt, settings))
+    pieces = await _state(request).admission.stream(lambda: served.batcher.stream(prompt, settings))
     access, started = _access(request), time.perf_counter()
 
     async def events() -> AsyncIterator[str]:

@@ -47,12 +47,14 @@ class Job:
     batching: `LlamaCppBackend.decode_joined`). When the job is over, `done(job)` is called with
     `rows` set (what `generate(prompts, settings)` would return), or `error` set (a prompt could not be
     decoded, or `cancelled()` turned true: Cancelled), or neither: it does not fit this batch's context
-    and must be offered again later."""
+    and must be offered again later. `emit`, if given, streams each sample's text as it is decided (never
+    a piece that a stop sequence could still cut: what `stream` yields)."""
 
     prompts: Sequence[str]
     settings: SamplingSettings
     done: Callable[[Job], None]
     cancelled: Callable[[], bool] | None = None  # true: stop decoding it (error: Cancelled)
+    emit: Callable[[int, int, str], None] | None = None  # (prompt, sample, text) as the text grows
     rows: list[list[Completion]] | None = None
     error: BaseException | None = None
 

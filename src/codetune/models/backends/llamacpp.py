@@ -40,6 +40,7 @@ from codetune.models.backends.base import (
     SamplingSettings,
     cut_at_stop,
     stop_filtered,
+    stop_holdback,
 )
 
 
@@ -109,6 +110,7 @@ class _Sequence:
     completion_tokens: int = 0
     stopped: bool = False  # a stop sequence ended it
     eog: bool = False  # the model ended its turn
+    sent: int = 0  # characters of `text` emitted (streaming jobs)
 
     def completion(self, prompt_tokens: int) -> Completion:
         reason: Literal["stop", "length"] = "stop" if self.stopped or self.eog else "length"
@@ -446,7 +448,10 @@ class LlamaCppBackend:
                 for row, (seq, q) in enumerate(rows):
                     token = self._lib.llama_sampler_sample(q.sampler, ctx.ctx, row)
                     p = prompts[q.prompt]
-                    if self._advance(q, token, p.job.settings.stop):
+                    ended = self._advance(q, token, p.job.settings.stop)
+                    if p.job.emit is not None:
+                        self._emit(q, p, ended)
+                    if ended:
                         assert p.job.rows is not None
                         p.job.rows[p.index][q.sample] = q.completion(len(p.tokens))
                         self._lib.llama_sampler_free(q.sampler)
@@ -502,6 +507,15 @@ class LlamaCppBackend:
             return True
         q.token, q.pos = token, q.pos + 1
         return False
+
+    @staticmethod
+    def _emit(q: _Sequence, p: _Prompt, ended: bool) -> None:
+        """Hand a streaming job the text of `q` that no stop sequence can cut any more."""
+        assert p.job.emit is not None
+        safe = len(q.text) if ended else len(q.text) - stop_holdback(q.text, p.job.settings.stop)
+        if safe > q.sent:
+            p.job.emit(p.index, q.sample, q.text[q.sent : safe])
+            q.sent = safe
 
     @staticmethod
     def _grow(q: _Sequence, piece: str, stop: Sequence[str]) -> bool:
