@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import itertools
 import os
 import threading
 from collections import deque
@@ -358,37 +359,47 @@ class LlamaCppBackend:
         raises; a joining job gets the error, or neither rows nor error when its longest sequence
         (prompt + max_new_tokens) is longer than this batch's KV streams. Caller holds the lock."""
         n_ctx = int(self._llm.n_ctx())
-        prompts: list[_Prompt] = []
+        prompts: dict[int, _Prompt] = {}  # by id, while their job runs (a server's batch may run for hours)
         waiting: deque[tuple[int, int]] = deque()  # (prompt, sample) not started yet
         unfinished: dict[Job, int] = {}  # samples of the job not ended yet
+        count = itertools.count()
 
-        def admit(job: Job, tokens: list[list[int]]) -> None:
+        def admit(job: Job, tokens: list[list[int]]) -> list[_Prompt]:
             s = job.settings
             job.rows = [[Completion("", "length", len(t), 0)] * s.n for t in tokens]
             unfinished[job] = 0
+            added = []
             for k, t in enumerate(tokens):
                 budget = min(s.max_new_tokens, n_ctx - len(t))
                 if budget > 0 and s.n > 0:
-                    prompts.append(_Prompt(t, budget, job, k, shared=0))
-                    waiting.extend((len(prompts) - 1, j) for j in range(s.n))
+                    i = next(count)
+                    prompts[i] = _Prompt(t, budget, job, k, shared=0)
+                    added.append(prompts[i])
+                    waiting.extend((i, j) for j in range(s.n))
                     unfinished[job] += s.n
             if not unfinished[job]:
-                del unfinished[job]
-                job.done(job)
+                end(job)
+            return added
+
+        def end(job: Job) -> None:
+            del unfinished[job]
+            for i in [i for i, p in prompts.items() if p.job is job]:
+                del prompts[i]
+            job.done(job)
 
         for job in first:
             admit(job, [self._prompt_tokens(p) for p in job.prompts])
         if not waiting:
             return
         slots = self.max_batch if intake is not None else min(self.max_batch, len(waiting))
-        ctx = self._batch_context(slots, max(len(p.tokens) + p.budget + 1 for p in prompts))
+        ctx = self._batch_context(slots, max(len(p.tokens) + p.budget + 1 for p in prompts.values()))
         room = ctx.n_ctx // (ctx.slots + 2)  # each KV stream's cells
         holder, held = ctx.slots, -1  # the sequence id holding prompt `held`'s tokens
-        shared = _shared_prefix([p.tokens for p in prompts])
-        prefix = prompts[0].tokens[:shared]
+        shared = _shared_prefix([p.tokens for p in prompts.values()])
+        prefix = next(iter(prompts.values())).tokens[:shared]
         if shared:  # encoded once, copied under each prompt's own tokens
             ctx.prefill(holder + 1, prefix)
-            for p in prompts:
+            for p in prompts.values():
                 p.shared = shared
 
         def join(job: Job) -> None:
@@ -401,9 +412,7 @@ class LlamaCppBackend:
             if any(len(t) + min(job.settings.max_new_tokens, n_ctx - len(t)) + 1 > room for t in tokens):
                 job.done(job)  # too long for these streams: offered again, it leads a batch of its own
                 return
-            at = len(prompts)
-            admit(job, tokens)
-            for p in prompts[at:]:
+            for p in admit(job, tokens):
                 p.shared = shared if shared and len(p.tokens) > shared and p.tokens[:shared] == prefix else 0
 
         def withdraw(active: dict[int, _Sequence], waiting: deque[tuple[int, int]]) -> None:
@@ -416,9 +425,8 @@ class LlamaCppBackend:
                 kept = [(i, j) for i, j in waiting if prompts[i].job is not job]
                 waiting.clear()
                 waiting.extend(kept)
-                del unfinished[job]
                 job.rows, job.error = None, Cancelled()
-                job.done(job)
+                end(job)
 
         active: dict[int, _Sequence] = {}
         try:
@@ -426,6 +434,7 @@ class LlamaCppBackend:
                 if intake is not None and not self._queued and len(active) + len(waiting) < slots:
                     for job in intake(slots - len(active) - len(waiting)):
                         join(job)
+                withdraw(active, waiting)
                 if not waiting and not active:
                     break
                 while waiting and len(active) < slots:
@@ -440,9 +449,6 @@ class LlamaCppBackend:
                     seq = min(set(range(slots)) - active.keys())
                     ctx.copy(holder, seq, len(p.tokens) - 1)
                     active[seq] = self._start(i, j, p)
-                withdraw(active, waiting)
-                if not active:
-                    continue
                 rows = sorted(active.items())  # ascending ids: see `_compact`
                 ctx.step([(seq, q.token, q.pos) for seq, q in rows])
                 for row, (seq, q) in enumerate(rows):
@@ -459,8 +465,7 @@ class LlamaCppBackend:
                         del active[seq]
                         unfinished[p.job] -= 1
                         if not unfinished[p.job]:
-                            del unfinished[p.job]
-                            p.job.done(p.job)
+                            end(p.job)
                 if not waiting:  # nothing will refill the freed slots
                     self._compact(ctx, active)
         finally:
