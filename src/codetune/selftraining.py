@@ -204,11 +204,12 @@ def select_passing(
                 continue
             passed += 1
             found = tamper_signs(cand.code, task.language)
-            key = normalised_code(cand.code)
             if found:
                 screened += 1
                 signs.update(found)
-            elif key in seen:
+                continue
+            key = normalised_code(cand.code)
+            if key in seen:
                 duplicates += 1
             elif len(mine) >= room:
                 over_cap += 1

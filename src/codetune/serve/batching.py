@@ -46,11 +46,12 @@ class Batcher:
 
     def __init__(self, backend: Backend, max_prompts: int = 64) -> None:
         self.backend, self.max_prompts = backend, max_prompts
+        # continuous batching, where the backend has it
         self._decode_joined: Callable[..., None] | None = getattr(backend, "decode_joined", None)
-        self.joins = self._decode_joined is not None  # continuous batching
         self._waiting: list[_Ticket] = []
         self._cv = threading.Condition()  # guards _waiting and every ticket's state
         self._worker: threading.Thread | None = None  # runs the batches, started on first use
+        self._running: list[_Ticket] = []  # the requests the worker's current batch has taken
         self.calls = 0
         self.batched_requests = 0
 
@@ -105,8 +106,9 @@ class Batcher:
                 self._lead()
             except BaseException as e:  # a bug here must not leave requests waiting forever
                 with self._cv:
-                    waiting, self._waiting = self._waiting, []
-                self._finish(waiting, error=e)
+                    stuck = list(dict.fromkeys([t for t in self._running if not t.finished] + self._waiting))
+                    self._waiting = []
+                self._finish(stuck, error=e)
 
     def _lead(self) -> None:
         """Run one batch led by the oldest waiting request (first come, first served)."""
@@ -115,11 +117,11 @@ class Batcher:
                 return
             lead = self._waiting[0]
         batch = self._take(lead, self.max_prompts)
+        self._running = taken = list(batch)
         if not batch:
             return
         if self._decode_joined is None or lead.settings.temperature > 0:
             return self._call(batch)
-        taken = list(batch)
 
         def intake(free: int) -> list[Job]:
             joiners = self._take(None, free)
@@ -146,7 +148,7 @@ class Batcher:
             room -= 0 if lead is None else len(lead.prompts) * lead.settings.n
             for other in self._waiting:
                 fits = len(other.prompts) * other.settings.n <= room
-                same = self.joins or lead is None or other.settings == lead.settings
+                same = self._decode_joined is not None or lead is None or other.settings == lead.settings
                 joins = lead is not None or not other.alone
                 greedy = other.settings.temperature <= 0 and (lead is None or lead.settings.temperature <= 0)
                 if other is lead or (greedy and fits and same and joins):

@@ -415,7 +415,9 @@ class LlamaCppBackend:
             for p in admit(job, tokens):
                 p.shared = shared if shared and len(p.tokens) > shared and p.tokens[:shared] == prefix else 0
 
-        def withdraw(active: dict[int, _Sequence], waiting: deque[tuple[int, int]]) -> None:
+        active: dict[int, _Sequence] = {}  # slot -> the sample decoding in it
+
+        def withdraw() -> None:
             """Drop every sample of a job whose `cancelled()` is true; the job ends with Cancelled."""
             gone = [job for job in unfinished if job.cancelled is not None and job.cancelled()]
             for job in gone:
@@ -428,13 +430,12 @@ class LlamaCppBackend:
                 job.rows, job.error = None, Cancelled()
                 end(job)
 
-        active: dict[int, _Sequence] = {}
         try:
             while True:
                 if intake is not None and not self._queued and len(active) + len(waiting) < slots:
                     for job in intake(slots - len(active) - len(waiting)):
                         join(job)
-                withdraw(active, waiting)
+                withdraw()
                 if not waiting and not active:
                     break
                 while waiting and len(active) < slots:
