@@ -148,6 +148,17 @@ def test_honest_programs_still_pass_beside_the_guards(pool: SandboxPool) -> None
     assert verdict.passed, verdict
 
 
+def test_reading_the_code_of_a_standard_library_function_is_allowed(pool: SandboxPool) -> None:
+    # typing_extensions does this on import (statsmodels -> formulaic): DataFrameBench's test task B0021
+    program = (
+        "import inspect, typing, unittest\n"
+        "takes_module = 'module' in inspect.signature(typing._type_check).parameters\n"
+        "names = unittest.TestCase.assertEqual.__code__.co_varnames, unittest.TestCase.assertEqual.__defaults__\n"
+    )
+    verdict = pool.run(program, "assert names[0][:3] == ('self', 'first', 'second'), names")
+    assert verdict.passed, verdict
+
+
 FRACTIONS = (
     "import fractions\ndef half(x):\n    return fractions.Fraction(x, 2)\n",
     "assert half(1) == fractions.Fraction(1, 2)",

@@ -142,9 +142,11 @@ def _own_class(value: Any, module: str) -> bool:
 
 def _audit(event: str, args: tuple[Any, ...], known: set[int] = _KNOWN) -> None:
     """Refuse swaps of the code or defaults of known functions (unittest's, the runner's); other libraries
-    may do it to their own (matplotlib does)."""
+    may do it to their own (matplotlib does). Reading them (`object.__getattr__`: inspect.signature does,
+    typing_extensions on import) is allowed."""
     protected = ("__code__", "__defaults__", "__kwdefaults__")
-    if event.startswith("object.__") and len(args) > 1 and args[1] in protected and id(args[0]) in known:
+    changes = event in ("object.__setattr__", "object.__delattr__")
+    if changes and len(args) > 1 and args[1] in protected and id(args[0]) in known:
         raise PermissionError(f"sandbox: changing {args[0].__qualname__}.{args[1]} is not allowed")
 
 
