@@ -264,6 +264,24 @@ def test_a_waiting_request_that_cannot_join_stops_the_joining_and_goes_next() ->
     assert all(not isinstance(v, Exception) for v in out.values())
 
 
+def test_a_withdrawn_request_that_could_not_join_no_longer_stops_the_joining() -> None:
+    # A sampled request whose client left while it waited is answered Cancelled at once, and greedy
+    # arrivals join the running batch again instead of waiting for it to drain.
+    backend, out = JoinBackend(), {}
+    left: dict[str, Any] = {"cancel": threading.Event()}
+    batcher = Batcher(backend)
+    threads = [_start(batcher, ["a:6"], GREEDY, out)]
+    _wait_for(lambda: backend.batches)
+    threads.append(_start(batcher, ["s:1"], SamplingSettings(temperature=0.8, n=2), left))
+    _wait_for(lambda: len(batcher._waiting) == 1)
+    left["cancel"].set()
+    threads.append(_start(batcher, ["c:1"], GREEDY, out))
+    _wait_for(lambda: len(batcher._waiting) == 2)
+    _release(backend, threads)
+    assert backend.batches == [["a:6", "c:1"]]
+    assert isinstance(left["s:1"], Cancelled) and out["c:1"][0][0].text == "c:1"
+
+
 def test_the_first_request_of_a_batch_is_answered_when_it_ends_not_when_the_batch_does() -> None:
     # The batch runs on the batcher's own thread: a request that started it is not held until the
     # requests that joined later have ended too.

@@ -140,9 +140,15 @@ class Batcher:
     def _take(self, lead: _Ticket | None, room: int) -> list[_Ticket]:
         """`lead` (if given) and the waiting requests that can share its batch, `room` prompts at most:
         greedy, the same settings (without continuous batching), and joining a running batch (`lead`
-        None) only if no batch has handed it back, and only while no request that can't join waits."""
-        with self._cv:
-            if lead is None and any(t.alone or t.settings.temperature > 0 for t in self._waiting):
+        None) only if no batch has handed it back, and only while no request that can't join waits.
+        Withdrawn requests leave the queue first, answered Cancelled."""
+        with self._cv:  # a client that left while it waited is not generated for, nor waited for
+            withdrawn = [t for t in self._waiting if t.cancel is not None and t.cancel.is_set()]
+            self._waiting = [t for t in self._waiting if t not in withdrawn]
+            self._finish(withdrawn, error=Cancelled())
+            if lead in withdrawn or (
+                lead is None and any(t.alone or t.settings.temperature > 0 for t in self._waiting)
+            ):
                 return []  # a request the running batch can't take waits: let the batch drain
             batch = []  # in arrival order
             room -= 0 if lead is None else len(lead.prompts) * lead.settings.n
@@ -156,9 +162,7 @@ class Batcher:
                     room -= 0 if other is lead else len(other.prompts) * other.settings.n
             for ticket in batch:
                 self._waiting.remove(ticket)
-            withdrawn = [t for t in batch if t.cancel is not None and t.cancel.is_set()]
-        self._finish(withdrawn, error=Cancelled())  # a client that left is not generated for
-        return [t for t in batch if t not in withdrawn]
+        return batch
 
     def _job(self, ticket: _Ticket) -> Job:
         def done(job: Job) -> None:
