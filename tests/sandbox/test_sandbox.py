@@ -154,6 +154,28 @@ def test_a_failing_subtest_is_a_failure(pool: SandboxPool) -> None:
     assert "(i=1)" in verdict.detail
 
 
+def test_patching_a_name_of_the_tests_module_reaches_the_program(pool: SandboxPool) -> None:
+    # BigCodeBench-style tests patch `__name__ + '.choice'`: program and tests are one module there
+    program = "from random import choice\ndef pick():\n    return choice([1, 2, 3]) * 10\n"
+    tests = (
+        "import unittest\nfrom unittest.mock import patch\n\nclass TestPick(unittest.TestCase):\n"
+        "    @patch(__name__ + '.choice', return_value=7)\n    def test_it(self, mock_choice):\n"
+        "        self.assertEqual(pick(), 70)\n"
+    )
+    verdict = pool.run(program, tests)
+    assert verdict.passed, verdict
+
+
+def test_a_testcase_the_program_defines_is_not_run(pool: SandboxPool) -> None:
+    program = (
+        ADD_ONE
+        + "import unittest\nclass ItsOwn(unittest.TestCase):\n    def test_x(self):\n        self.fail()\n"
+    )
+    tests = "import unittest\n\nclass TestAddOne(unittest.TestCase):\n    def test_it(self):\n        self.assertEqual(add_one(1), 2)\n"
+    verdict = pool.run(program, tests)
+    assert verdict.passed and verdict.detail == "unittest: 1 tests", verdict
+
+
 def test_a_testcase_without_test_methods_is_not_a_pass(pool: SandboxPool) -> None:
     verdict = pool.run(ADD_ONE, "import unittest\n\nclass TestNothing(unittest.TestCase):\n    pass\n")
     assert verdict.status == "error"

@@ -8,7 +8,7 @@
         js = pool.run(js_program, js_tests, language="javascript")
 
 Python: `program` runs first, then `tests` (asserts and/or `unittest.TestCase` classes) see its top-level
-names. JavaScript (`node` on PATH): program and tests run as two scripts in one context; a throw is a
+names and share its `__name__` (a test's `patch(__name__ + ".f")` reaches the program, as in BigCodeBench). JavaScript (`node` on PATH): program and tests run as two scripts in one context; a throw is a
 failure (`AssertionError`: "failed", else "error"). Both get the same isolation, limits and verdicts.
 
 Isolation (`isolation_level()`, recorded by `sandbox_manifest()` in every evaluation manifest):

@@ -253,10 +253,12 @@ def _vet(value: Any, depth: int) -> None:
             )
 
 
-def _prepare_tests(program_ns: dict[str, Any], tests_ns: dict[str, Any]) -> None:
+def _prepare_tests(program_ns: dict[str, Any], tests_ns: dict[str, Any]) -> list[Any]:
     """The tests' namespace: fresh builtins with a restoring import, the program's names (functions
-    guarded, modules restored) but no dunders and no names that shadow builtins."""
+    guarded, modules restored) but no dunders and no names that shadow builtins. Returns the program's
+    values, held so that no object the tests make can take one's id."""
     _restore_own()
+    program_values = list(program_ns.values())
     tests_ns["__builtins__"] = {**_BUILTINS, "__import__": _import}
     for key, value in list(program_ns.items()):
         if type(key) is str and not key.startswith("__") and key not in _BUILTINS:
@@ -266,11 +268,16 @@ def _prepare_tests(program_ns: dict[str, Any], tests_ns: dict[str, Any]) -> None
                 _restore([value.__name__])
                 value = _SAVED[value.__name__][0]
             tests_ns[key] = value
+    return program_values
 
 
-def _run_test_cases(namespace: dict[str, Any]) -> tuple[str, str | None, str]:
-    """Run the unittest.TestCase classes the tests defined, if any; errors outrank failures."""
-    classes = [v for v in list(namespace.values()) if _own_class(v, namespace["__name__"])]
+def _run_test_cases(namespace: dict[str, Any], program_values: list[Any]) -> tuple[str, str | None, str]:
+    """Run the unittest.TestCase classes the tests defined (not the program's, whose module name they
+    share), if any; errors outrank failures."""
+    theirs = {id(v) for v in program_values}
+    classes = [
+        v for v in list(namespace.values()) if _own_class(v, namespace["__name__"]) and id(v) not in theirs
+    ]
     unittest = _import("unittest") if classes else None  # restoring unittest costs time: only when used
     cases = [cls for cls in classes if unittest is not None and issubclass(cls, unittest.TestCase)]
     if unittest is None or not cases:
@@ -323,16 +330,17 @@ def _run_python(program: str, tests: str, nonce: str) -> NoReturn:
     streams = (sys.__stdout__, sys.__stderr__)
     program_ns = _module_namespace("__sandbox__", "<program>", program)
     tests_ns = _module_namespace("__sandbox_tests__", "<tests>", tests)
+    tests_ns["__name__"] = "__sandbox__"  # as one module: `patch(__name__ + ".f")` reaches the program
     status, error_type, detail, phase, started = "passed", None, "", "program", clock()
     try:
         run(build(program, "<program>", "exec"), program_ns)
         phase = "tests"
         restore_own()
-        prepare(program_ns, tests_ns)
+        program_values = prepare(program_ns, tests_ns)
         run(build(tests, "<tests>", "exec"), tests_ns)
         phase = "unittest"
         restore_own()
-        status, error_type, detail = run_cases(tests_ns)
+        status, error_type, detail = run_cases(tests_ns, program_values)
     except BaseException as exc:
         status = "failed" if is_instance(exc, assertion) else "error"
         if is_instance(exc, no_memory):
