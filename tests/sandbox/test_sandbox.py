@@ -163,7 +163,7 @@ def test_patching_a_name_of_the_tests_module_reaches_the_program(pool: SandboxPo
         "        self.assertEqual(pick(), 70)\n"
     )
     verdict = pool.run(program, tests)
-    assert verdict.passed, verdict
+    assert (verdict.status, verdict.detail) == ("passed", "unittest: 1 tests"), verdict
 
 
 def test_a_testcase_the_program_defines_is_not_run(pool: SandboxPool) -> None:
