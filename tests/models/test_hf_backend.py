@@ -9,7 +9,7 @@ import torch
 
 from codetune.config import Config
 from codetune.errors import CodetuneError
-from codetune.models.backends.base import SamplingSettings
+from codetune.models.backends.base import Cancelled, SamplingSettings, cancellable
 from codetune.models.backends.hf import HFBackend
 
 PROMPT = "### Instruction:\nReturn the sum of a and b.\n### Response:\n"
@@ -95,6 +95,15 @@ def test_greedy_batched_equals_one_at_a_time_and_finished_rows_leave(model: str)
     # one prompt pass for all 5, then one token for each of the 5 rows per step
     assert recorder.calls[0][0] == 5 and recorder.calls[0][1] > 1
     assert recorder.calls[1:] == [(5, 1)] * 23
+
+
+def test_a_call_whose_clients_left_stops_at_the_next_step(model: str) -> None:
+    backend = HFBackend.from_path(model, batch_size=8)
+    recorder = _Recorder(backend)
+    with cancellable(lambda: len(recorder.calls) >= 3), pytest.raises(Cancelled):
+        backend.generate(PROMPTS, SamplingSettings(max_new_tokens=24, temperature=0.8, n=2))
+    assert len(recorder.calls) == 3  # the prompt pass and two steps, of 24
+    assert backend.generate(PROMPTS[:1], SamplingSettings(max_new_tokens=4))  # outside it: as before
 
 
 def test_stops_end_each_row_where_its_text_first_has_one(model: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from codetune.errors import CodetuneError
-from codetune.models.backends.base import Completion, Job, SamplingSettings
+from codetune.models.backends.base import Cancelled, Completion, Job, SamplingSettings, cancellable
 
 # --- a scripted stand-in for llama_cpp: token i is PIECES[i]; the "model" always says SCRIPT ---------
 
@@ -487,6 +487,21 @@ def test_a_cancelled_job_leaves_the_batch_at_once(fake: tuple[Any, Path]) -> Non
     assert steps == [[0, 1, 2]] * 3 + [[0]] * 9  # "b"'s two samples left after 3 of their 12 steps
     assert leave.rows is None and type(leave.error).__name__ == "Cancelled"
     assert keep.rows == backend_cls(gguf).generate(["a"], settings)
+    assert not any(low_level().cells.values()) and low_level().freed_chains == len(low_level().chains)
+
+
+def test_a_generate_call_whose_clients_left_stops_at_the_next_step(fake: tuple[Any, Path]) -> None:
+    backend_cls, gguf = fake
+    backend = backend_cls(gguf, max_batch=4)
+    checks = [0]
+
+    def cancelled() -> bool:
+        checks[0] += 1
+        return checks[0] > 3  # the client left after 3 steps
+
+    with cancellable(cancelled), pytest.raises(Cancelled):
+        backend.generate(["a", "b"], SamplingSettings(max_new_tokens=100, temperature=0.8, n=2))
+    assert len([rows for rows in low_level().decodes if rows[0][2]]) == 3
     assert not any(low_level().cells.values()) and low_level().freed_chains == len(low_level().chains)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from codetune.config import load_config
-from codetune.models.backends.base import Completion, Job, SamplingSettings
+from codetune.models.backends.base import Completion, Job, SamplingSettings, cancel_check
 from codetune.serve import create_app, running_server
 from codetune.serve.batching import Batcher, Cancelled
 from tests.serve.test_server import FakeBackend
@@ -108,6 +108,33 @@ def test_a_withdrawn_request_is_not_generated_for() -> None:
         t.join(10)
     assert backend.calls == [["a"], ["stays"]]
     assert isinstance(left["gone"], Cancelled)
+
+
+class StepBackend:
+    """Decodes in steps until 200 are done or the call is withdrawn (`cancellable`), as the backends do."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Completion]]:
+        cancelled = cancel_check()
+        for _ in range(200):
+            if cancelled is not None and cancelled():
+                raise Cancelled()
+            self.steps += 1
+            time.sleep(0.01)
+        return [[Completion(p, "stop", 1, 1)] * settings.n for p in prompts]
+
+
+def test_a_call_stops_once_every_client_of_it_has_left() -> None:
+    backend, left = StepBackend(), {"cancel": threading.Event()}
+    batcher = Batcher(backend)
+    thread = _start(batcher, ["s"], SamplingSettings(temperature=0.8, n=2), left)
+    _wait_for(lambda: backend.steps >= 5)
+    left["cancel"].set()
+    thread.join(10)
+    assert isinstance(left["s"], Cancelled) and backend.steps < 100
+    assert batcher.generate(["t"], GREEDY)[0][0].text == "t"  # the batcher serves on
 
 
 def test_a_backend_error_reaches_every_request_of_the_batch() -> None:

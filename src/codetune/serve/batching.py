@@ -12,7 +12,9 @@ thread runs the backend, batch after batch, the oldest waiting request leading e
   with the same settings; requests that arrive meanwhile form the next batch.
 
 Only greedy requests are combined: a sampled request's samples are seeded by their place in the call,
-so it runs alone and stays reproducible whatever else is being served.
+so it runs alone and stays reproducible whatever else is being served. A request whose client leaves
+stops being decoded: at once in a joined batch, and in a plain `generate` call once every request of the
+call has left (`cancellable`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
-from codetune.models.backends.base import Backend, Cancelled, Completion, Job, SamplingSettings
+from codetune.models.backends.base import Backend, Cancelled, Completion, Job, SamplingSettings, cancellable
 
 __all__ = ["Batcher", "Cancelled"]
 
@@ -200,9 +202,11 @@ class Batcher:
         """One `backend.generate` over the batch's prompts."""
         self.calls += 1
         self.batched_requests += len(batch) if len(batch) > 1 else 0
-        try:
-            rows = self.backend.generate([p for t in batch for p in t.prompts], batch[0].settings)
-        except BaseException as e:  # every request of the batch gets the backend's error
+        cancels = [t.cancel for t in batch]
+        try:  # once every client of the call has left, the backend stops at its next step
+            with cancellable(lambda: all(c is not None and c.is_set() for c in cancels)):
+                rows = self.backend.generate([p for t in batch for p in t.prompts], batch[0].settings)
+        except BaseException as e:  # every request of the batch gets the backend's error (or Cancelled)
             self._finish(batch, error=e)
             return
         at = 0

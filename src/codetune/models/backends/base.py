@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -61,6 +63,25 @@ class Job:
 
 class Cancelled(Exception):
     """A request was withdrawn (its client left): it is not generated for, or no longer."""
+
+
+_CANCELLED: ContextVar[Callable[[], bool] | None] = ContextVar("codetune_cancelled", default=None)
+
+
+@contextmanager
+def cancellable(cancelled: Callable[[], bool]) -> Iterator[None]:
+    """Within it (on this thread), `generate` stops between decoding steps and raises Cancelled once
+    `cancelled()` is true: how the server stops a call whose clients have all left."""
+    token = _CANCELLED.set(cancelled)
+    try:
+        yield
+    finally:
+        _CANCELLED.reset(token)
+
+
+def cancel_check() -> Callable[[], bool] | None:
+    """The `cancelled` of the innermost `cancellable` block, if any (backends ask at every step)."""
+    return _CANCELLED.get()
 
 
 class Backend(Protocol):

@@ -10,7 +10,15 @@ import torch
 
 from codetune.data.format import encode_prompt
 from codetune.errors import CodetuneError
-from codetune.models.backends.base import Completion, FimTokens, SamplingSettings, cut_at_stop, stop_filtered
+from codetune.models.backends.base import (
+    Cancelled,
+    Completion,
+    FimTokens,
+    SamplingSettings,
+    cancel_check,
+    cut_at_stop,
+    stop_filtered,
+)
 from codetune.models.fim import detect_fim_tokens
 from codetune.models.loading import forward_parameters
 
@@ -143,7 +151,10 @@ class HFBackend:
     def _generate_seq2seq(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Completion]]:
         out: list[list[Completion]] = []
         step = 1 if settings.temperature > 0 else self.batch_size
+        cancelled = cancel_check()
         for b in range(0, len(prompts), step):
+            if cancelled is not None and cancelled():  # between calls: model.generate runs to its end
+                raise Cancelled()
             chunk = prompts[b : b + step]
             inputs, lengths = self._inputs(chunk)
             with torch.random.fork_rng(devices=self._rng_devices()):
@@ -193,7 +204,10 @@ class HFBackend:
         made: list[list[int]] = [[] for _ in range(rows)]
         ended: dict[int, bool] = {}  # row -> ended by EOS or a stop string (False: max_new_tokens)
         live = list(range(rows))  # the rows still in the batch, in batch order
+        cancelled = cancel_check()
         while live:
+            if cancelled is not None and cancelled():
+                raise Cancelled()
             tokens = pick(logits, live)  # (A,)
             keep: list[int] = []
             for at, (row, token) in enumerate(zip(live, tokens.tolist(), strict=True)):

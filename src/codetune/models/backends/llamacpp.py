@@ -39,6 +39,7 @@ from codetune.models.backends.base import (
     FimTokens,
     Job,
     SamplingSettings,
+    cancel_check,
     cut_at_stop,
     stop_filtered,
     stop_holdback,
@@ -540,9 +541,11 @@ class LlamaCppBackend:
     def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Completion]]:
         """`settings.n` completions per prompt, decoded up to `max_batch` sequences together;
         sample j of prompt i uses seed `seed + i * n + j`, whatever the batch."""
-        job = Job(prompts, settings, done=lambda job: None)
+        job = Job(prompts, settings, done=lambda job: None, cancelled=cancel_check())
         with self._lock:
             self._decode_jobs([job], None)
+        if job.error is not None:  # Cancelled (see `cancellable`)
+            raise job.error
         assert job.rows is not None  # set for every job `_decode_jobs` is given
         return job.rows
 
