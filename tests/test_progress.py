@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import pytest
@@ -184,6 +185,41 @@ def test_humaneval_generation_and_execution_log_progress_with_tokens_per_s(
         execute[-1].startswith("humaneval base: execute: done, 3 programs in ") and "passed 3" in execute[-1]
     )
     assert "\x1b" not in err and "\r" not in err
+
+
+class _Stepping(_Canonical):
+    """Decodes all its prompts in one call, in 4 steps of 2 tokens a prompt, reporting each step."""
+
+    def generate(self, prompts: list[str], settings: object) -> list[list[object]]:
+        from codetune.models.backends.base import call_hooks
+
+        for _ in range(4):
+            time.sleep(0.01)
+            hooks = call_hooks()
+            if hooks.on_step is not None:
+                hooks.on_step(2 * len(prompts))
+        return super().generate(prompts, settings)
+
+
+def test_a_long_generation_call_shows_its_tokens_per_s_before_it_ends(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from codetune.benchmarks import humaneval as he
+    from codetune.benchmarks.runner import generate_cached
+    from codetune.models.backends.base import SamplingSettings
+
+    progress.configure(every_s=0.0)
+    problems = he.load_problems()[:3]
+    prompts = [he.build_prompt(p, "base", None) for p in problems]  # type: ignore[arg-type]
+    table = {prompt: p["canonical_solution"] for prompt, p in zip(prompts, problems, strict=True)}
+    generate_cached(
+        prompts, [p["task_id"] for p in problems], SamplingSettings(), cache=tmp_path / "g.jsonl",
+        backend=_Stepping(table), batch=3, label="he",  # type: ignore[arg-type]
+    )  # fmt: skip
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("he: generate: ")]
+    during = [ln for ln in lines if ln.startswith("he: generate: 0/3 prompts")]
+    assert len(during) == 4 and all(ln.endswith(" tok/s") for ln in during), lines  # one per step
+    assert lines[-1].startswith("he: generate: done, 3 prompts in "), lines
 
 
 def test_split_evaluate_logs_generation_progress_with_tokens_per_s(

@@ -45,6 +45,7 @@ from codetune.config import Config, config_to_dict, save_config
 from codetune.data.records import Example
 from codetune.errors import CodetuneError
 from codetune.manifest import make_output_dir, sha256_file, write_jsonl, write_manifest
+from codetune.models.backends.base import generate_hooks
 from codetune.pyparse import parse_python
 
 TRAIN_SPLIT = "train"
@@ -657,7 +658,10 @@ def _round(
     identity = json.dumps(decoding, sort_keys=True)
     started = time.perf_counter()
     sampler = make_sampler(model)
-    with progress.task(f"selftrain round {k}: sample", len(tasks), unit="tasks", console=console) as bar:
+    with (
+        progress.task(f"selftrain round {k}: sample", len(tasks), unit="tasks", console=console) as bar,
+        generate_hooks(on_step=lambda k: bar.advance(0, tokens=k)),  # a live tok/s in a long unit
+    ):
         candidates, units = sample_round(
             tasks, sampler, s.n, seed, identity, rdir / "samples.jsonl", s.unit_size, bar.callback
         )

@@ -9,7 +9,7 @@ import torch
 
 from codetune.config import Config
 from codetune.errors import CodetuneError
-from codetune.models.backends.base import Cancelled, SamplingSettings, cancellable
+from codetune.models.backends.base import Cancelled, SamplingSettings, generate_hooks
 from codetune.models.backends.hf import HFBackend
 
 PROMPT = "### Instruction:\nReturn the sum of a and b.\n### Response:\n"
@@ -100,9 +100,12 @@ def test_greedy_batched_equals_one_at_a_time_and_finished_rows_leave(model: str)
 def test_a_call_whose_clients_left_stops_at_the_next_step(model: str) -> None:
     backend = HFBackend.from_path(model, batch_size=8)
     recorder = _Recorder(backend)
-    with cancellable(lambda: len(recorder.calls) >= 3), pytest.raises(Cancelled):
+    made: list[int] = []
+    cancelled = lambda: len(recorder.calls) >= 3  # noqa: E731
+    with generate_hooks(cancelled=cancelled, on_step=made.append), pytest.raises(Cancelled):
         backend.generate(PROMPTS, SamplingSettings(max_new_tokens=24, temperature=0.8, n=2))
     assert len(recorder.calls) == 3  # the prompt pass and two steps, of 24
+    assert made == [8, 8]  # a token for each live row (4 prompts a wave x 2 samples) per step taken
     assert backend.generate(PROMPTS[:1], SamplingSettings(max_new_tokens=4))  # outside it: as before
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from codetune.errors import CodetuneError
-from codetune.models.backends.base import Cancelled, Completion, Job, SamplingSettings, cancellable
+from codetune.models.backends.base import Cancelled, Completion, Job, SamplingSettings, generate_hooks
 
 # --- a scripted stand-in for llama_cpp: token i is PIECES[i]; the "model" always says SCRIPT ---------
 
@@ -499,9 +499,11 @@ def test_a_generate_call_whose_clients_left_stops_at_the_next_step(fake: tuple[A
         checks[0] += 1
         return checks[0] > 3  # the client left after 3 steps
 
-    with cancellable(cancelled), pytest.raises(Cancelled):
+    made: list[int] = []
+    with generate_hooks(cancelled=cancelled, on_step=made.append), pytest.raises(Cancelled):
         backend.generate(["a", "b"], SamplingSettings(max_new_tokens=100, temperature=0.8, n=2))
     assert len([rows for rows in low_level().decodes if rows[0][2]]) == 3
+    assert made == [4, 4, 4]  # each step reported its tokens: 2 prompts x 2 samples
     assert not any(low_level().cells.values()) and low_level().freed_chains == len(low_level().chains)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from codetune.config import load_config
-from codetune.models.backends.base import Completion, Job, SamplingSettings, cancel_check
+from codetune.models.backends.base import Completion, Job, SamplingSettings, call_hooks
 from codetune.serve import create_app, running_server
 from codetune.serve.batching import Batcher, Cancelled
 from tests.serve.test_server import FakeBackend
@@ -111,13 +111,13 @@ def test_a_withdrawn_request_is_not_generated_for() -> None:
 
 
 class StepBackend:
-    """Decodes in steps until 200 are done or the call is withdrawn (`cancellable`), as the backends do."""
+    """Decodes in steps until 200 are done or the call is withdrawn (`generate_hooks`), as the backends do."""
 
     def __init__(self) -> None:
         self.steps = 0
 
     def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Completion]]:
-        cancelled = cancel_check()
+        cancelled = call_hooks().cancelled
         for _ in range(200):
             if cancelled is not None and cancelled():
                 raise Cancelled()

@@ -40,7 +40,7 @@ from codetune.generation import (
     settings_from,
 )
 from codetune.manifest import sha256_file, write_json, write_jsonl, write_manifest
-from codetune.models.backends.base import Backend, Completion, SamplingSettings
+from codetune.models.backends.base import Backend, Completion, SamplingSettings, generate_hooks
 from codetune.progress import task as progress_task
 from codetune.sandbox import Limits, SandboxPool, Verdict, sandbox_manifest
 
@@ -154,13 +154,14 @@ def generate_cached(
         if reused:
             bar.update(reused, reused=reused)
         for span in todo:
-            rows = generate_units(
-                prompts[span.start : span.stop],
-                settings_from(settings, span.start),
-                unit_size=batch,
-                backend=backend,
-                workers=workers,
-            )
+            with generate_hooks(on_step=lambda k: bar.advance(0, tokens=k)):  # a live tok/s in a long unit
+                rows = generate_units(
+                    prompts[span.start : span.stop],
+                    settings_from(settings, span.start),
+                    unit_size=batch,
+                    backend=backend,
+                    workers=workers,
+                )
             for i, row in zip(span, rows, strict=True):
                 if outputs[i] is not None:
                     continue  # cached: the unit was generated for its other prompts

@@ -14,7 +14,7 @@ thread runs the backend, batch after batch, the oldest waiting request leading e
 Only greedy requests are combined: a sampled request's samples are seeded by their place in the call,
 so it runs alone and stays reproducible whatever else is being served. A request whose client leaves
 stops being decoded: at once in a joined batch, and in a plain `generate` call once every request of the
-call has left (`cancellable`).
+call has left (`generate_hooks`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,14 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
-from codetune.models.backends.base import Backend, Cancelled, Completion, Job, SamplingSettings, cancellable
+from codetune.models.backends.base import (
+    Backend,
+    Cancelled,
+    Completion,
+    Job,
+    SamplingSettings,
+    generate_hooks,
+)
 
 __all__ = ["Batcher", "Cancelled"]
 
@@ -204,7 +211,7 @@ class Batcher:
         self.batched_requests += len(batch) if len(batch) > 1 else 0
         cancels = [t.cancel for t in batch]
         try:  # once every client of the call has left, the backend stops at its next step
-            with cancellable(lambda: all(c is not None and c.is_set() for c in cancels)):
+            with generate_hooks(cancelled=lambda: all(c is not None and c.is_set() for c in cancels)):
                 rows = self.backend.generate([p for t in batch for p in t.prompts], batch[0].settings)
         except BaseException as e:  # every request of the batch gets the backend's error (or Cancelled)
             self._finish(batch, error=e)

@@ -65,23 +65,34 @@ class Cancelled(Exception):
     """A request was withdrawn (its client left): it is not generated for, or no longer."""
 
 
-_CANCELLED: ContextVar[Callable[[], bool] | None] = ContextVar("codetune_cancelled", default=None)
+@dataclass(frozen=True)
+class CallHooks:
+    """What the caller of `generate` asks of it while it runs, on this thread (`generate_hooks`)."""
+
+    cancelled: Callable[[], bool] | None = None  # true: stop at the next decoding step, raise Cancelled
+    on_step: Callable[[int], None] | None = None  # after each decoding step: the tokens it made
+
+
+_HOOKS: ContextVar[CallHooks | None] = ContextVar("codetune_generate_hooks", default=None)
+_NO_HOOKS = CallHooks()
 
 
 @contextmanager
-def cancellable(cancelled: Callable[[], bool]) -> Iterator[None]:
-    """Within it (on this thread), `generate` stops between decoding steps and raises Cancelled once
-    `cancelled()` is true: how the server stops a call whose clients have all left."""
-    token = _CANCELLED.set(cancelled)
+def generate_hooks(
+    *, cancelled: Callable[[], bool] | None = None, on_step: Callable[[int], None] | None = None
+) -> Iterator[None]:
+    """Within it, `generate` calls on this thread stop once `cancelled()` is true (the server, when every
+    client of a call has left) and report each step's tokens to `on_step` (a live rate in a long call)."""
+    token = _HOOKS.set(CallHooks(cancelled, on_step))
     try:
         yield
     finally:
-        _CANCELLED.reset(token)
+        _HOOKS.reset(token)
 
 
-def cancel_check() -> Callable[[], bool] | None:
-    """The `cancelled` of the innermost `cancellable` block, if any (backends ask at every step)."""
-    return _CANCELLED.get()
+def call_hooks() -> CallHooks:
+    """The hooks of the innermost `generate_hooks` block (none set outside one)."""
+    return _HOOKS.get() or _NO_HOOKS
 
 
 class Backend(Protocol):

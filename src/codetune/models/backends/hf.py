@@ -15,7 +15,7 @@ from codetune.models.backends.base import (
     Completion,
     FimTokens,
     SamplingSettings,
-    cancel_check,
+    call_hooks,
     cut_at_stop,
     stop_filtered,
 )
@@ -151,7 +151,7 @@ class HFBackend:
     def _generate_seq2seq(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Completion]]:
         out: list[list[Completion]] = []
         step = 1 if settings.temperature > 0 else self.batch_size
-        cancelled = cancel_check()
+        cancelled = call_hooks().cancelled
         for b in range(0, len(prompts), step):
             if cancelled is not None and cancelled():  # between calls: model.generate runs to its end
                 raise Cancelled()
@@ -204,11 +204,13 @@ class HFBackend:
         made: list[list[int]] = [[] for _ in range(rows)]
         ended: dict[int, bool] = {}  # row -> ended by EOS or a stop string (False: max_new_tokens)
         live = list(range(rows))  # the rows still in the batch, in batch order
-        cancelled = cancel_check()
+        hooks = call_hooks()
         while live:
-            if cancelled is not None and cancelled():
+            if hooks.cancelled is not None and hooks.cancelled():
                 raise Cancelled()
             tokens = pick(logits, live)  # (A,)
+            if hooks.on_step is not None:
+                hooks.on_step(len(live))
             keep: list[int] = []
             for at, (row, token) in enumerate(zip(live, tokens.tolist(), strict=True)):
                 if token == eos:

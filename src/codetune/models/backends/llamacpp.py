@@ -39,7 +39,7 @@ from codetune.models.backends.base import (
     FimTokens,
     Job,
     SamplingSettings,
-    cancel_check,
+    call_hooks,
     cut_at_stop,
     stop_filtered,
     stop_holdback,
@@ -417,6 +417,7 @@ class LlamaCppBackend:
                 p.shared = shared if shared and len(p.tokens) > shared and p.tokens[:shared] == prefix else 0
 
         active: dict[int, _Sequence] = {}  # slot -> the sample decoding in it
+        on_step = call_hooks().on_step
 
         def withdraw() -> None:
             """Drop every sample of a job whose `cancelled()` is true; the job ends with Cancelled."""
@@ -453,6 +454,8 @@ class LlamaCppBackend:
                     active[seq] = self._start(i, j, p)
                 rows = sorted(active.items())  # ascending ids: see `_compact`
                 ctx.step([(seq, q.token, q.pos) for seq, q in rows])
+                if on_step is not None:
+                    on_step(len(rows))
                 for row, (seq, q) in enumerate(rows):
                     token = self._lib.llama_sampler_sample(q.sampler, ctx.ctx, row)
                     p = prompts[q.prompt]
@@ -541,10 +544,10 @@ class LlamaCppBackend:
     def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Completion]]:
         """`settings.n` completions per prompt, decoded up to `max_batch` sequences together;
         sample j of prompt i uses seed `seed + i * n + j`, whatever the batch."""
-        job = Job(prompts, settings, done=lambda job: None, cancelled=cancel_check())
+        job = Job(prompts, settings, done=lambda job: None, cancelled=call_hooks().cancelled)
         with self._lock:
             self._decode_jobs([job], None)
-        if job.error is not None:  # Cancelled (see `cancellable`)
+        if job.error is not None:  # Cancelled (see `generate_hooks`)
             raise job.error
         assert job.rows is not None  # set for every job `_decode_jobs` is given
         return job.rows
