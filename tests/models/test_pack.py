@@ -291,3 +291,34 @@ def test_real_pack_in_cache_verifies(name: str) -> None:
         pytest.skip(f"{name} not fetched; run `codetune models fetch {name}`")
     got = fetch_model(name, convert=False, verify=True, downloader=_no_work)
     assert got.gguf_path == gguf and gguf.read_bytes()[:4] == b"GGUF"
+
+
+def test_a_fetched_gguf_is_fingerprinted_by_its_content_on_any_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # evaluation caches (generation_keys) stay valid when the pack is fetched again elsewhere: another
+    # mtime, the same pinned sha256; a file changed since its stamp falls back to size and mtime
+    from types import SimpleNamespace
+
+    from codetune.benchmarks import runner
+
+    monkeypatch.setattr(runner, "HASHED_BELOW", 16)  # the fake GGUF counts as large
+    pack = _make_pack(tmp_path / "src")
+    prints = []
+    for machine in ("a", "b"):
+        got = fetch_model(
+            pack, tmp_path / machine, convert=False, downloader=FakeDownloader(tmp_path / "src")
+        )
+        shutil.move(got.gguf_path, tmp_path / "fake.gguf")  # the same path on both machines
+        shutil.move(got.gguf_path.with_name("fake.gguf.json"), tmp_path / "fake.gguf.json")
+        prints.append(
+            runner.model_fingerprint(SimpleNamespace(name="llamacpp", gguf_path=tmp_path / "fake.gguf"))
+        )
+    assert (
+        prints[0]
+        == prints[1]
+        == {"backend": "llamacpp", "gguf_path": {str(tmp_path / "fake.gguf"): pack.sha256}}
+    )
+    (tmp_path / "fake.gguf").write_bytes(b"GGUF changed after its stamp")
+    changed = runner.model_fingerprint(SimpleNamespace(name="llamacpp", gguf_path=tmp_path / "fake.gguf"))
+    assert changed["gguf_path"][str(tmp_path / "fake.gguf")][0] == len(b"GGUF changed after its stamp")

@@ -41,6 +41,7 @@ from codetune.generation import (
 )
 from codetune.manifest import sha256_file, write_json, write_jsonl, write_manifest
 from codetune.models.backends.base import Backend, Completion, SamplingSettings, generate_hooks
+from codetune.models.pack import stamped_sha256
 from codetune.progress import task as progress_task
 from codetune.sandbox import Limits, SandboxPool, Verdict, sandbox_manifest
 
@@ -81,9 +82,12 @@ def prompt_style(chat_prompt: Callable[[list[dict[str, str]]], str], prompt: Pro
 # --- generation with a cache -----------------------------------------------------------------------
 
 
+HASHED_BELOW = 256 * 2**20  # model files smaller than this are hashed for the fingerprint
+
+
 def model_fingerprint(backend: Any) -> dict[str, Any]:
     """What identifies the weights behind a backend: file paths plus the sha256 of adapters (small) and
-    the size and mtime of anything larger."""
+    of model packs (from their verification stamp), and the size and mtime of any other large file."""
     out: dict[str, Any] = {"backend": getattr(backend, "name", "?")}
     for attr in ("gguf_path", "lora_path", "label"):  # as before the one runner: old caches stay valid
         value = getattr(backend, attr, None)
@@ -93,8 +97,8 @@ def model_fingerprint(backend: Any) -> dict[str, Any]:
         files = [path] if path.is_file() else sorted(path.glob("*.safetensors")) if path.is_dir() else []
         out[attr] = {
             str(f): sha256_file(f)
-            if f.stat().st_size < 256 * 2**20
-            else [f.stat().st_size, f.stat().st_mtime]
+            if f.stat().st_size < HASHED_BELOW
+            else stamped_sha256(f) or [f.stat().st_size, f.stat().st_mtime]
             for f in files
         } or str(value)
     return out

@@ -267,6 +267,16 @@ def _stamp_path(gguf_path: Path) -> Path:
     return gguf_path.with_name(gguf_path.name + ".json")
 
 
+def stamped_sha256(path: Path) -> str | None:
+    """The sha256 that a pack's verification stamp records for `path`, while the file is still the one
+    it checked (same size and mtime): an identity of its content that holds on any machine."""
+    stamp, st = _read_json(_stamp_path(path)), path.stat()
+    if stamp is None or (stamp.get("size"), stamp.get("mtime_ns")) != (st.st_size, st.st_mtime_ns):
+        return None
+    sha = stamp.get("sha256")
+    return sha if isinstance(sha, str) else None
+
+
 def _gguf_is_current(pack: ModelPack, gguf_path: Path, *, verify: bool) -> str | None:
     """How the cached GGUF was found to be the pinned one ("stamp of an earlier check", by its stamp, or
     "hashed now", when asked or unstamped), or None when it is not."""
