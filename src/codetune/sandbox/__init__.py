@@ -5,6 +5,7 @@
     verdict = run_tests(program, tests)                     # one sample, on a shared one-worker pool
     with SandboxPool(workers=4, limits=Limits(timeout_s=5)) as pool:
         verdicts = pool.map([(program, tests), ...])        # in job order; `verdict.passed`, `.status`
+    apart = SandboxPool(judge="values")                     # tests in their own process: plain values
         js = pool.run(js_program, js_tests, language="javascript")
 
 Python: `program` runs first, then `tests` (asserts and/or `unittest.TestCase` classes) see its top-level
@@ -21,14 +22,21 @@ Each sample is forked with its own session, a fresh work dir, stdin on /dev/null
 address space, file size, processes (as root: a pids cgroup) and open files.
 
 Verdicts are the worker's: "passed" needs exit status 0 and a record with a per-sample random nonce that
-the runner writes after the tests finished; `worker.py` says what is restored between program and tests.
-What remains: the verdict is still decided inside the sample's own process, so a sample that digs through
-the interpreter (frames, `gc`, ctypes, /proc/self/mem) can find the nonce and the runner's state and
-forge a record; modules first imported by the program (not preloaded) are not restored for the tests.
-Self-training does not learn from a passing Python sample that uses such means (`selftraining.tamper_signs`).
+the tests' process writes after the tests finished. Where that process is (`judge`):
+- "values" (HumanEval's): the tests run in a process of their own, forked before any of the sample's
+  code runs, undumpable (the sample's uid can't trace or read it), the only holder of the nonce and the
+  result fd. The program's names reach them as proxies; arguments and results cross as plain data
+  (None, bool, int, float, complex, str, bytes, lists, tuples, sets, dicts), so no object, patch or exit
+  of the sample's can decide the verdict. For tests that check plain values.
+- "in-process" (the default; DataFrameBench's DataFrames and Axes can't cross): program and tests share
+  the sample's process; `worker.py` says what is restored between them. A sample that digs through the
+  interpreter (frames, `gc`, ctypes, /proc/self/mem) can find the nonce and forge a record (pinned by an
+  xfail test); modules first imported by the program are not restored for the tests. Self-training does
+  not learn from a passing Python sample that uses such means (`selftraining.tamper_signs`).
 """
 
 from codetune.sandbox.pool import (
+    JUDGES,
     LANGUAGES,
     STATUSES,
     Limits,
@@ -40,6 +48,7 @@ from codetune.sandbox.pool import (
 )
 
 __all__ = [
+    "JUDGES",
     "LANGUAGES",
     "STATUSES",
     "Limits",

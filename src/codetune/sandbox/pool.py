@@ -30,6 +30,7 @@ from codetune.errors import CodetuneError
 
 STATUSES = ("passed", "failed", "error", "timeout", "memory", "killed", "sandbox-error")
 LANGUAGES = ("python", "javascript")
+JUDGES = ("in-process", "values")  # where Python tests run: in the program's process, or in their own
 UNSAFE_ENV = "CODETUNE_UNSAFE_ISOLATION"  # "1": run samples as root where no other isolation works
 BWRAP_ENV = "CODETUNE_BWRAP"  # the bwrap binary; a path that doesn't exist simulates its absence
 _WORKER_FILE = Path(__file__).with_name("worker.py")
@@ -102,6 +103,10 @@ class SandboxPool:
     them. `isolation` is "auto" (bubblewrap where it runs, else rlimits only, with a warning), "bwrap"
     (fail without it) or "rlimits". `unsafe_isolation` (or CODETUNE_UNSAFE_ISOLATION=1) allows the
     rlimit-only level to run samples as root where dropping to an unprivileged uid does not work.
+    `judge` "values" runs Python tests in a process of their own, apart from the program's, seeing its
+    names as proxies that carry plain values (None, bool, int, float, complex, str, bytes, list, tuple,
+    set, dict) both ways: no object of the sample's reaches the tests, so it can't forge the verdict. For
+    tests that check plain values (HumanEval's); "in-process" (the default) shares the program's process.
     """
 
     def __init__(
@@ -112,17 +117,19 @@ class SandboxPool:
         preload: Sequence[str] = (),
         isolation: str = "auto",
         unsafe_isolation: bool = False,
+        judge: str = "in-process",
     ) -> None:
         count = workers if workers is not None else max(1, os.cpu_count() or 1)
         if count < 1:
             raise CodetuneError(f"SandboxPool: workers must be at least 1 (got {count})")
         if isolation not in ("auto", "bwrap", "rlimits"):
             raise CodetuneError(f"SandboxPool: isolation must be auto, bwrap or rlimits (got {isolation!r})")
+        if judge not in JUDGES:
+            raise CodetuneError(f"SandboxPool: judge must be one of {JUDGES} (got {judge!r})")
         mode, unsafe = _choose_mode(isolation), unsafe_isolation or os.environ.get(UNSAFE_ENV) == "1"
-        self.limits, self.isolation, self._spec = (
-            limits,
-            _describe(mode, unsafe),
-            (tuple(preload), mode, unsafe),
+        self.limits, self.judge, self._spec = limits, judge, (tuple(preload), mode, unsafe)
+        self.isolation = _describe(mode, unsafe) + (
+            "; tests apart from the program (values judge)" * (judge == "values")
         )
         self._workers: list[_Worker] = []
         self._finalizer = weakref.finalize(self, _kill_workers, self._workers)
@@ -150,8 +157,13 @@ class SandboxPool:
             raise RuntimeError("SandboxPool is closed")
         if language not in LANGUAGES:
             raise CodetuneError(f"sandbox: language must be one of {LANGUAGES} (got {language!r})")
+        if language != "python" and self.judge != "in-process":
+            raise CodetuneError(
+                f"sandbox: judge {self.judge!r} is for Python; {language} tests run in-process"
+            )
         limits = limits or self.limits
         job = {"program": program, "tests": tests, "limits": asdict(limits), "language": language}
+        job["judge"] = self.judge
         if limits.network:
             with self._net_lock:
                 if not self._net:

@@ -9,13 +9,16 @@ unprivileged uid); Python runs program and tests in it, JavaScript execs node. "
 what the tests use (modules, their classes, builtins, the runner's globals) is restored from a snapshot
 taken in the worker, between program and tests and after each call the tests make into the program; an
 audit hook refuses swaps of the code of the standard library's functions and the runner's; a result that
-claims to equal a fresh random value (an always-true `__eq__`) is an error.
+claims to equal a fresh random value (an always-true `__eq__`) is an error. With the values judge the
+tests run in a process of their own instead (`_run_apart`), and none of that is needed there.
 """
 
 from __future__ import annotations
 
 import builtins
 import gc
+import importlib
+import itertools
 import json
 import os
 import resource
@@ -24,12 +27,14 @@ import signal
 import sys
 import time
 import types
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 _PRELOAD = ("unittest", "math", "re", "collections", "itertools", "functools", "string", "heapq", "typing")
 _PRELOAD += ("traceback",)  # type: ignore[assignment]  # for `_explain`
 _MEMORY_HINTS = ("MemoryError", "Cannot allocate memory", "out of memory", "bad_alloc", "heap out of memory")
 _PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None), range, bytearray})
+_PRCTL: Any = None  # libc's prctl, loaded by `main` (the values judge makes its tests' process undumpable)
 _JS_BOOT = r"""(() => {
 const fs = require('fs'), vm = require('vm'), write = fs.writeSync, exit = process.exit.bind(process);
 const nonce = fs.readFileSync('.nonce', 'utf8'), started = process.hrtime.bigint();
@@ -73,6 +78,10 @@ def main(config_json: str) -> None:
         why = f"uid {ctx.uid} can't read Python's files here ({stdlib}); install bubblewrap, or allow running"
         why += " samples as root with unsafe_isolation=True / CODETUNE_UNSAFE_ISOLATION=1"
         return _send({"error": f"without bubblewrap, samples would run as root: {why}"})
+    global _PRCTL
+    import ctypes
+
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
     failed = []
     for name in (*_PRELOAD, *config["preload"]):
         try:
@@ -326,7 +335,7 @@ def _run_python(program: str, tests: str, nonce: str) -> NoReturn:
         compile,
     )
     is_instance, assertion, no_memory, restore_own = isinstance, AssertionError, MemoryError, _restore_own
-    prepare, run_cases, explain, me = _prepare_tests, _run_test_cases, _explain, getpid()
+    prepare, run_cases, explain, report, me = _prepare_tests, _run_test_cases, _explain, _report, getpid()
     streams = (sys.__stdout__, sys.__stderr__)
     program_ns = _module_namespace("__sandbox__", "<program>", program)
     tests_ns = _module_namespace("__sandbox_tests__", "<tests>", tests)
@@ -357,16 +366,26 @@ def _run_python(program: str, tests: str, nonce: str) -> NoReturn:
     elapsed = clock() - started
     if getpid() != me:  # a fork made by the sample never reports
         exit_now(0)
+    report(nonce, status, error_type, detail, elapsed, streams, write, exit_now)
+
+
+def _report(
+    nonce: str, status: str, error_type: str | None, detail: str, elapsed: float, *bound: Any
+) -> NoReturn:
+    """Flush stdout and stderr, write the result record to fd 3, exit 0. `bound`: the streams, os.write
+    and os._exit as bound before the program ran (or as the worker has them)."""
+    streams, write, exit_now = bound or ((sys.__stdout__, sys.__stderr__), os.write, os._exit)
+    end: Callable[[int], NoReturn] = exit_now
     for stream in streams:
         try:
-            stream.flush()  # type: ignore[union-attr]
+            stream.flush()
         except BaseException:
             pass
     line = f"{nonce}\t{status}\t{error_type or ''}\t{elapsed:.6f}\t{detail.replace(chr(9), ' ')}\n"
     try:
         write(3, line.encode("utf-8", "backslashreplace"))
     finally:
-        exit_now(0)
+        end(0)
 
 
 def _module_namespace(name: str, filename: str, source: str) -> dict[str, Any]:
@@ -379,23 +398,213 @@ def _module_namespace(name: str, filename: str, source: str) -> dict[str, Any]:
     return module.__dict__
 
 
+# --- the values judge: the tests in a process of their own --------------------------------------
+
+
+def _run_apart(program: str, tests: str) -> NoReturn:
+    """Fork the program's process, which runs the program and then answers calls; this process becomes
+    the tests' (it never runs the sample's code, and the sample's uid can't trace or read it) and alone
+    holds the result fd and, read after the fork, the nonce. Values cross as plain data (`_encode`): a
+    forged `__eq__`, a swapped assertion or an early exit over there can't reach the verdict here."""
+    calls, answers = os.pipe(), os.pipe()
+    if (program_pid := os.fork()) == 0:
+        for fd in (3, 4, calls[1], answers[0]):
+            os.close(fd)
+        _serve_program(program, os.fdopen(calls[0], "rb"), os.fdopen(answers[1], "wb", buffering=0))
+    os.close(calls[0])
+    os.close(answers[1])
+    if _PRCTL(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE 0
+        os.write(3, b"setup\tprctl(PR_SET_DUMPABLE) failed for the tests' process\n")
+        os._exit(70)
+    nonce, started = _read_nonce(), time.perf_counter()
+    channel = _Channel(os.fdopen(calls[1], "wb", buffering=0), os.fdopen(answers[0], "rb"), program_pid)
+    status, error_type, detail, phase = "passed", None, "", "program"
+    try:
+        names = channel.receive()["names"]
+        tests_ns = _module_namespace("__sandbox__", "<tests>", tests)
+        tests_ns.update({name: channel.bind(name, kind) for name, kind in names.items()})
+        phase = "tests"
+        exec(compile(tests, "<tests>", "exec"), tests_ns)
+        phase = "unittest"
+        status, error_type, detail = _run_test_cases(tests_ns, [tests_ns[name] for name in names])
+    except MemoryError:
+        status, error_type, detail = "memory", "MemoryError", f"{phase}: MemoryError"
+    except BaseException as exc:
+        status = "failed" if isinstance(exc, AssertionError) else "error"
+        error_type, detail = _explain(exc, phase)
+    _report(nonce, status, error_type, detail, time.perf_counter() - started)
+
+
+def _serve_program(program: str, calls: Any, answers: Any) -> NoReturn:
+    """The program's process: run the program, list its top-level names, then answer calls until EOF."""
+    namespace = _module_namespace("__sandbox__", "<program>", program)
+    try:
+        exec(compile(program, "<program>", "exec"), namespace)
+        names = [k for k in namespace if type(k) is str and not k.startswith("__") and k not in _BUILTINS]
+        reply = {"names": {name: _describe(namespace[name]) for name in names}}
+    except BaseException as exc:
+        reply = _failure(exc, "program")
+    for line in itertools.chain([b""], calls):  # the listing first, then one answer per call
+        if line:
+            try:
+                call = json.loads(line)
+                function, args, kwargs = (
+                    namespace[call["name"]],
+                    _decode(call["args"]),
+                    _decode(call["kwargs"]),
+                )
+                reply = {"value": function(*args, **kwargs)}
+            except BaseException as exc:
+                reply = _failure(exc, "call")
+        try:
+            data = json.dumps(
+                {key: _encode(value) for key, value in reply.items()} if "value" in reply else reply
+            )
+        except TypeError as exc:
+            why = f"{call['name']}() returned {exc}; the tests run apart (judge='values'): {_PLAIN_NAMES}"
+            data = json.dumps({"raise": "TypeError", "message": f"sandbox: {why}"})
+        answers.write(data.encode() + b"\n")
+    os._exit(0)
+
+
+def _describe(value: Any) -> dict[str, Any]:
+    if isinstance(value, types.ModuleType):
+        return {"module": value.__name__}
+    try:
+        return {"value": _encode(value)}
+    except TypeError:
+        return {"call": True} if callable(value) else {"opaque": type(value).__qualname__}
+
+
+def _failure(exc: BaseException, phase: str) -> dict[str, Any]:
+    _explain(exc, phase)  # its traceback on stderr
+    return {"raise": type(exc).__name__, "message": str(exc)[:1000]}
+
+
+class _Channel:
+    """The tests' side of the program's process: its names as proxies (functions) or decoded values."""
+
+    def __init__(self, calls: Any, answers: Any, pid: int) -> None:
+        self.calls, self.answers, self.pid = calls, answers, pid
+
+    def receive(self) -> dict[str, Any]:
+        line = self.answers.readline()
+        if not line:  # it ended: end the same way (a CPU limit stays a timeout), or say how it exited
+            _, status = os.waitpid(self.pid, 0)
+            if os.WIFSIGNALED(status):
+                os.kill(os.getpid(), os.WTERMSIG(status))
+            raise RuntimeError(f"the program's process exited (code {os.waitstatus_to_exitcode(status)})")
+        reply = json.loads(line)
+        if type(reply) is not dict:
+            raise ValueError("sandbox: the program's process broke the protocol")
+        if "raise" in reply:  # the program, or a call into it, raised: the same builtin exception here
+            kind, message = getattr(builtins, str(reply["raise"]), None), str(reply.get("message"))
+            if isinstance(kind, type) and issubclass(kind, Exception):
+                raise kind(message)
+            raise RuntimeError(f"{reply['raise']}: {message}")
+        return reply
+
+    def bind(self, name: str, kind: dict[str, Any]) -> Any:
+        if "value" in kind:
+            return _decode(kind["value"])
+        if "module" in kind:
+            try:
+                return importlib.import_module(str(kind["module"]))
+            except Exception:
+                return _opaque(name, "module")
+        if "call" not in kind:
+            return _opaque(name, str(kind.get("opaque")))
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            message = {"name": name, "args": _encode(list(args)), "kwargs": _encode(kwargs)}
+            self.calls.write(json.dumps(message).encode() + b"\n")
+            return _decode(self.receive()["value"])
+
+        call.__name__ = call.__qualname__ = name
+        return call
+
+
+def _opaque(name: str, kind: str) -> Any:
+    def refuse(*_: Any, **__: Any) -> NoReturn:
+        raise TypeError(
+            f"sandbox: the program's {name} is a {kind}; the tests run apart (judge='values'): {_PLAIN_NAMES}"
+        )
+
+    return type(
+        f"Opaque_{name}", (), {m: refuse for m in ("__getattr__", "__call__", "__eq__", "__iter__")}
+    )()
+
+
+_PLAIN_CONTAINERS: dict[str, Any] = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}
+_PLAIN_NAMES = (
+    "only None, bool, int, float, complex, str, bytes and lists, tuples, sets and dicts of them cross"
+)
+
+
+def _encode(value: Any, depth: int = 0) -> Any:
+    """A plain value as JSON: None, bool, int, str natively; float, bytes, complex and containers tagged.
+    Anything else raises TypeError. numpy's scalars count as the Python values they hold."""
+    kind = type(value)
+    if depth > 200:
+        raise TypeError("nested too deeply to cross")
+    if value is None or kind in (bool, str) or (kind is int and value.bit_length() < 10_000):
+        return value
+    if kind is int:  # past what json reads back as a number
+        return {"int": hex(value)}
+    if kind is float:
+        return {"float": repr(value)}
+    if kind.__name__ in _PLAIN_CONTAINERS and kind is _PLAIN_CONTAINERS[kind.__name__]:
+        return {kind.__name__: [_encode(item, depth + 1) for item in value]}
+    if kind is dict:
+        return {"dict": [[_encode(k, depth + 1), _encode(v, depth + 1)] for k, v in value.items()]}
+    if kind is bytes:
+        return {"bytes": value.hex()}
+    if kind is complex:
+        return {"complex": [repr(value.real), repr(value.imag)]}
+    if kind.__module__ == "numpy" and hasattr(value, "item") and not getattr(value, "shape", ()):
+        return _encode(value.item(), depth)
+    raise TypeError(f"a {kind.__module__}.{kind.__qualname__}")
+
+
+def _decode(data: Any) -> Any:
+    """The value `_encode` made; anything else from the program's process is refused (ValueError)."""
+    if data is None or type(data) in (bool, int, str):
+        return data
+    if type(data) is dict and len(data) == 1:
+        ((tag, inner),) = data.items()
+        if tag in _PLAIN_CONTAINERS and type(inner) is list:
+            return _PLAIN_CONTAINERS[tag](_decode(item) for item in inner)
+        if tag == "dict" and type(inner) is list:
+            return {_decode(k): _decode(v) for k, v in inner}
+        if tag in ("float", "int") and type(inner) is str:
+            return float(inner) if tag == "float" else int(inner, 16)
+        if tag == "bytes" and type(inner) is str:
+            return bytes.fromhex(inner)
+        if tag == "complex" and type(inner) is list and all(type(part) is str for part in inner):
+            return complex(float(inner[0]), float(inner[1]))
+    raise ValueError("sandbox: the program's process sent something that is not a plain value")
+
+
 # --- one job: fork, supervise, decide -------------------------------------------------------------
 
 
 def _run_job(job: dict[str, Any], ctx: Any) -> dict[str, Any]:
     """Fork the sample; keep the tails of its pipes until it exits or the deadline passes (then kill its
     group), and for up to a second after it exits; clean up; decide."""
-    limits, nonce, started = job["limits"], os.urandom(16).hex(), time.monotonic()
+    limits, started = job["limits"], time.monotonic()
     ctx.count += 1
     workdir = f"/tmp/codetune-sample-{os.getpid()}-{ctx.count}"
     os.mkdir(workdir, 0o700)
     if ctx.uid is not None:
         os.chown(workdir, ctx.uid, ctx.uid)
     pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, result
+    nonce_read, nonce_write = os.pipe()
     if (pid := os.fork()) == 0:
-        _sample(job, nonce, workdir, [ctx.devnull, *(w for _, w in pipes)], ctx)
-    for _, write_end in pipes:
-        os.close(write_end)
+        _sample(job, workdir, [ctx.devnull, *(w for _, w in pipes), nonce_read], ctx)
+    nonce = os.urandom(16).hex()  # made after the fork: it is in no memory a sample started from
+    os.write(nonce_write, nonce.encode())
+    for fd in (nonce_read, nonce_write, *(w for _, w in pipes)):
+        os.close(fd)
     reads, caps = [r for r, _ in pipes], [limits["output_bytes"]] * 2 + [65_536]
     tails, totals, open_fds = {fd: bytearray() for fd in reads}, dict.fromkeys(reads, 0), set(reads)
     pidfd, poller, timed_out, raw, cpu_s = os.pidfd_open(pid), select.poll(), False, None, 0.0
@@ -543,8 +752,9 @@ def _remove(path: str) -> None:
 # --- in the forked sample ------------------------------------------------------------------------
 
 
-def _sample(job: dict[str, Any], nonce: str, workdir: str, fds: list[int], ctx: Any) -> NoReturn:
-    """Session, fds 0-3 (nothing else open), uid, work dir, rlimits; then run the job."""
+def _sample(job: dict[str, Any], workdir: str, fds: list[int], ctx: Any) -> NoReturn:
+    """Session, fds 0-4 (stdin, stdout, stderr, result, nonce; nothing else open), uid, work dir, rlimits;
+    then run the job."""
     try:
         os.setsid()
         for target, fd in enumerate(fds):
@@ -560,6 +770,7 @@ def _sample(job: dict[str, Any], nonce: str, workdir: str, fds: list[int], ctx: 
         if job["language"] == "javascript":
             if not ctx.node:
                 raise RuntimeError("node (Node.js) is not on PATH: JavaScript samples can't run")
+            nonce = _read_nonce()
             for name, text in (("program.js", job["program"]), ("tests.js", job["tests"]), (".nonce", nonce)):
                 with open(name, "w") as handle:
                     handle.write(text)
@@ -571,9 +782,17 @@ def _sample(job: dict[str, Any], nonce: str, workdir: str, fds: list[int], ctx: 
         finally:
             os._exit(70)
     try:  # (os.fork already reseeded `random` in this child)
-        _run_python(job["program"], job["tests"], nonce)
+        if job.get("judge") == "values":
+            _run_apart(job["program"], job["tests"])
+        _run_python(job["program"], job["tests"], _read_nonce())
     finally:
         os._exit(1)
+
+
+def _read_nonce() -> str:
+    nonce = os.read(4, 64).decode()
+    os.close(4)
+    return nonce
 
 
 def _cpu_limit(limits: dict[str, Any]) -> int:
