@@ -208,6 +208,15 @@ def test_each_sample_gets_a_fresh_work_dir_that_is_removed(pool: SandboxPool, ma
         assert not (Path(cwd) / f"{marker}.txt").exists()  # and nothing on the host
 
 
+def test_a_worker_that_preloads_matplotlib_starts_without_warnings(capfd: pytest.CaptureFixture) -> None:
+    # uid 65534's home is /nonexistent: matplotlib warned on every worker's start (DataFrameBench's logs)
+    pytest.importorskip("matplotlib")
+    with SandboxPool(workers=1, limits=FAST, preload=("matplotlib",)) as sandbox:
+        verdict = sandbox.run("import matplotlib.pyplot as plt\nplt.plot([1, 2])\n", "assert plt.gca().lines")
+    assert verdict.passed, verdict
+    assert "Matplotlib" not in capfd.readouterr().err
+
+
 def test_environment_secrets_of_the_evaluator_are_not_visible(
     monkeypatch: pytest.MonkeyPatch, marker: str
 ) -> None:

@@ -25,6 +25,7 @@ import resource
 import select
 import signal
 import sys
+import tempfile
 import time
 import types
 from collections.abc import Callable
@@ -69,6 +70,10 @@ def main(config_json: str) -> None:
         return _send({"error": f"{__file__} changed after the evaluator loaded it (edited?): restart"})
     sys.dont_write_bytecode, sys.argv = True, [""]
     os.environ.pop("PWD", None)  # set by bubblewrap; samples get exactly the evaluator's allow-list
+    if not os.access(os.path.expanduser("~"), os.W_OK):  # uid 65534's /nonexistent, in bubblewrap
+        # a home in its private /tmp for what preloaded libraries write at import (matplotlib warned on
+        # every worker's start and rebuilt its font cache); each sample gets its work dir as HOME
+        os.environ["HOME"] = tempfile.mkdtemp(prefix="codetune-worker-")
     ctx = types.SimpleNamespace(
         **config, count=0, pid1=os.getpid() == 1, devnull=os.open(os.devnull, os.O_RDWR)
     )
