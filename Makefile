@@ -79,8 +79,9 @@ dataframebench: install
 # sample n answers per train task, keep those that pass its tests in the sandbox, LoRA-train on them
 # (runs/dfb-st/manifest.json: tasks tried/solved, samples kept per task, the leak check), then score base
 # and the tuned model on the 100 test tasks (5 samples each at temperature 0.2). Re-running continues
-# from the cached samples, verdicts, checkpoints and generations. Measured on 2 AVX2 cores (2026-12-03):
-# selftrain 75 min, each test evaluation ~53 min: about 3 h in all (benchmarks/README.md).
+# from the cached samples, verdicts, checkpoints and generations. Measured on 2 AVX2 cores (2026-12-04):
+# selftrain 72 min, test evaluations 49 + 42 min: about 2 h 44 min in all; tuned - base pass@1 -0.2 pts
+# (benchmarks/README.md).
 DFB_ST := configs/selftrain-dataframebench.yaml
 selftrain-dataframebench: install
 	$(BIN)/codetune models fetch $(QUICKSTART_MODEL)
