@@ -155,21 +155,35 @@ REACH_THE_TESTS = (
 )
 
 
+SHADOW_A_BUILTIN = (  # the program's own `abs`, listed after clearing the filter in its process
+    "import sys\nframe = sys._getframe()\n"
+    "while '_BUILTINS' not in frame.f_globals:\n    frame = frame.f_back\n"
+    "frame.f_globals['_BUILTINS'].clear()\n"
+    "def abs(x):\n    return 0\n"
+    "def add_one(x):\n    return x\n",
+    "assert abs(add_one(1) - 2) < 1e-9",
+)
+END_THE_LOOP = (
+    "def add_one(x):\n    raise StopIteration\n",
+    "for y in map(add_one, [1, 2]):\n    assert y == 0\n",
+)
+APART_ONLY = {
+    "dig for the nonce": DIG_FOR_THE_NONCE,
+    "kill the tests' process": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n", "pass"),
+    "shadow a builtin": SHADOW_A_BUILTIN,
+    "end the tests' loop": END_THE_LOOP,
+}
+
+
 @pytest.fixture(scope="module")
 def apart():
     with SandboxPool(workers=2, limits=FAST, judge="values") as sandbox:
         yield sandbox
 
 
-@pytest.mark.parametrize("attack", [*FORGERIES, "dig for the nonce", "kill the tests' process"])
+@pytest.mark.parametrize("attack", [*FORGERIES, *APART_ONLY])
 def test_with_the_tests_apart_no_forgery_passes(apart: SandboxPool, attack: str) -> None:
-    program, tests = (
-        FORGERIES.get(attack)
-        or {
-            "dig for the nonce": DIG_FOR_THE_NONCE,
-            "kill the tests' process": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n", "pass"),
-        }[attack]
-    )
+    program, tests = FORGERIES.get(attack) or APART_ONLY[attack]
     verdict = apart.run(program, tests)
     assert verdict.status in ("failed", "error", "killed"), verdict
 

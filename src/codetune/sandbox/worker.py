@@ -425,7 +425,8 @@ def _run_apart(program: str, tests: str) -> NoReturn:
     channel = _Channel(os.fdopen(calls[1], "wb", buffering=0), os.fdopen(answers[0], "rb"), program_pid)
     status, error_type, detail, phase = "passed", None, "", "program"
     try:
-        names = channel.receive()["names"]
+        names = channel.receive()["names"]  # filtered here too: over there the sample can change the filter
+        names = {k: v for k, v in names.items() if not k.startswith("__") and k not in _BUILTINS}
         tests_ns = _module_namespace("__sandbox__", "<tests>", tests)
         tests_ns.update({name: channel.bind(name, kind) for name, kind in names.items()})
         phase = "tests"
@@ -502,14 +503,17 @@ class _Channel:
         reply = json.loads(line)
         if type(reply) is not dict:
             raise ValueError("sandbox: the program's process broke the protocol")
-        if "raise" in reply:  # the program, or a call into it, raised: the same builtin exception here
+        if "raise" in reply:  # the program, or a call into it, raised: the same builtin exception here,
+            # but not one that ends the tests' loops early (StopIteration inside `map`, `next`)
             kind, message = getattr(builtins, str(reply["raise"]), None), str(reply.get("message"))
-            if isinstance(kind, type) and issubclass(kind, Exception):
+            if isinstance(kind, type) and issubclass(kind, Exception) and not issubclass(kind, _ENDS_LOOPS):
                 raise kind(message)
             raise RuntimeError(f"{reply['raise']}: {message}")
         return reply
 
     def bind(self, name: str, kind: dict[str, Any]) -> Any:
+        if type(kind) is not dict:
+            raise ValueError("sandbox: the program's process broke the protocol")
         if "value" in kind:
             return _decode(kind["value"])
         if "module" in kind:
@@ -540,6 +544,7 @@ def _opaque(name: str, kind: str) -> Any:
     )()
 
 
+_ENDS_LOOPS = (StopIteration, StopAsyncIteration)
 _PLAIN_CONTAINERS: dict[str, Any] = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}
 _PLAIN_NAMES = (
     "only None, bool, int, float, complex, str, bytes and lists, tuples, sets and dicts of them cross"
