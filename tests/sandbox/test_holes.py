@@ -115,6 +115,10 @@ FORGERIES = {
         "threading.Thread(target=patch, daemon=True).start()\n",
         "import math, time\ntime.sleep(0.05)\nassert math.isclose(1.0, 2.0)",
     ),
+    "a loop over map() ended early": (
+        "def add_one(x):\n    raise StopIteration\n",
+        "for y in map(add_one, [1, 2]):\n    assert y == 0\n",
+    ),
     "patched while the tests call it": (
         "def add_one(x):\n    import unittest\n    unittest.TestCase.assertEqual = lambda *a, **k: None\n    return x + 2\n",
         "import unittest\nclass T(unittest.TestCase):\n    def test_a(self):\n        add_one(1)\n"
@@ -163,15 +167,10 @@ SHADOW_A_BUILTIN = (  # the program's own `abs`, listed after clearing the filte
     "def add_one(x):\n    return x\n",
     "assert abs(add_one(1) - 2) < 1e-9",
 )
-END_THE_LOOP = (
-    "def add_one(x):\n    raise StopIteration\n",
-    "for y in map(add_one, [1, 2]):\n    assert y == 0\n",
-)
 APART_ONLY = {
     "dig for the nonce": DIG_FOR_THE_NONCE,
     "kill the tests' process": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n", "pass"),
     "shadow a builtin": SHADOW_A_BUILTIN,
-    "end the tests' loop": END_THE_LOOP,
 }
 
 

@@ -35,6 +35,7 @@ _PRELOAD = ("unittest", "math", "re", "collections", "itertools", "functools", "
 _PRELOAD += ("traceback",)  # type: ignore[assignment]  # for `_explain`
 _MEMORY_HINTS = ("MemoryError", "Cannot allocate memory", "out of memory", "bad_alloc", "heap out of memory")
 _PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None), range, bytearray})
+_ENDS_LOOPS = (StopIteration, StopAsyncIteration)  # from the program: a RuntimeError for the tests
 _PRCTL: Any = None  # libc's prctl, loaded by `main` (the values judge makes its tests' process undumpable)
 _JS_BOOT = r"""(() => {
 const fs = require('fs'), vm = require('vm'), write = fs.writeSync, exit = process.exit.bind(process);
@@ -226,10 +227,13 @@ def _import(name: str, globals: Any = None, locals: Any = None, fromlist: Any = 
 def _guard(function: Any) -> Any:
     """The program's function as the tests see it: after each call, undo what the call changed in the
     modules the tests use, and refuse a result whose comparisons can't be trusted."""
-    restore_own, restore, vet, touched = _restore_own, _restore, _vet, _TOUCHED
+    restore_own, restore, vet, touched, ends_loops = _restore_own, _restore, _vet, _TOUCHED, _ENDS_LOOPS
 
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        result = function(*args, **kwargs)
+        try:
+            result = function(*args, **kwargs)
+        except ends_loops as exc:  # it would end the tests' loop over map(...) early, as if done
+            raise RuntimeError(f"the program raised {type(exc).__name__}") from None
         restore_own()
         restore(list(touched), False)
         vet(result, 0)
@@ -544,7 +548,6 @@ def _opaque(name: str, kind: str) -> Any:
     )()
 
 
-_ENDS_LOOPS = (StopIteration, StopAsyncIteration)
 _PLAIN_CONTAINERS: dict[str, Any] = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}
 _PLAIN_NAMES = (
     "only None, bool, int, float, complex, str, bytes and lists, tuples, sets and dicts of them cross"
