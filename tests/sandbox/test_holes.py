@@ -234,6 +234,10 @@ def test_with_the_tests_apart_other_values_are_an_error_that_says_why(apart: San
     assert ended.status == "error" and "SystemExit" in ended.detail, ended
     busy = apart.run("def spin():\n    while True:\n        pass\n", "spin()", Limits(timeout_s=3.0, cpu_s=1))
     assert busy.status == "timeout", busy  # the program's process hit RLIMIT_CPU: still a timeout
+    one = Limits(timeout_s=3.0, max_processes=1)  # the tests' own process is not the sample's
+    assert apart.run(ADD_ONE, CHECK_ADD_ONE, one).passed
+    forks = apart.run("import os\npid = os.fork()\nif pid == 0:\n    os._exit(0)\n", "pass", one)
+    assert forks.status == "error" and "BlockingIOError" in forks.detail, forks
     with pytest.raises(CodetuneError, match="judge 'values' is for Python"):
         apart.run("1", "2", language="javascript")
 

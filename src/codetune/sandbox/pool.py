@@ -310,7 +310,8 @@ class _Worker:
     def run(self, job: dict[str, Any], limits: Limits) -> Verdict:
         """Send one job and return its verdict; sandbox-error (and a new worker) if it doesn't come."""
         if self.cgroup is not None and self.pids_max != limits.max_processes:
-            _write(f"{self.cgroup}/pids.max", str(limits.max_processes + 2))  # + bwrap and the worker
+            infrastructure = 2 + (job["judge"] == "values")  # bwrap, the worker (and the tests' process)
+            _write(f"{self.cgroup}/pids.max", str(limits.max_processes + infrastructure))
             self.pids_max = limits.max_processes
         started, reply = time.monotonic(), None
         with contextlib.suppress(OSError, ValueError):  # a dead worker: a broken pipe, half a reply

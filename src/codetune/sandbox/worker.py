@@ -779,7 +779,7 @@ def _sample(job: dict[str, Any], workdir: str, fds: list[int], ctx: Any) -> NoRe
             os.setresuid(ctx.uid, ctx.uid, ctx.uid)
         os.chdir(workdir)
         os.environ.update(HOME=workdir, TMPDIR=workdir)
-        _set_rlimits(job["limits"], ctx, job["language"])
+        _set_rlimits(job["limits"], ctx, job["language"], job.get("judge", "in-process"))
         if job["language"] == "javascript":
             if not ctx.node:
                 raise RuntimeError("node (Node.js) is not on PATH: JavaScript samples can't run")
@@ -815,9 +815,10 @@ def _cpu_limit(limits: dict[str, Any]) -> int:
     return max(1, -int(-seconds // 1)) + (limits["cpu_s"] is None)
 
 
-def _set_rlimits(limits: dict[str, Any], ctx: Any, language: str) -> None:
+def _set_rlimits(limits: dict[str, Any], ctx: Any, language: str, judge: str) -> None:
     memory, size, cpu = limits["memory_mb"] << 20, limits["file_size_mb"] << 20, _cpu_limit(limits)
-    processes = limits["max_processes"] + ctx.pid1  # the worker shares the uid there
+    # the worker shares the uid in bubblewrap; the values judge's tests process is not the sample's
+    processes = limits["max_processes"] + ctx.pid1 + (judge == "values")
     if ctx.uid is None and not ctx.pid1 and os.geteuid() != 0:  # the user's own processes count too
         processes += sum(1 for p in os.listdir("/proc") if p.isdigit() and _owned(p))
     for which, soft, hard in (
