@@ -104,6 +104,14 @@ def test_task_files_and_folders(tmp_path: Path) -> None:
             r"bad\.jsonl:2: task a: field 'tests' must be a string",
         ),
         ("{not json", r"bad\.jsonl:2: not valid JSON"),
+        (
+            '{"id": "a", "prompt": "p", "tests": "t", "judge": "remote"}',
+            r"bad\.jsonl:2: task a: field 'judge' is 'remote'; use one of in-process, values",
+        ),
+        (
+            '{"id": "a", "prompt": "p", "tests": "t", "judge": "values"}',
+            r"bad\.jsonl:2: judge 'values', but .*bad\.jsonl:1 says 'in-process': the tasks of one file",
+        ),
     ],
 )
 def test_a_bad_task_file_names_the_line_and_field(tmp_path: Path, line: str, message: str) -> None:
@@ -111,6 +119,20 @@ def test_a_bad_task_file_names_the_line_and_field(tmp_path: Path, line: str, mes
     path.write_text(json.dumps(TASKS[0]) + "\n" + line + "\n")
     with pytest.raises(CodetuneError, match=message):
         UserTasks(path).load("test")
+
+
+def test_a_task_file_can_have_its_tests_judged_apart_from_the_answers(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "tasks.jsonl", [{**t, "judge": "values"} for t in TASKS])
+    bench = UserTasks(path)
+    tasks = bench.load("test")
+    forged = "import sys\nclass Any:\n    def __eq__(self, other):\n        return True\n"
+    forged += "def add(a, b):\n    return Any()\ndef neg(x):\n    frame = sys._getframe()\n    return frame and None\n"
+    honest = ["def add(a, b):\n    return a + b\n", "def neg(x):\n    return -x\n"]
+    scored = score_codes(bench, tasks, [honest[0], forged, honest[1], forged])
+    assert scored.isolation.endswith("(values judge)")
+    assert [v.status for v in scored.verdicts] == ["passed", "error", "passed", "failed"]
+    assert "add() returned a __sandbox__.Any" in scored.verdicts[1].detail
+    assert UserTasks(write_jsonl(tmp_path / "plain.jsonl", TASKS)).sandbox().judge == "in-process"
 
 
 def test_an_unknown_benchmark_says_what_it_takes() -> None:

@@ -10,7 +10,10 @@ One problem per line:
   (the model's prompt config and chat template);
 - optional: `entry_point`, `language` (python), `reference` (or `code`, `solution`: a known-good answer;
   when given, every reference must pass its own tests, and timeouts are calibrated on them), `split`
-  (test), `stub` (starter code), `category`.
+  (test), `stub` (starter code), `category`, `judge`: "values" where the tests only compare plain values
+  (numbers, strings, lists, dicts, ...): they then run in a process of their own, where no answer can
+  forge its pass (`codetune.sandbox`); "in-process" (the default) where they need the program's objects.
+  One file (or folder) has one judge.
 
 A prepared split (`data.output_dir/{split}.jsonl`, records with `nl`, `code` and the tests of a file
 source's `tests_field` under `meta.tests`) reads the same way; its examples without tests are skipped
@@ -29,7 +32,7 @@ from codetune.benchmarks.humaneval import sanitize_chat
 from codetune.benchmarks.task import Program, PromptStyle, SandboxSpec, Task
 from codetune.errors import CodetuneError
 from codetune.manifest import sha256_file
-from codetune.sandbox import Limits
+from codetune.sandbox import JUDGES, Limits
 
 DEFAULT_LIMITS = Limits(timeout_s=10.0, memory_mb=1024)
 # Example usage a model appends at top level: the sanitiser drops it, stopping there saves tokens.
@@ -48,6 +51,7 @@ KNOWN_FIELDS = {
     "stub",
     "category",
     "statement",
+    "judge",
     # prepared records carry these too
     "group",
     "source",
@@ -89,6 +93,11 @@ def task_from_row(row: dict[str, Any], where: str, default_split: str = "test") 
     for name, value in (("tests", tests), ("reference", reference), ("entry_point", entry)):
         if value is not None and not isinstance(value, str):
             raise CodetuneError(f"{where}: task {task_id}: field {name!r} must be a string")
+    judge = row.get("judge", "in-process")
+    if judge not in JUDGES:
+        raise CodetuneError(
+            f"{where}: task {task_id}: field 'judge' is {judge!r}; use one of {', '.join(JUDGES)}"
+        )
     return Task(
         id=str(task_id),
         prompt=prompt,
@@ -101,7 +110,7 @@ def task_from_row(row: dict[str, Any], where: str, default_split: str = "test") 
         split=str(row.get("split", default_split)),
         category=str(row.get("category") or meta.get("category") or ""),
         group=str(row.get("group") or ""),
-        meta={"source": where},
+        meta={"source": where, "judge": judge},
     )
 
 
@@ -149,9 +158,18 @@ class UserTasks:
                 raise CodetuneError(f"eval.benchmark: {self.path} holds no *.jsonl task files")
             order = [s for s in ("test", "valid", "val", "train") if s in found]
             self.splits: tuple[str, ...] = tuple(order + [s for s in found if s not in order])
-        else:
-            tasks, _ = read_task_file(self.path, self._default_split())
-            self.splits = tuple(dict.fromkeys([self._default_split(), *(t.split for t in tasks)]))
+        files = sorted(self.path.glob("*.jsonl")) if self.path.is_dir() else [self.path]
+        default = {file: file.stem if self.path.is_dir() else self._default_split() for file in files}
+        every = [t for file in files for t in read_task_file(file, default[file])[0]]
+        if self.path.is_file():
+            self.splits = tuple(dict.fromkeys([self._default_split(), *(t.split for t in every)]))
+        self.judge = every[0].meta["judge"] if every else "in-process"
+        other = next((t for t in every if t.meta["judge"] != self.judge), None)
+        if other is not None:
+            raise CodetuneError(
+                f"{other.meta['source']}: judge {other.meta['judge']!r}, but {every[0].meta['source']} says "
+                f"{self.judge!r}: the tasks of one file or folder share one judge"
+            )
 
     def _default_split(self) -> str:
         """A single file's split for rows that name none: its stem for a prepared split file, else test."""
@@ -194,7 +212,7 @@ class UserTasks:
         return Program(code, task.tests)
 
     def sandbox(self) -> SandboxSpec:
-        return SandboxSpec(DEFAULT_LIMITS, (), calibrate=True, factor=10.0, floor_s=5.0)
+        return SandboxSpec(DEFAULT_LIMITS, (), calibrate=True, factor=10.0, floor_s=5.0, judge=self.judge)
 
     def describe(self, split: str) -> dict[str, Any]:
         file = self.path / f"{split}.jsonl" if self.path.is_dir() else self.path
