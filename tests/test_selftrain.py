@@ -330,7 +330,7 @@ def test_a_rerun_neither_samples_nor_judges_nor_trains_again(tmp_path: Path, toy
 
 
 def test_an_interrupted_round_continues_from_its_cached_samples_and_verdicts(
-    tmp_path: Path, toy: None
+    tmp_path: Path, toy: None, capfd: pytest.CaptureFixture
 ) -> None:
     cfg = toy_config(tmp_path, rounds=1)
     first = Script()
@@ -345,8 +345,11 @@ def test_an_interrupted_round_continues_from_its_cached_samples_and_verdicts(
     assert len(first.sampled) == 2 and len(first.judged) == 2  # all sampled, one unit of 2 judged
 
     again = Script()
+    capfd.readouterr()
     out = selftrain(cfg, sampler_for=again.sampler_for, judge=again.judge)
     assert again.sampled == []
+    done = next(line for line in capfd.readouterr().err.splitlines() if "sample: done" in line)
+    assert done.endswith("decoded now 0 unit(s), the rest from samples.jsonl"), done
     # 15 distinct (task, code) samples: 2 judged before the crash, the other 13 now
     assert len(again.judged) == 13
     assert json.loads((out / "manifest.json").read_text())["rounds"][0]["kept"] == 4
