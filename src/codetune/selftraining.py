@@ -668,7 +668,7 @@ def _round(
         if units < -(
             -len(tasks) // s.unit_size
         ):  # say so where the time is: "142 tasks in 0.0 s" read as a bug
-            bar.advance(0, **{"decoded now": f"{units} unit(s), the rest from samples.jsonl"})
+            bar.fields["decoded now"] = f"{units} unit(s), the rest from samples.jsonl"
     del sampler  # a model it loaded is not kept in memory through training
     sample_s, started = time.perf_counter() - started, time.perf_counter()
     with progress.task(f"selftrain round {k}: run in the sandbox", unit="samples", console=console) as bar:

@@ -109,6 +109,10 @@ def test_task_files_and_folders(tmp_path: Path) -> None:
             r"bad\.jsonl:2: task a: field 'judge' is 'remote'; use one of in-process, values",
         ),
         (
+            '{"id": "a", "prompt": "p", "tests": "t", "judge": "values", "language": "javascript"}',
+            r"bad\.jsonl:2: task a: field 'judge' is 'values'; .*\(values for Python tasks only\)",
+        ),
+        (
             '{"id": "a", "prompt": "p", "tests": "t", "judge": "values"}',
             r"bad\.jsonl:2: judge 'values', but .*bad\.jsonl:1 says 'in-process': the tasks of one file",
         ),

@@ -93,17 +93,18 @@ def task_from_row(row: dict[str, Any], where: str, default_split: str = "test") 
     for name, value in (("tests", tests), ("reference", reference), ("entry_point", entry)):
         if value is not None and not isinstance(value, str):
             raise CodetuneError(f"{where}: task {task_id}: field {name!r} must be a string")
-    judge = row.get("judge", "in-process")
-    if judge not in JUDGES:
+    judge, language = row.get("judge", "in-process"), str(row.get("language", "python"))
+    if judge not in JUDGES or (judge != "in-process" and language != "python"):
         raise CodetuneError(
-            f"{where}: task {task_id}: field 'judge' is {judge!r}; use one of {', '.join(JUDGES)}"
+            f"{where}: task {task_id}: field 'judge' is {judge!r}; use one of {', '.join(JUDGES)} "
+            "(values for Python tasks only)"
         )
     return Task(
         id=str(task_id),
         prompt=prompt,
         tests=str(tests),
         entry_point=str(entry),
-        language=str(row.get("language", "python")),
+        language=language,
         statement=str(row.get("statement") or prompt),
         stub=str(row.get("stub", "")),
         reference=reference,
