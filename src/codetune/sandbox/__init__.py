@@ -23,9 +23,9 @@ address space, file size, processes (as root: a pids cgroup) and open files.
 
 Verdicts are the worker's: "passed" needs exit status 0 and a record with a per-sample random nonce that
 the tests' process writes after the tests finished. Where that process is (`judge`):
-- "values" (HumanEval's): the tests run in a process of their own, forked before any of the sample's
-  code runs, undumpable (the sample's uid can't trace or read it), the only holder of the nonce and the
-  result fd. The program's names reach them as proxies; arguments and results cross as plain data
+- "values" (HumanEval's, and that of task files that ask for it): the tests run in a process of their
+  own, forked before any of the sample's code runs, undumpable (the sample's uid can't trace or read
+  it), the only holder of the nonce and the result fd. The program's names reach them as proxies; arguments and results cross as plain data
   (None, bool, int, float, complex, str, bytes, lists, tuples, sets, dicts), so no object, patch or exit
   of the sample's can decide the verdict. For tests that check plain values.
 - "in-process" (the default; DataFrameBench's DataFrames and Axes can't cross): program and tests share
