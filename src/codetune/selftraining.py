@@ -665,9 +665,8 @@ def _round(
         candidates, units = sample_round(
             tasks, sampler, s.n, seed, identity, rdir / "samples.jsonl", s.unit_size, bar.callback
         )
-        if units < -(
-            -len(tasks) // s.unit_size
-        ):  # say so where the time is: "142 tasks in 0.0 s" read as a bug
+        # say so on the step's last line: "142 tasks in 0.0 s" alone read like a bug
+        if units < -(-len(tasks) // s.unit_size):
             bar.fields["decoded now"] = f"{units} unit(s), the rest from samples.jsonl"
     del sampler  # a model it loaded is not kept in memory through training
     sample_s, started = time.perf_counter() - started, time.perf_counter()

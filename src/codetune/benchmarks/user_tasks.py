@@ -160,8 +160,12 @@ class UserTasks:
             order = [s for s in ("test", "valid", "val", "train") if s in found]
             self.splits: tuple[str, ...] = tuple(order + [s for s in found if s not in order])
         files = sorted(self.path.glob("*.jsonl")) if self.path.is_dir() else [self.path]
-        default = {file: file.stem if self.path.is_dir() else self._default_split() for file in files}
-        every = [t for file in files for t in read_task_file(file, default[file])[0]]
+        # each file read once, here: the judge is the whole source's, and `load` takes its split from it
+        self._read = {
+            file: read_task_file(file, file.stem if self.path.is_dir() else self._default_split())
+            for file in files
+        }
+        every = [t for tasks, _ in self._read.values() for t in tasks]
         if self.path.is_file():
             self.splits = tuple(dict.fromkeys([self._default_split(), *(t.split for t in every)]))
         self.judge = every[0].meta["judge"] if every else "in-process"
@@ -179,11 +183,11 @@ class UserTasks:
     def load(self, split: str = "test") -> list[Task]:
         if self.path.is_dir():
             file = self.path / f"{split}.jsonl"
-            if not file.is_file():
+            if file not in self._read:
                 raise CodetuneError(f"{self.path}: no {split}.jsonl (splits here: {', '.join(self.splits)})")
-            tasks, skipped = read_task_file(file, split)
+            tasks, skipped = self._read[file]
         else:
-            every, skipped = read_task_file(self.path, self._default_split())
+            every, skipped = self._read[self.path]
             tasks = [t for t in every if t.split == split]
         self.skipped[split] = skipped
         tasks = [Task(**{**t.to_dict(), "benchmark": str(self.path)}) for t in tasks]

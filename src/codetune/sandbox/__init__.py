@@ -5,8 +5,8 @@
     verdict = run_tests(program, tests)                     # one sample, on a shared one-worker pool
     with SandboxPool(workers=4, limits=Limits(timeout_s=5)) as pool:
         verdicts = pool.map([(program, tests), ...])        # in job order; `verdict.passed`, `.status`
-    apart = SandboxPool(judge="values")                     # tests in their own process: plain values
         js = pool.run(js_program, js_tests, language="javascript")
+    apart = SandboxPool(judge="values")                     # tests in their own process: plain values
 
 Python: `program` runs first, then `tests` (asserts and/or `unittest.TestCase` classes) see its top-level
 names and share its `__name__` (a test's `patch(__name__ + ".f")` reaches the program, as in BigCodeBench). JavaScript (`node` on PATH): program and tests run as two scripts in one context; a throw is a
@@ -25,9 +25,10 @@ Verdicts are the worker's: "passed" needs exit status 0 and a record with a per-
 the tests' process writes after the tests finished. Where that process is (`judge`):
 - "values" (HumanEval's, and that of task files that ask for it): the tests run in a process of their
   own, forked before any of the sample's code runs, undumpable (the sample's uid can't trace or read
-  it), the only holder of the nonce and the result fd. The program's names reach them as proxies; arguments and results cross as plain data
-  (None, bool, int, float, complex, str, bytes, lists, tuples, sets, dicts), so no object, patch or exit
-  of the sample's can decide the verdict. For tests that check plain values.
+  it), the only holder of the nonce and the result fd. The program's names reach them as proxies;
+  arguments and results cross as plain data (None, bool, int, float, complex, str, bytes, lists, tuples,
+  sets, dicts), so no object, patch or exit of the sample's can decide the verdict. For tests that check
+  plain values.
 - "in-process" (the default; DataFrameBench's DataFrames and Axes can't cross): program and tests share
   the sample's process; `worker.py` says what is restored between them. A sample that digs through the
   interpreter (frames, `gc`, ctypes, /proc/self/mem) can find the nonce and forge a record (pinned by an

@@ -163,7 +163,7 @@ class SandboxPool:
             )
         limits = limits or self.limits
         job = {"program": program, "tests": tests, "limits": asdict(limits), "language": language}
-        job["judge"] = self.judge
+        job |= {"judge": self.judge}
         if limits.network:
             with self._net_lock:
                 if not self._net:

@@ -271,6 +271,12 @@ def _vet(value: Any, depth: int) -> None:
             )
 
 
+def _shared(name: Any) -> bool:
+    """Whether a top-level name of the program reaches the tests: no dunders, nothing that shadows a
+    builtin."""
+    return type(name) is str and not name.startswith("__") and name not in _BUILTINS
+
+
 def _prepare_tests(program_ns: dict[str, Any], tests_ns: dict[str, Any]) -> list[Any]:
     """The tests' namespace: fresh builtins with a restoring import, the program's names (functions
     guarded, modules restored) but no dunders and no names that shadow builtins. Returns the program's
@@ -279,7 +285,7 @@ def _prepare_tests(program_ns: dict[str, Any], tests_ns: dict[str, Any]) -> list
     program_values = list(program_ns.values())
     tests_ns["__builtins__"] = {**_BUILTINS, "__import__": _import}
     for key, value in list(program_ns.items()):
-        if type(key) is str and not key.startswith("__") and key not in _BUILTINS:
+        if _shared(key):
             if type(value) is types.FunctionType:
                 value = _guard(value)
             elif isinstance(value, types.ModuleType) and getattr(value, "__name__", None) in _SAVED:
@@ -430,7 +436,7 @@ def _run_apart(program: str, tests: str) -> NoReturn:
     status, error_type, detail, phase = "passed", None, "", "program"
     try:
         names = channel.receive()["names"]  # filtered here too: over there the sample can change the filter
-        names = {k: v for k, v in names.items() if not k.startswith("__") and k not in _BUILTINS}
+        names = {k: v for k, v in names.items() if _shared(k)}
         tests_ns = _module_namespace("__sandbox__", "<tests>", tests)
         tests_ns.update({name: channel.bind(name, kind) for name, kind in names.items()})
         phase = "tests"
@@ -450,8 +456,7 @@ def _serve_program(program: str, calls: Any, answers: Any) -> NoReturn:
     namespace = _module_namespace("__sandbox__", "<program>", program)
     try:
         exec(compile(program, "<program>", "exec"), namespace)
-        names = [k for k in namespace if type(k) is str and not k.startswith("__") and k not in _BUILTINS]
-        reply = {"names": {name: _describe(namespace[name]) for name in names}}
+        reply = {"names": {k: _describe(v) for k, v in list(namespace.items()) if _shared(k)}}
     except BaseException as exc:
         reply = _failure(exc, "program")
     for line in itertools.chain([b""], calls):  # the listing first, then one answer per call
@@ -548,7 +553,7 @@ def _opaque(name: str, kind: str) -> Any:
     )()
 
 
-_PLAIN_CONTAINERS: dict[str, Any] = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}
+_PLAIN_CONTAINERS: dict[str, Any] = {kind.__name__: kind for kind in (list, tuple, set, frozenset)}
 _PLAIN_NAMES = (
     "only None, bool, int, float, complex, str, bytes and lists, tuples, sets and dicts of them cross"
 )
@@ -566,7 +571,7 @@ def _encode(value: Any, depth: int = 0) -> Any:
         return {"int": hex(value)}
     if kind is float:
         return {"float": repr(value)}
-    if kind.__name__ in _PLAIN_CONTAINERS and kind is _PLAIN_CONTAINERS[kind.__name__]:
+    if kind in (list, tuple, set, frozenset):
         return {kind.__name__: [_encode(item, depth + 1) for item in value]}
     if kind is dict:
         return {"dict": [[_encode(k, depth + 1), _encode(v, depth + 1)] for k, v in value.items()]}
@@ -779,7 +784,7 @@ def _sample(job: dict[str, Any], workdir: str, fds: list[int], ctx: Any) -> NoRe
             os.setresuid(ctx.uid, ctx.uid, ctx.uid)
         os.chdir(workdir)
         os.environ.update(HOME=workdir, TMPDIR=workdir)
-        _set_rlimits(job["limits"], ctx, job["language"], job.get("judge", "in-process"))
+        _set_rlimits(job["limits"], ctx, job["language"], job["judge"])
         if job["language"] == "javascript":
             if not ctx.node:
                 raise RuntimeError("node (Node.js) is not on PATH: JavaScript samples can't run")
@@ -795,7 +800,7 @@ def _sample(job: dict[str, Any], workdir: str, fds: list[int], ctx: Any) -> NoRe
         finally:
             os._exit(70)
     try:  # (os.fork already reseeded `random` in this child)
-        if job.get("judge") == "values":
+        if job["judge"] == "values":
             _run_apart(job["program"], job["tests"])
         _run_python(job["program"], job["tests"], _read_nonce())
     finally:
