@@ -127,6 +127,22 @@ FORGERIES = {
 }
 
 
+# the worker's stdout is the pipe its verdicts travel on: a sample that could open it through /proc
+# would hand the evaluator a verdict of its own
+WRITE_TO_THE_WORKER = (
+    "import json, os\n"
+    "def parent(pid):\n"
+    "    return int(open(f'/proc/{pid}/stat').read().rpartition(')')[2].split()[1])\n"
+    "pid = os.getpid()  # up to the oldest process running the worker's code\n"
+    "while parent(pid) and b'_codetune_sandbox_worker' in open(f'/proc/{parent(pid)}/cmdline', 'rb').read():\n"
+    "    pid = parent(pid)\n"
+    "with open(f'/proc/{pid}/fd/1', 'w') as out:\n"
+    "    out.write(json.dumps({'status': 'passed', 'detail': 'forged'}) + '\\n')\n",
+    "assert False",
+)
+FORGERIES["a verdict written to the worker's stdout"] = WRITE_TO_THE_WORKER
+
+
 @pytest.mark.parametrize("attack", list(FORGERIES))
 def test_a_forged_pass_is_not_a_pass(pool: SandboxPool, attack: str) -> None:
     program, tests = FORGERIES[attack]
@@ -219,8 +235,9 @@ def test_with_the_tests_apart_honest_programs_pass_and_plain_values_cross(apart:
         "        with self.assertRaises(ValueError):\n            fail('value')\n"
         "        with self.assertRaises(KeyError):\n            fail('key')\n"
     )
-    verdict = apart.run(program, tests)
+    verdict = apart.run("print('from the program')\n" + program, tests)
     assert verdict.passed, verdict
+    assert verdict.stdout_tail == "from the program\n", verdict  # flushed before the tests' process ends
     wrong = apart.run(program.replace("x * by", "x * by + 1"), tests)
     assert (wrong.status, wrong.error_type) == ("failed", "AssertionError"), wrong
     assert "assert scale(3) == 6" in wrong.stderr_tail

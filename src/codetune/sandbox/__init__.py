@@ -15,7 +15,8 @@ failure (`AssertionError`: "failed", else "error"). Both get the same isolation,
 Isolation (`isolation_level()`, recorded by `sandbox_manifest()` in every evaluation manifest):
 - bubblewrap: each worker in its own user, PID, network, IPC, UTS and mount namespaces, a read-only root,
   fresh /dev, /dev/shm, /proc, /tmp and /run (no host Unix socket is reachable), no network, uid 65534
-  without capabilities; the worker is PID 1 (samples can't signal it) and kills all else after a sample.
+  without capabilities; the worker is PID 1 (samples can't signal it), undumpable like all it forks (a
+  sample can't trace it or open its /proc files, where its verdicts travel) and kills all else after a sample.
 - Where bubblewrap can't run: rlimits only, with a warning. As root, samples then run as an unprivileged
   uid of their worker; `unsafe_isolation=True` (or CODETUNE_UNSAFE_ISOLATION=1) runs them as root.
 Each sample is forked with its own session, a fresh work dir, stdin on /dev/null and rlimits on CPU,

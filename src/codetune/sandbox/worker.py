@@ -36,7 +36,6 @@ _PRELOAD += ("traceback",)  # type: ignore[assignment]  # for `_explain`
 _MEMORY_HINTS = ("MemoryError", "Cannot allocate memory", "out of memory", "bad_alloc", "heap out of memory")
 _PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None), range, bytearray})
 _ENDS_LOOPS = (StopIteration, StopAsyncIteration)  # from the program: a RuntimeError for the tests
-_PRCTL: Any = None  # libc's prctl, loaded by `main` (the values judge makes its tests' process undumpable)
 _JS_BOOT = r"""(() => {
 const fs = require('fs'), vm = require('vm'), write = fs.writeSync, exit = process.exit.bind(process);
 const nonce = fs.readFileSync('.nonce', 'utf8'), started = process.hrtime.bigint();
@@ -84,10 +83,13 @@ def main(config_json: str) -> None:
         why = f"uid {ctx.uid} can't read Python's files here ({stdlib}); install bubblewrap, or allow running"
         why += " samples as root with unsafe_isolation=True / CODETUNE_UNSAFE_ISOLATION=1"
         return _send({"error": f"without bubblewrap, samples would run as root: {why}"})
-    global _PRCTL
     import ctypes
 
-    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+    # undumpable (PR_SET_DUMPABLE 0), and so every process forked from it: a sample of the same uid can't
+    # trace this worker or open its /proc/<pid>/mem and fd/ (fd 1 carries the verdicts to the evaluator),
+    # nor those of a values judge's tests; node gets its own flag back at exec, but not this one's
+    if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:
+        return _send({"error": "prctl(PR_SET_DUMPABLE, 0) failed: the worker would be open to its samples"})
     failed = []
     for name in (*_PRELOAD, *config["preload"]):
         try:
@@ -428,9 +430,6 @@ def _run_apart(program: str, tests: str) -> NoReturn:
         _serve_program(program, os.fdopen(calls[0], "rb"), os.fdopen(answers[1], "wb", buffering=0))
     os.close(calls[0])
     os.close(answers[1])
-    if _PRCTL(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE 0
-        os.write(3, b"setup\tprctl(PR_SET_DUMPABLE) failed for the tests' process\n")
-        os._exit(70)
     nonce, started = _read_nonce(), time.perf_counter()
     channel = _Channel(os.fdopen(calls[1], "wb", buffering=0), os.fdopen(answers[0], "rb"), program_pid)
     status, error_type, detail, phase = "passed", None, "", "program"
@@ -478,6 +477,11 @@ def _serve_program(program: str, calls: Any, answers: Any) -> NoReturn:
         except TypeError as exc:
             why = f"{call['name']}() returned {exc}; the tests run apart (judge='values'): {_PLAIN_NAMES}"
             data = json.dumps({"raise": "TypeError", "message": f"sandbox: {why}"})
+        for stream in (sys.stdout, sys.stderr):  # what it printed reaches its tails before the tests end
+            try:
+                stream.flush()
+            except BaseException:
+                pass
         answers.write(data.encode() + b"\n")
     os._exit(0)
 
