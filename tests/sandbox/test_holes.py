@@ -163,15 +163,20 @@ DIG_FOR_THE_NONCE = (
     "os._exit(0)\n",
     "assert False",
 )
+# every other process that runs the sandbox's code: the worker, and the tests' process wherever it is
+OTHERS = (
+    "import os\n"
+    "OTHERS = [int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) != os.getpid()\n"
+    "          and b'_codetune_sandbox_worker' in open(f'/proc/{p}/cmdline', 'rb').read()]\n"
+    "assert len(OTHERS) >= 2, OTHERS\n"
+)
 REACH_THE_TESTS = (
-    "import os, signal\n"
-    "def attempt(action):\n"
+    OTHERS + "def attempt(action):\n"
     "    try:\n        action()\n        return 'done'\n"
     "    except OSError as exc:\n        return type(exc).__name__\n"
-    "MEM = attempt(lambda: open(f'/proc/{os.getppid()}/mem', 'rb').read(1))\n"
-    "FD = attempt(lambda: os.readlink(f'/proc/{os.getppid()}/fd/3'))\n"
-    "RESULT_FD = attempt(lambda: os.write(3, b'x'))\n",
-    "assert (MEM, FD, RESULT_FD) == ('PermissionError', 'PermissionError', 'OSError'), (MEM, FD, RESULT_FD)",
+    "MEM = {attempt(lambda: open(f'/proc/{p}/mem', 'rb').read(1)) for p in OTHERS}\n"
+    "FD = {attempt(lambda: os.readlink(f'/proc/{p}/fd/0')) for p in OTHERS}\n",
+    "assert (MEM, FD) == ({'PermissionError'}, {'PermissionError'}), (MEM, FD)",
 )
 
 
@@ -185,7 +190,10 @@ SHADOW_A_BUILTIN = (  # the program's own `abs`, listed after clearing the filte
 )
 APART_ONLY = {
     "dig for the nonce": DIG_FOR_THE_NONCE,
-    "kill the tests' process": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n", "pass"),
+    "kill the tests' process": (
+        OTHERS + "import signal\nfor p in OTHERS:\n    os.kill(p, signal.SIGKILL)\n",
+        "pass",
+    ),
     "shadow a builtin": SHADOW_A_BUILTIN,
 }
 
@@ -257,6 +265,86 @@ def test_with_the_tests_apart_other_values_are_an_error_that_says_why(apart: San
     assert forks.status == "error" and "BlockingIOError" in forks.detail, forks
     with pytest.raises(CodetuneError, match="judge 'values' is for Python"):
         apart.run("1", "2", language="javascript")
+
+
+SPIN = "def spin():\n    while True:\n        pass\n"
+APART_VERDICTS = {  # the limits hold wherever the time goes: in the program, a call, or the tests
+    "a loop in the program": ("while True:\n    pass\n", "pass", Limits(timeout_s=1.0), "timeout"),
+    "a loop in a call": (SPIN, "spin()", Limits(timeout_s=1.0), "timeout"),
+    "a loop in the tests": ("x = 1", "while True:\n    pass\n", Limits(timeout_s=1.0), "timeout"),
+    "the memory limit in a call": (
+        "def grow():\n    x = []\n    while True:\n        x.append(' ' * 10**6)\n",
+        "grow()",
+        Limits(timeout_s=10.0, memory_mb=256),
+        "memory",
+    ),
+    "a signal in a call": (
+        "def crash():\n    import ctypes\n    ctypes.string_at(0)\n",
+        "crash()",
+        FAST,
+        "killed",
+    ),
+    "an exit in a call the tests catch": (
+        "import os\ndef leave():\n    os._exit(0)\n",
+        "try:\n    leave()\nexcept BaseException:\n    pass\n",
+        FAST,
+        "error",
+    ),
+    "the tests' process stopped": (
+        OTHERS + "import signal\nfor p in OTHERS:\n    os.kill(p, signal.SIGSTOP)\n",
+        "pass",
+        Limits(timeout_s=1.0),
+        "timeout",
+    ),
+    "the tests' process reniced and limited": (
+        OTHERS + "import resource\n"
+        "for p in set(OTHERS) - {os.getppid()}:\n"
+        "    os.setpriority(os.PRIO_PROCESS, p, 19)\n"
+        "    resource.prlimit(p, resource.RLIMIT_NOFILE, (20, 20))\n",
+        "pass",
+        FAST,
+        "error",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(APART_VERDICTS))
+def test_with_the_tests_apart_the_limits_hold_and_the_next_sample_is_judged_as_ever(
+    apart: SandboxPool, case: str
+) -> None:
+    program, tests, limits, status = APART_VERDICTS[case]
+    verdict = apart.run(program, tests, limits)
+    assert verdict.status == status, verdict
+    for _ in range(2):  # on both workers: a sound tests' process, fast
+        after = apart.run(OTHERS + "import resource\n" + ADD_ONE, CHECK_ADD_ONE + SOUND_TESTS)
+        assert after.passed and after.duration_s < 1.0, after
+
+
+# what the next sample finds of the tests' process: not stopped, reniced or limited
+SOUND_TESTS = (
+    "judges = set(OTHERS) - {os.getppid()}\n"
+    "assert len(judges) == 1, OTHERS\n"
+    "for p in judges:\n"
+    "    assert os.getpriority(os.PRIO_PROCESS, p) == 0\n"
+    "    assert resource.prlimit(p, resource.RLIMIT_NOFILE)[1] != 20\n"
+    "    assert open(f'/proc/{p}/stat').read().rpartition(')')[2].split()[0] != 'T'\n"
+)
+
+
+@pytest.mark.parametrize("judge", ["in-process", "values"])
+def test_a_sample_that_reniced_or_limited_its_worker_errs_and_the_worker_is_replaced(judge: str) -> None:
+    with SandboxPool(workers=1, limits=FAST, judge=judge) as sandbox:
+        workers = sandbox.worker_pids
+        attack = "import os, resource\nos.setpriority(os.PRIO_PROCESS, os.getppid(), 19)\n"
+        attack += "resource.prlimit(os.getppid(), resource.RLIMIT_NOFILE, (6, 6))\n" + ADD_ONE
+        verdict = sandbox.run(attack, CHECK_ADD_ONE)
+        assert (verdict.status, verdict.detail) == (
+            "error",
+            "the sample reniced or limited its sandbox worker",
+        )
+        assert sandbox.worker_pids != workers
+        for _ in range(3):
+            assert sandbox.run(ADD_ONE, CHECK_ADD_ONE).passed
 
 
 def test_honest_programs_still_pass_beside_the_guards(pool: SandboxPool) -> None:

@@ -318,13 +318,18 @@ class _Worker:
             self.proc.stdin.write(json.dumps(job).encode() + b"\n")  # type: ignore[union-attr]
             self.proc.stdin.flush()  # type: ignore[union-attr]
             reply = self._receive(started + limits.timeout_s + 30)
+        if reply is not None and reply.pop("replace", False):  # the sample disturbed its worker
+            self._restart()
         if reply is not None:
             return Verdict(**reply)
-        self.kill()  # the worker died or hung: the sample gets sandbox-error, the worker a successor
-        self._start()
-        self.hello()
+        self._restart()  # the worker died or hung: the sample gets sandbox-error, the worker a successor
         detail = "the sandbox worker died or stopped answering"
         return Verdict("sandbox-error", duration_s=time.monotonic() - started, detail=detail)
+
+    def _restart(self) -> None:
+        self.kill()
+        self._start()
+        self.hello()
 
     def _receive(self, deadline: float) -> dict[str, Any] | None:
         out = self.proc.stdout

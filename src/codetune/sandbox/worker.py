@@ -24,6 +24,7 @@ import os
 import resource
 import select
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -36,6 +37,7 @@ _PRELOAD += ("traceback",)  # type: ignore[assignment]  # for `_explain`
 _MEMORY_HINTS = ("MemoryError", "Cannot allocate memory", "out of memory", "bad_alloc", "heap out of memory")
 _PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None), range, bytearray})
 _ENDS_LOOPS = (StopIteration, StopAsyncIteration)  # from the program: a RuntimeError for the tests
+_RLIMITS = tuple(getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_"))
 _JS_BOOT = r"""(() => {
 const fs = require('fs'), vm = require('vm'), write = fs.writeSync, exit = process.exit.bind(process);
 const nonce = fs.readFileSync('.nonce', 'utf8'), started = process.hrtime.bigint();
@@ -75,7 +77,7 @@ def main(config_json: str) -> None:
         # every worker's start and rebuilt its font cache); each sample gets its work dir as HOME
         os.environ["HOME"] = tempfile.mkdtemp(prefix="codetune-worker-")
     ctx = types.SimpleNamespace(
-        **config, count=0, pid1=os.getpid() == 1, devnull=os.open(os.devnull, os.O_RDWR)
+        **config, count=0, pid1=os.getpid() == 1, devnull=os.open(os.devnull, os.O_RDWR), judge=None
     )
     ctx.uid = 1_000_000_000 + os.getpid() if config["drop_uid"] else None  # the fallback's, per worker
     if ctx.uid is not None and not _readable_as(ctx.uid):
@@ -99,6 +101,7 @@ def main(config_json: str) -> None:
     _snapshot()
     sys.addaudithook(_audit)
     gc.freeze()  # collections in the samples then skip the worker's objects instead of copying their pages
+    state = _state(os.getpid())
     _send({"preload_errors": failed})
     for line in sys.stdin.buffer:
         started = time.monotonic()
@@ -107,6 +110,9 @@ def main(config_json: str) -> None:
         except Exception as exc:  # the worker must answer, whatever happened
             detail = f"worker: {type(exc).__name__}: {exc}"
             reply = {"status": "sandbox-error", "duration_s": time.monotonic() - started, "detail": detail}
+        if _state(os.getpid()) != state:  # lowered limits can't be raised again: a new worker takes over
+            reply |= {"status": "error", "detail": "the sample reniced or limited its sandbox worker"}
+            return _send(reply | {"replace": True})
         _send(reply)
 
 
@@ -418,20 +424,65 @@ def _module_namespace(name: str, filename: str, source: str) -> dict[str, Any]:
 # --- the values judge: the tests in a process of their own --------------------------------------
 
 
-def _run_apart(program: str, tests: str) -> NoReturn:
-    """Fork the program's process, which runs the program and then answers calls; this process becomes
-    the tests' (it never runs the sample's code, and the sample's uid can't trace or read it) and alone
-    holds the result fd and, read after the fork, the nonce. Values cross as plain data (`_encode`): a
-    forged `__eq__`, a swapped assertion or an early exit over there can't reach the verdict here."""
-    calls, answers = os.pipe(), os.pipe()
-    if (program_pid := os.fork()) == 0:
-        for fd in (3, 4, calls[1], answers[0]):
-            os.close(fd)
-        _serve_program(program, os.fdopen(calls[0], "rb"), os.fdopen(answers[1], "wb", buffering=0))
-    os.close(calls[0])
-    os.close(answers[1])
-    nonce, started = _read_nonce(), time.perf_counter()
-    channel = _Channel(os.fdopen(calls[1], "wb", buffering=0), os.fdopen(answers[0], "rb"), program_pid)
+def _judge(sock: socket.socket, uid: int | None) -> NoReturn:
+    """The values judge's tests' process: forked by the worker before any sample, it never runs a sample's
+    code (the program's values reach it as plain data, `_decode`) and, undumpable, can't be traced or read
+    by one. Per job it gets the tests and the nonce, and over its socket the sample's stdout and stderr, the
+    result pipe and two pipes to the program's process; it writes the record, then says it is idle."""
+    try:
+        os.setsid()
+        keep = sock.fileno()
+        for target in (0, 1, 2):
+            os.dup2(os.open(os.devnull, os.O_RDWR), target)
+        os.closerange(3, keep)
+        os.closerange(keep + 1, 2**31 - 1)
+        if uid is not None:  # the fallback as root: a uid of its own, which the samples' can't signal
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+        own = {which: resource.getrlimit(which) for which in _RLIMITS}
+        sock.sendall(b".")
+        while True:
+            data, fds, _, _ = socket.recv_fds(sock, 1 << 16, 5)
+            size, _, data = data.partition(b"\n")
+            while size and len(data) < int(size):
+                data += sock.recv(1 << 20) or b"\0"  # (a closed socket: the JSON fails to load)
+            job = json.loads(data)  # (no job: the worker is gone, and so is this process)
+            result, calls, answers, out, err = fds
+            os.dup2(out, 1)
+            os.dup2(err, 2)
+            os.chdir(job["workdir"])
+            os.environ.update(HOME=job["workdir"], TMPDIR=job["workdir"])
+            for which, limit in own.items():  # its own limits back (a sample may have lowered them)
+                resource.setrlimit(which, limit)
+            resource.setrlimit(resource.RLIMIT_AS, (job["memory_mb"] << 20, own[resource.RLIMIT_AS][1]))
+            line = _test_apart(job["tests"], os.fdopen(calls, "wb", buffering=0), os.fdopen(answers, "rb"))
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except BaseException:
+                    pass
+            sys.stdout, sys.stderr = (
+                sys.__stdout__ or sys.stdout,
+                sys.__stderr__ or sys.stderr,
+            )  # (the tests')
+            if line is not None:
+                os.write(result, f"{job['nonce']}\t{line}".encode("utf-8", "backslashreplace"))
+            for fd in (result, out, err):
+                os.close(fd)
+            os.dup2(0, 1)
+            os.dup2(0, 2)
+            os.chdir("/")
+            resource.setrlimit(resource.RLIMIT_AS, own[resource.RLIMIT_AS])
+            sock.sendall(b".")
+    finally:
+        os._exit(1)
+
+
+def _test_apart(tests: str, calls: Any, answers: Any) -> str | None:
+    """Run the tests against the program's names as proxies; the record's fields, or None if the program's
+    process ended before the tests did (its exit status then decides the verdict)."""
+    started, channel, tests_ns = time.perf_counter(), _Channel(calls, answers), {}
     status, error_type, detail, phase = "passed", None, "", "program"
     try:
         names = channel.receive()["names"]  # filtered here too: over there the sample can change the filter
@@ -447,7 +498,18 @@ def _run_apart(program: str, tests: str) -> NoReturn:
     except BaseException as exc:
         status = "failed" if isinstance(exc, AssertionError) else "error"
         error_type, detail = _explain(exc, phase)
-    _report(nonce, status, error_type, detail, time.perf_counter() - started)
+    finally:
+        calls.close()
+        answers.close()
+        tests_ns.clear()
+    if channel.ended:  # (whatever the tests made of it, unittest catches all)
+        return None
+    elapsed = time.perf_counter() - started
+    return f"{status}\t{error_type or ''}\t{elapsed:.6f}\t{detail.replace(chr(9), ' ')}\n"
+
+
+class _Ended(BaseException):
+    """The program's process closed its end: no test may catch this (it is no Exception)."""
 
 
 def _serve_program(program: str, calls: Any, answers: Any) -> NoReturn:
@@ -503,16 +565,14 @@ def _failure(exc: BaseException, phase: str) -> dict[str, Any]:
 class _Channel:
     """The tests' side of the program's process: its names as proxies (functions) or decoded values."""
 
-    def __init__(self, calls: Any, answers: Any, pid: int) -> None:
-        self.calls, self.answers, self.pid = calls, answers, pid
+    def __init__(self, calls: Any, answers: Any) -> None:
+        self.calls, self.answers, self.ended = calls, answers, False
 
     def receive(self) -> dict[str, Any]:
         line = self.answers.readline()
-        if not line:  # it ended: end the same way (a CPU limit stays a timeout), or say how it exited
-            _, status = os.waitpid(self.pid, 0)
-            if os.WIFSIGNALED(status):
-                os.kill(os.getpid(), os.WTERMSIG(status))
-            raise RuntimeError(f"the program's process exited (code {os.waitstatus_to_exitcode(status)})")
+        if not line:
+            self.ended = True
+            raise _Ended
         reply = json.loads(line)
         if type(reply) is not dict:
             raise ValueError("sandbox: the program's process broke the protocol")
@@ -539,7 +599,11 @@ class _Channel:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             message = {"name": name, "args": _encode(list(args)), "kwargs": _encode(kwargs)}
-            self.calls.write(json.dumps(message).encode() + b"\n")
+            try:
+                self.calls.write(json.dumps(message).encode() + b"\n")
+            except BrokenPipeError:
+                self.ended = True
+                raise _Ended from None
             return _decode(self.receive()["value"])
 
         call.__name__ = call.__qualname__ = name
@@ -619,14 +683,29 @@ def _run_job(job: dict[str, Any], ctx: Any) -> dict[str, Any]:
     os.mkdir(workdir, 0o700)
     if ctx.uid is not None:
         os.chown(workdir, ctx.uid, ctx.uid)
+    judge = _judge_for(ctx) if job["judge"] == "values" else None
     pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, result
-    nonce_read, nonce_write = os.pipe()
+    links = [os.pipe() for _ in range(2 if judge else 1)]  # to and from the tests' process, or the nonce's
     if (pid := os.fork()) == 0:
-        _sample(job, workdir, [ctx.devnull, *(w for _, w in pipes), nonce_read], ctx)
+        ends = [links[0][0], links[1][1]] if judge else [links[0][0]]
+        _sample(job, workdir, [ctx.devnull, *(w for _, w in pipes), *ends], ctx)
     nonce = os.urandom(16).hex()  # made after the fork: it is in no memory a sample started from
-    os.write(nonce_write, nonce.encode())
-    for fd in (nonce_read, nonce_write, *(w for _, w in pipes)):
-        os.close(fd)
+    try:
+        if judge:  # the tests' process gets them, and the sample's output pipes, the result pipe
+            body = json.dumps({"tests": job["tests"], "nonce": nonce, "workdir": workdir} | limits).encode()
+            data = b"%d\n%s" % (len(body), body)
+            fds = [pipes[2][1], links[0][1], links[1][0], pipes[0][1], pipes[1][1]]
+            try:
+                judge.sock.sendall(data[socket.send_fds(judge.sock, [data], fds) :])
+            except OSError:
+                _stop_judge(ctx)
+                _kill_group(pid)
+                raise
+        else:
+            os.write(links[0][1], nonce.encode())
+    finally:
+        for fd in (*(w for _, w in pipes), *(fd for link in links for fd in link)):
+            os.close(fd)
     reads, caps = [r for r, _ in pipes], [limits["output_bytes"]] * 2 + [65_536]
     tails, totals, open_fds = {fd: bytearray() for fd in reads}, dict.fromkeys(reads, 0), set(reads)
     pidfd, poller, timed_out, raw, cpu_s = os.pidfd_open(pid), select.poll(), False, None, 0.0
@@ -641,6 +720,7 @@ def _run_job(job: dict[str, Any], ctx: Any) -> dict[str, Any]:
                 break  # a process it left holds the pipes: what they carry later is lost
             if not events:  # the wall clock ran out
                 timed_out, events = True, [(pidfd, 0)]
+                _stop_judge(ctx)  # it may be running the tests still
             for fd, _ in events:
                 if fd == pidfd:
                     poller.unregister(pidfd)
@@ -659,12 +739,15 @@ def _run_job(job: dict[str, Any], ctx: Any) -> dict[str, Any]:
         for fd in (*reads, pidfd):
             os.close(fd)
         _remove(workdir)
+        undisturbed = _check_judge(ctx) if judge else True
     texts = []
     for fd, cap in zip(reads, caps, strict=True):
         text = (kept := bytes(tails[fd][-cap:]) if cap else b"").decode("utf-8", "replace")
         cut = totals[fd] - len(kept)
         texts.append(f"[... {cut} bytes truncated ...]\n{text}" if cut else text)
     verdict = _decide(nonce, limits, texts, timed_out, raw or 0, cpu_s)
+    if not undisturbed:
+        verdict |= {"status": "error", "detail": "the sample stopped, reniced or limited the tests' process"}
     return verdict | {"duration_s": round(time.monotonic() - started, 6), "cpu_s": round(cpu_s, 6)}
 
 
@@ -706,6 +789,54 @@ def _decide(
     return verdict
 
 
+def _judge_for(ctx: Any) -> Any:
+    """The values judge's tests' process (`_judge`), started on first use and after it was stopped."""
+    if ctx.judge is None:
+        ours, its = socket.socketpair()
+        if (pid := os.fork()) == 0:
+            _judge(its, None if ctx.uid is None else ctx.uid + 500_000_000)
+        its.close()
+        ctx.judge = types.SimpleNamespace(pid=pid, sock=ours, state=None)
+        if not select.select([ours], [], [], 30)[0] or ours.recv(1) != b".":
+            _stop_judge(ctx)
+            raise RuntimeError("the values judge's tests' process did not start")
+        ctx.judge.state = _state(pid)
+    return ctx.judge
+
+
+def _state(pid: int) -> tuple[Any, ...]:
+    """What a sample of the same uid can change in this worker or its tests' process without tracing it."""
+    limits = tuple(resource.prlimit(pid, which)[1] for which in _RLIMITS)
+    return os.getpriority(os.PRIO_PROCESS, pid), os.sched_getscheduler(pid), os.sched_getaffinity(pid), limits
+
+
+def _check_judge(ctx: Any) -> bool:
+    """After a job: is the tests' process idle and as it started (not stopped, reniced, moved to other CPUs
+    or limited by the sample)? If not, the next job gets a new one. (None left: it was killed.)"""
+    if ctx.judge is None:
+        return True
+    try:
+        os.kill(ctx.judge.pid, signal.SIGCONT)
+        idle = select.select([ctx.judge.sock], [], [], 1.0)[0] and ctx.judge.sock.recv(1) == b"."
+        if idle and _state(ctx.judge.pid) == ctx.judge.state:
+            return True
+    except OSError:
+        pass
+    _stop_judge(ctx)
+    return False
+
+
+def _stop_judge(ctx: Any) -> None:
+    if ctx.judge is not None:
+        _kill_group(ctx.judge.pid)
+        try:
+            os.waitpid(ctx.judge.pid, 0)
+        except ChildProcessError:
+            pass
+        ctx.judge.sock.close()
+        ctx.judge = None
+
+
 def _kill_group(pid: int) -> None:
     for kill, target in ((os.killpg, pid), (os.kill, pid)):
         try:
@@ -723,7 +854,7 @@ def _kill_all(pid: int, ctx: Any) -> None:
             os.waitpid(pid, 0)
     except ChildProcessError:
         pass
-    if ctx.pid1:
+    if ctx.pid1 and ctx.judge is None:
         try:
             os.kill(-1, signal.SIGKILL)
         except ProcessLookupError:
@@ -733,9 +864,22 @@ def _kill_all(pid: int, ctx: Any) -> None:
                 os.waitpid(-1, 0)
             except ChildProcessError:
                 return
+    for _ in range(1000 if ctx.pid1 else 0):  # all but this worker and the values judge's tests' process
+        spare = {1, ctx.judge.pid if ctx.judge else 1}
+        others = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in spare]
+        for other in others:
+            _kill_group(other)
+        while (reaped := _reap_one()) > 0:
+            if ctx.judge and reaped == ctx.judge.pid:  # killed by the sample: the next job gets a new one
+                ctx.judge.sock.close()
+                ctx.judge = None
+        if not others:
+            return
+        time.sleep(0.0002)
     for _ in range(500 if ctx.cgroup else 0):  # all in the worker's cgroup but the worker, until none lives
         with open(os.path.join(ctx.cgroup, "cgroup.procs")) as procs:  # (one forking as we read escapes once)
-            others = [pid for pid in {int(line) for line in procs} - {os.getpid()} if _alive(pid)]
+            spare = {os.getpid(), ctx.judge.pid if ctx.judge else 0}
+            others = [pid for pid in {int(line) for line in procs} - spare if _alive(pid)]
         for other in others:
             _kill_group(other)
         if not others:
@@ -747,6 +891,13 @@ def _kill_all(pid: int, ctx: Any) -> None:
             os.kill(-1, signal.SIGKILL)
             os._exit(0)
         os.waitpid(killer, 0)
+
+
+def _reap_one() -> int:
+    try:
+        return os.waitpid(-1, os.WNOHANG)[0]
+    except ChildProcessError:
+        return 0
 
 
 def _alive(pid: int) -> bool:
@@ -775,8 +926,8 @@ def _remove(path: str) -> None:
 
 
 def _sample(job: dict[str, Any], workdir: str, fds: list[int], ctx: Any) -> NoReturn:
-    """Session, fds 0-4 (stdin, stdout, stderr, result, nonce; nothing else open), uid, work dir, rlimits;
-    then run the job."""
+    """Session, fds 0-4 (stdin, stdout, stderr, result, nonce; with the values judge 4 and 5 are the pipes
+    from and to the tests; nothing else open), uid, work dir, rlimits; then run the job."""
     try:
         os.setsid()
         for target, fd in enumerate(fds):
@@ -805,7 +956,7 @@ def _sample(job: dict[str, Any], workdir: str, fds: list[int], ctx: Any) -> NoRe
             os._exit(70)
     try:  # (os.fork already reseeded `random` in this child)
         if job["judge"] == "values":
-            _run_apart(job["program"], job["tests"])
+            _serve_program(job["program"], os.fdopen(4, "rb"), os.fdopen(5, "wb", buffering=0))
         _run_python(job["program"], job["tests"], _read_nonce())
     finally:
         os._exit(1)
