@@ -20,13 +20,16 @@ Isolation (`isolation_level()`, recorded by `sandbox_manifest()` in every evalua
 - Where bubblewrap can't run: rlimits only, with a warning. As root, samples then run as an unprivileged
   uid of their worker; `unsafe_isolation=True` (or CODETUNE_UNSAFE_ISOLATION=1) runs them as root.
 Each sample is forked with its own session, a fresh work dir, stdin on /dev/null and rlimits on CPU,
-address space, file size, processes (as root: a pids cgroup) and open files.
+address space, file size, processes (as root: a pids cgroup) and open files. A sample that lowers its
+worker's limits or priority (prlimit and setpriority need only the same uid) gets an error, and the
+worker is replaced.
 
 Verdicts are the worker's: "passed" needs exit status 0 and a record with a per-sample random nonce that
 the tests' process writes after the tests finished. Where that process is (`judge`):
 - "values" (HumanEval's, and that of task files that ask for it): the tests run in a process of their
-  own, forked before any of the sample's code runs, undumpable (the sample's uid can't trace or read
-  it), the only holder of the nonce and the result fd. The program's names reach them as proxies;
+  own, one per worker, forked before any sample and kept between them (replaced, and the sample's verdict
+  an error, if a sample stopped, reniced or limited it), undumpable (the sample's uid can't trace or read
+  it), the only holder of the nonce. The program's names reach them as proxies;
   arguments and results cross as plain data (None, bool, int, float, complex, str, bytes, lists, tuples,
   sets, dicts), so no object, patch or exit of the sample's can decide the verdict. For tests that check
   plain values.

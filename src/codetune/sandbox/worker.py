@@ -10,7 +10,7 @@ what the tests use (modules, their classes, builtins, the runner's globals) is r
 taken in the worker, between program and tests and after each call the tests make into the program; an
 audit hook refuses swaps of the code of the standard library's functions and the runner's; a result that
 claims to equal a fresh random value (an always-true `__eq__`) is an error. With the values judge the
-tests run in a process of their own instead (`_run_apart`), and none of that is needed there.
+tests run in a process of their own instead, one per worker (`_judge`), and none of that is needed.
 """
 
 from __future__ import annotations
