@@ -79,6 +79,27 @@ def test_the_sample_sees_fresh_dev_shm_run_and_tmp(pool: SandboxPool) -> None:
     assert verdict.passed, verdict
 
 
+def test_what_a_sample_leaves_outside_its_work_dir_is_gone_for_the_next() -> None:
+    with SandboxPool(workers=1, limits=FAST) as sandbox:  # one worker: the next sample is its neighbour
+        bwrap_only(sandbox)
+        leave = "import os\nhere, count = os.getcwd().rsplit('-', 1)\n"
+        leave += "os.mkdir(f'{here}-{int(count) + 1}')  # the next sample's work dir, made ahead\n"
+        for path in ("/tmp/left", "/dev/shm/left", "/run/left", "/root/left", "/dev/left"):
+            leave += f"open({path!r}, 'w').write('for the next sample')\n"
+        assert sandbox.run(leave, "pass").passed
+        find = "import os\nfound = [d for d in ('/tmp', '/dev/shm', '/run', '/root', '/dev') if 'left' in os.listdir(d)]\n"
+        after = sandbox.run(
+            find, "assert found == [] and len(os.listdir('/tmp')) == 1, (found, os.listdir('/tmp'))"
+        )
+        assert after.passed, after
+        changed = sandbox.run("import os\nos.chmod('/dev/shm', 0o700)\n", "pass")
+        assert (changed.status, changed.detail) == (
+            "error",
+            "the sample changed what was in /tmp, /run, /root, /dev, /dev/shm",
+        ), changed
+        assert sandbox.run("import os\nassert os.stat('/dev/shm').st_mode & 0o777 == 0o755", "pass").passed
+
+
 # --- forged passes -------------------------------------------------------------------------------
 
 ALWAYS_EQUAL = "class Anything:\n    def __eq__(self, other):\n        return True\n    __hash__ = None\n"

@@ -37,6 +37,7 @@ _PRELOAD += ("traceback",)  # type: ignore[assignment]  # for `_explain`
 _MEMORY_HINTS = ("MemoryError", "Cannot allocate memory", "out of memory", "bad_alloc", "heap out of memory")
 _PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None), range, bytearray})
 _ENDS_LOOPS = (StopIteration, StopAsyncIteration)  # from the program: a RuntimeError for the tests
+_SCRATCH = ("/tmp", "/run", "/root", "/dev", "/dev/shm")  # bubblewrap's writable mounts: this worker's alone
 _RLIMITS = tuple(getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_"))
 _JS_BOOT = r"""(() => {
 const fs = require('fs'), vm = require('vm'), write = fs.writeSync, exit = process.exit.bind(process);
@@ -75,7 +76,7 @@ def main(config_json: str) -> None:
     if not os.access(os.path.expanduser("~"), os.W_OK):  # uid 65534's /nonexistent, in bubblewrap
         # a home in its private /tmp for what preloaded libraries write at import (matplotlib warned on
         # every worker's start and rebuilt its font cache); each sample gets its work dir as HOME
-        os.environ["HOME"] = tempfile.mkdtemp(prefix="codetune-worker-")
+        os.environ["HOME"] = home = tempfile.mkdtemp(prefix="codetune-worker-")
     ctx = types.SimpleNamespace(
         **config, count=0, pid1=os.getpid() == 1, devnull=os.open(os.devnull, os.O_RDWR), judge=None
     )
@@ -101,7 +102,9 @@ def main(config_json: str) -> None:
     _snapshot()
     sys.addaudithook(_audit)
     gc.freeze()  # collections in the samples then skip the worker's objects instead of copying their pages
-    state = _state(os.getpid())
+    if "home" in locals():
+        _remove(home)  # (samples get their own)
+    state, ctx.scratch = _state(os.getpid()), {path: _listing(path) for path in _SCRATCH if ctx.pid1}
     _send({"preload_errors": failed})
     for line in sys.stdin.buffer:
         started = time.monotonic()
@@ -110,9 +113,11 @@ def main(config_json: str) -> None:
         except Exception as exc:  # the worker must answer, whatever happened
             detail = f"worker: {type(exc).__name__}: {exc}"
             reply = {"status": "sandbox-error", "duration_s": time.monotonic() - started, "detail": detail}
-        if _state(os.getpid()) != state:  # lowered limits can't be raised again: a new worker takes over
-            reply |= {"status": "error", "detail": "the sample reniced or limited its sandbox worker"}
-            return _send(reply | {"replace": True})
+        # lowered limits can't be raised again, nor device nodes made anew: a new worker takes over
+        disturbed = _state(os.getpid()) != state and "reniced or limited its sandbox worker"
+        disturbed = disturbed or (not _wipe(ctx.scratch) and f"changed what was in {', '.join(_SCRATCH)}")
+        if disturbed:
+            return _send(reply | {"status": "error", "detail": f"the sample {disturbed}", "replace": True})
         _send(reply)
 
 
@@ -908,8 +913,28 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _listing(directory: str) -> dict[str, tuple[int, int]]:
+    return {name: (os.lstat(f"{directory}/{name}")[:2]) for name in os.listdir(directory)}
+
+
+def _wipe(scratch: dict[str, dict[str, tuple[int, int]]]) -> bool:
+    """Remove what the sample left in bubblewrap's writable mounts (no later sample finds it, nor a work dir
+    made ahead of it); False if it changed what was there before any sample (/dev/null, a mount point)."""
+    intact = True
+    for directory, before in scratch.items():
+        now = _listing(directory)
+        intact = intact and all(now.get(name) == identity for name, identity in before.items())
+        for name in now.keys() - before.keys():
+            path = f"{directory}/{name}"
+            if os.path.isdir(path) and not os.path.islink(path):
+                _remove(path)
+            else:
+                os.unlink(path)
+    return intact
+
+
 def _remove(path: str) -> None:
-    """Remove the work dir, whatever the sample did to the permissions inside it."""
+    """Remove a directory, whatever the sample did to the permissions inside it."""
     try:
         return os.rmdir(path)  # the usual case: the sample left nothing
     except OSError:
