@@ -79,24 +79,32 @@ def test_the_sample_sees_fresh_dev_shm_run_and_tmp(pool: SandboxPool) -> None:
     assert verdict.passed, verdict
 
 
+LEAVE = (  # the next sample's work dir made ahead, files in every writable mount, SysV IPC objects
+    "import ctypes, os\nhere, count = os.getcwd().rsplit('-', 1)\n"
+    "os.mkdir(f'{here}-{int(count) + 1}')\n"
+    "for path in ('/tmp/left', '/dev/shm/left', '/run/left', '/root/left', '/dev/left'):\n"
+    "    open(path, 'w').write('for the next sample')\n"
+    "libc = ctypes.CDLL(None)  # IPC_PRIVATE, IPC_CREAT | 0600\n"
+    "assert min(libc.shmget(0, 1 << 20, 0o1600), libc.msgget(0, 0o1600), libc.semget(0, 1, 0o1600)) >= 0\n"
+)
+FIND = (  # ... and a POSIX message queue, which would outlive its maker too: O_CREAT | O_RDWR
+    "import ctypes, os\n"
+    "found = [d for d in ('/tmp', '/dev/shm', '/run', '/root', '/dev') if 'left' in os.listdir(d)]\n"
+    "found += [k for k in ('shm', 'msg', 'sem') if len(open(f'/proc/sysvipc/{k}').readlines()) > 1]\n"
+    "found += ['mq_open'] * (ctypes.CDLL(None).mq_open(b'/q', 0o100 | 0o2, 0o600, None) >= 0)\n"
+    "assert found == [] and len(os.listdir('/tmp')) == 1, (found, os.listdir('/tmp'))\n"
+)
+
+
 def test_what_a_sample_leaves_outside_its_work_dir_is_gone_for_the_next() -> None:
     with SandboxPool(workers=1, limits=FAST) as sandbox:  # one worker: the next sample is its neighbour
         bwrap_only(sandbox)
-        leave = "import os\nhere, count = os.getcwd().rsplit('-', 1)\n"
-        leave += "os.mkdir(f'{here}-{int(count) + 1}')  # the next sample's work dir, made ahead\n"
-        for path in ("/tmp/left", "/dev/shm/left", "/run/left", "/root/left", "/dev/left"):
-            leave += f"open({path!r}, 'w').write('for the next sample')\n"
-        assert sandbox.run(leave, "pass").passed
-        find = "import os\nfound = [d for d in ('/tmp', '/dev/shm', '/run', '/root', '/dev') if 'left' in os.listdir(d)]\n"
-        after = sandbox.run(
-            find, "assert found == [] and len(os.listdir('/tmp')) == 1, (found, os.listdir('/tmp'))"
-        )
+        assert sandbox.run(LEAVE, "pass").passed
+        after = sandbox.run(FIND, "pass")
         assert after.passed, after
         changed = sandbox.run("import os\nos.chmod('/dev/shm', 0o700)\n", "pass")
-        assert (changed.status, changed.detail) == (
-            "error",
-            "the sample changed what was in /tmp, /run, /root, /dev, /dev/shm",
-        ), changed
+        detail = "the sample changed what was in /tmp, /run, /root, /dev, /dev/shm"
+        assert (changed.status, changed.detail) == ("error", detail), changed
         assert sandbox.run("import os\nassert os.stat('/dev/shm').st_mode & 0o777 == 0o755", "pass").passed
 
 

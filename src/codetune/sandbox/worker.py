@@ -91,7 +91,8 @@ def main(config_json: str) -> None:
     # undumpable (PR_SET_DUMPABLE 0), and so every process forked from it: a sample of the same uid can't
     # trace this worker or open its /proc/<pid>/mem and fd/ (fd 1 carries the verdicts to the evaluator),
     # nor those of a values judge's tests; node gets its own flag back at exec, but not this one's
-    if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:
+    ctx.libc = ctypes.CDLL(None, use_errno=True)
+    if ctx.libc.prctl(4, 0, 0, 0, 0) != 0:
         return _send({"error": "prctl(PR_SET_DUMPABLE, 0) failed: the worker would be open to its samples"})
     failed = []
     for name in (*_PRELOAD, *config["preload"]):
@@ -115,7 +116,7 @@ def main(config_json: str) -> None:
             reply = {"status": "sandbox-error", "duration_s": time.monotonic() - started, "detail": detail}
         # lowered limits can't be raised again, nor device nodes made anew: a new worker takes over
         disturbed = _state(os.getpid()) != state and "reniced or limited its sandbox worker"
-        disturbed = disturbed or (not _wipe(ctx.scratch) and f"changed what was in {', '.join(_SCRATCH)}")
+        disturbed = disturbed or (not _wipe(ctx) and f"changed what was in {', '.join(_SCRATCH)}")
         if disturbed:
             return _send(reply | {"status": "error", "detail": f"the sample {disturbed}", "replace": True})
         _send(reply)
@@ -917,11 +918,17 @@ def _listing(directory: str) -> dict[str, tuple[int, int]]:
     return {name: (os.lstat(f"{directory}/{name}")[:2]) for name in os.listdir(directory)}
 
 
-def _wipe(scratch: dict[str, dict[str, tuple[int, int]]]) -> bool:
-    """Remove what the sample left in bubblewrap's writable mounts (no later sample finds it, nor a work dir
-    made ahead of it); False if it changed what was there before any sample (/dev/null, a mount point)."""
+def _wipe(ctx: Any) -> bool:
+    """In bubblewrap, remove what the sample left in the worker's writable mounts and IPC namespace (SysV
+    shared memory, message queues and semaphores outlive their makers): no later sample finds it, nor a
+    work dir made ahead of it, and no memory stays taken. False if it changed what was there before any
+    sample (/dev/null, a mount point)."""
+    for kind, remove in (("shm", ctx.libc.shmctl), ("msg", ctx.libc.msgctl), ("sem", ctx.libc.semctl)):
+        with open(f"/proc/sysvipc/{kind}") if ctx.pid1 else open(os.devnull) as table:
+            for line in list(table)[1:]:
+                remove(int(line.split()[1]), 0, None)  # IPC_RMID (semctl: semnum 0)
     intact = True
-    for directory, before in scratch.items():
+    for directory, before in ctx.scratch.items():
         now = _listing(directory)
         intact = intact and all(now.get(name) == identity for name, identity in before.items())
         for name in now.keys() - before.keys():
@@ -1014,6 +1021,7 @@ def _set_rlimits(limits: dict[str, Any], ctx: Any, language: str, judge: str) ->
         (resource.RLIMIT_NPROC, processes, processes),
         (resource.RLIMIT_NOFILE, limits["open_files"], limits["open_files"]),
         (resource.RLIMIT_CORE, 0, 0),
+        (resource.RLIMIT_MSGQUEUE, 0, 0),  # POSIX message queues outlive their makers too
     ):
         cap = resource.getrlimit(which)[1]
         if cap != resource.RLIM_INFINITY:  # a limit may only be lowered
