@@ -108,6 +108,18 @@ def test_what_a_sample_leaves_outside_its_work_dir_is_gone_for_the_next() -> Non
         assert sandbox.run("import os\nassert os.stat('/dev/shm').st_mode & 0o777 == 0o755", "pass").passed
 
 
+def test_files_in_the_sandbox_s_memory_backed_mounts_count_against_a_cap() -> None:
+    with SandboxPool(workers=1, limits=Limits(timeout_s=10.0, memory_mb=256)) as sandbox:
+        bwrap_only(sandbox)
+        fill = "for i in range(100):\n    with open(f'{D}/f{i}', 'wb') as f:\n        f.write(b'x' * (15 << 20))\n"
+        for directory in ("/tmp", "/dev/shm", "/run", "/root"):  # 1.5 GB each; a sample filled 5 GB in 8 s
+            verdict = sandbox.run(fill.replace("{D}", directory), "pass")
+            assert (verdict.status, verdict.error_type) == ("error", "OSError"), verdict
+            assert "No space left on device" in verdict.detail, verdict
+        within = fill.replace("{D}", "/tmp").replace("range(100)", "range(12)")  # 180 MB: within the cap
+        assert sandbox.run(within, "pass").passed
+
+
 # --- forged passes -------------------------------------------------------------------------------
 
 ALWAYS_EQUAL = "class Anything:\n    def __eq__(self, other):\n        return True\n    __hash__ = None\n"

@@ -14,7 +14,9 @@ failure (`AssertionError`: "failed", else "error"). Both get the same isolation,
 
 Isolation (`isolation_level()`, recorded by `sandbox_manifest()` in every evaluation manifest):
 - bubblewrap: each worker in its own user, PID, network, IPC, UTS and mount namespaces, a read-only root,
-  fresh /dev, /dev/shm, /proc, /tmp and /run (no host Unix socket is reachable), no network, uid 65534
+  fresh /dev, /dev/shm, /proc, /tmp and /run (no host Unix socket is reachable; memory-backed, /tmp and
+  /dev/shm capped at the pool's memory_mb each; what a sample leaves there, and any SysV IPC object it
+  made, is removed after it), no network, uid 65534
   without capabilities; the worker is PID 1 (samples can't signal it), undumpable like all it forks (a
   sample can't trace it or open its /proc files, where its verdicts travel) and kills all else after a sample.
 - Where bubblewrap can't run: rlimits only, with a warning. As root, samples then run as an unprivileged

@@ -127,7 +127,7 @@ class SandboxPool:
         if judge not in JUDGES:
             raise CodetuneError(f"SandboxPool: judge must be one of {JUDGES} (got {judge!r})")
         mode, unsafe = _choose_mode(isolation), unsafe_isolation or os.environ.get(UNSAFE_ENV) == "1"
-        self.limits, self.judge, self._spec = limits, judge, (tuple(preload), mode, unsafe)
+        self.limits, self.judge, self._spec = limits, judge, (tuple(preload), mode, unsafe, limits.memory_mb)
         self.isolation = _describe(mode, unsafe) + (
             "; tests apart from the program (values judge)" * (judge == "values")
         )
@@ -247,21 +247,24 @@ def _bwrap_problem() -> str | None:
 def _probe_bwrap(binary: str | None) -> str | None:
     if binary is None or not os.access(binary, os.X_OK):
         return f"bubblewrap is not installed ({binary or 'bwrap not on PATH'})"
-    probe = subprocess.run([*_bwrap_command(binary, False), "/bin/true"], capture_output=True, timeout=60)
+    probe = subprocess.run([*_bwrap_command(binary, False, 1), "/bin/true"], capture_output=True, timeout=60)
     if probe.returncode != 0:
         return f"bubblewrap cannot start a sandbox here ({probe.stderr.decode(errors='replace').strip()})"
     return None
 
 
-def _bwrap_command(binary: str, network: bool) -> list[str]:
+def _bwrap_command(binary: str, network: bool, memory_mb: int) -> list[str]:
     """Namespaces (user, pid, net, ipc, uts, cgroup, mount), read-only root, fresh /dev, /dev/shm, /proc,
-    /tmp, /run; uid 65534 without capabilities; the worker is PID 1, which samples can't signal."""
+    /tmp, /run; uid 65534 without capabilities; the worker is PID 1, which samples can't signal. Files are
+    memory there: /tmp and /dev/shm hold `memory_mb` each at most, /run and /root 1 MB (the samples'
+    rlimits don't count them, and a sample filled 5 GB of /tmp in 8 s)."""
     command = [binary, "--unshare-all", *(["--share-net"] if network else []), "--die-with-parent"]
     command += ["--as-pid-1", "--new-session", "--uid", "65534", "--gid", "65534", "--ro-bind", "/", "/"]
-    command += ["--dev", "/dev", "--tmpfs", "/dev/shm", "--proc", "/proc", "--tmpfs", "/tmp"]
-    command += ["--tmpfs", "/run", "--tmpfs", "/root"]
+    size, small = ["--size", str(memory_mb << 20)], ["--size", str(1 << 20)]
+    command += ["--dev", "/dev", *size, "--tmpfs", "/dev/shm", "--proc", "/proc", *size, "--tmpfs", "/tmp"]
+    command += [*small, "--tmpfs", "/run", *small, "--tmpfs", "/root"]
     if not os.path.islink("/var/run") and os.path.isdir("/var/run"):
-        command += ["--tmpfs", "/var/run"]
+        command += [*small, "--tmpfs", "/var/run"]
     paths = {sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix, *sys.path}
     real = {os.path.realpath(path) for path in paths if path and os.path.isdir(path)}
     for path in sorted(p for p in real if not any(p.startswith(q + "/") for q in real)):
@@ -273,8 +276,12 @@ def _bwrap_command(binary: str, network: bool) -> list[str]:
 class _Worker:
     """The evaluator's handle on one worker: one JSON line per job on its stdin, one per verdict back."""
 
-    def __init__(self, preload: tuple[str, ...], mode: str, unsafe: bool, network: bool = False) -> None:
-        self.command = _bwrap_command(_bwrap_binary() or "bwrap", network) if mode == "bwrap" else []
+    def __init__(
+        self, preload: tuple[str, ...], mode: str, unsafe: bool, memory_mb: int, network: bool = False
+    ) -> None:
+        self.command = (
+            _bwrap_command(_bwrap_binary() or "bwrap", network, memory_mb) if mode == "bwrap" else []
+        )
         self.command += [sys.executable, "-I", "-c", _BOOT, str(_WORKER_FILE)]
         self.config: dict[str, Any] = {
             "mode": mode,
