@@ -120,6 +120,31 @@ def test_files_in_the_sandbox_s_memory_backed_mounts_count_against_a_cap() -> No
         assert sandbox.run(within, "pass").passed
 
 
+GROW = "def grow(mb):\n    x = bytearray(mb << 20)\n    for i in range(0, len(x), 4096):\n        x[i] = 1\n    return x\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a memory cgroup needs root")
+def test_all_of_a_sample_s_processes_together_are_held_to_its_memory_limit() -> None:
+    with SandboxPool(workers=1, limits=Limits(timeout_s=20.0, memory_mb=512)) as sandbox:
+        if "memory" not in sandbox._workers[0].cgroups:
+            pytest.skip("no memory cgroup can be made here")
+        children = GROW + (  # 4 x 200 MB, each under its own RLIMIT_AS, 800 MB together
+            "import os, time\nkids = []\nfor _ in range(4):\n    if (pid := os.fork()) == 0:\n"
+            "        x = grow(200)\n        time.sleep(2)\n        os._exit(0)\n    kids.append(pid)\n"
+            "print([os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in kids])\n"
+        )
+        verdict = sandbox.run(children, "pass")
+        assert verdict.passed and "-9" in verdict.stdout_tail, verdict  # some were killed for it
+        main = (
+            GROW
+            + "import os, time\nif os.fork() == 0:\n    x = grow(280)\n    time.sleep(5)\n    os._exit(0)\n"
+        )
+        main += "time.sleep(1)\ny = grow(340)\n"  # the bigger one, over the limit together
+        verdict = sandbox.run(main, "pass")
+        assert verdict.status == "memory" and "out-of-memory killer" in verdict.detail, verdict
+        assert sandbox.run("x = 1", "assert x == 1").passed
+
+
 # --- forged passes -------------------------------------------------------------------------------
 
 ALWAYS_EQUAL = "class Anything:\n    def __eq__(self, other):\n        return True\n    __hash__ = None\n"

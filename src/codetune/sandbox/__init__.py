@@ -22,7 +22,8 @@ Isolation (`isolation_level()`, recorded by `sandbox_manifest()` in every evalua
 - Where bubblewrap can't run: rlimits only, with a warning. As root, samples then run as an unprivileged
   uid of their worker; `unsafe_isolation=True` (or CODETUNE_UNSAFE_ISOLATION=1) runs them as root.
 Each sample is forked with its own session, a fresh work dir, stdin on /dev/null and rlimits on CPU,
-address space, file size, processes (as root: a pids cgroup) and open files. A sample that lowers its
+address space, file size, processes (as root: a pids cgroup) and open files; as root a memory cgroup also
+holds all its processes together to `memory_mb` (RLIMIT_AS holds each alone). A sample that lowers its
 worker's limits or priority (prlimit and setpriority need only the same uid) gets an error, and the
 worker is replaced.
 

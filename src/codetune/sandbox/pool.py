@@ -55,7 +55,7 @@ class Limits:
 
     timeout_s: float = 10.0  # wall clock, from fork to exit
     cpu_s: float | None = None  # RLIMIT_CPU (whole seconds, rounded up); None: timeout_s + 1 s
-    memory_mb: int = 1024  # RLIMIT_AS (node: RLIMIT_DATA and the V8 heap)
+    memory_mb: int = 1024  # RLIMIT_AS (node: RLIMIT_DATA and the V8 heap); as root, all processes together
     file_size_mb: int = 16  # RLIMIT_FSIZE
     max_processes: int = 64  # RLIMIT_NPROC (as root, which it exempts: a pids cgroup)
     open_files: int = 256  # RLIMIT_NOFILE
@@ -295,16 +295,19 @@ class _Worker:
     def _start(self) -> None:
         # As root (in bubblewrap the sandbox's uid is root outside), RLIMIT_NPROC exempts the samples: a pids
         # cgroup counts the worker's processes instead (joined before bwrap starts), and without bubblewrap
-        # it also lists what the samples left behind
-        self.cgroup, self.pids_max = _pids_cgroup() if os.geteuid() == 0 else None, 0
+        # it also lists what the samples left behind. A memory cgroup holds all of a sample's processes
+        # to its memory_mb together (RLIMIT_AS holds each alone: 64 processes could take 64 GB)
+        self.cgroups = _cgroups() if os.geteuid() == 0 else {}
+        self.cgroup, self.pids_max, self.memory_mb = self.cgroups.get("pids"), 0, 0
+        memory = self.cgroups.get("memory")
         self.proc = _SPAWNER.submit(
             subprocess.Popen,
-            [*self.command, json.dumps(self.config | {"cgroup": self.cgroup})],
+            [*self.command, json.dumps(self.config | {"cgroup": self.cgroup, "memory_cgroup": memory})],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=_ENV,
             start_new_session=True,  # Ctrl-C in the evaluator's terminal is the evaluator's to handle
-            preexec_fn=functools.partial(_write, f"{self.cgroup}/cgroup.procs", "0") if self.cgroup else None,
+            preexec_fn=functools.partial(_join, set(self.cgroups.values())),
         ).result()
 
     def hello(self) -> None:
@@ -320,6 +323,14 @@ class _Worker:
             infrastructure = 2 + (job["judge"] == "values")  # bwrap, the worker (and the tests' process)
             _write(f"{self.cgroup}/pids.max", str(limits.max_processes + infrastructure))
             self.pids_max = limits.max_processes
+        if (
+            "memory" in self.cgroups and self.memory_mb != limits.memory_mb
+        ):  # what the idle worker holds, more
+            v1, path = self.cgroups["memory"].startswith("/sys/fs/cgroup/memory/"), self.cgroups["memory"]
+            held = int(_read(f"{path}/memory.usage_in_bytes" if v1 else f"{path}/memory.current"))
+            limit = held + ((limits.memory_mb + 64) << 20)
+            _write(f"{path}/memory.limit_in_bytes" if v1 else f"{path}/memory.max", str(limit))
+            self.memory_mb = limits.memory_mb
         started, reply = time.monotonic(), None
         with contextlib.suppress(OSError, ValueError):  # a dead worker: a broken pipe, half a reply
             self.proc.stdin.write(json.dumps(job).encode() + b"\n")  # type: ignore[union-attr]
@@ -352,11 +363,12 @@ class _Worker:
         for stream in (self.proc.stdin, self.proc.stdout):
             with contextlib.suppress(OSError, AttributeError):
                 stream.close()  # type: ignore[union-attr]
-        for _ in range(50 if self.cgroup else 0):  # removable once the namespace's last process is reaped
-            with contextlib.suppress(OSError):
-                os.rmdir(self.cgroup)  # type: ignore[arg-type]
-                break
-            time.sleep(0.01)
+        for path in set(self.cgroups.values()):
+            for _ in range(50):  # removable once the namespace's last process is reaped
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
+                    break
+                time.sleep(0.01)
 
 
 def _kill_workers(workers: list[_Worker]) -> None:
@@ -364,16 +376,34 @@ def _kill_workers(workers: list[_Worker]) -> None:
         worker.kill()
 
 
-def _pids_cgroup() -> str | None:
-    """A fresh cgroup under the pids controller (cgroup v1, or v2 where pids is enabled), or None."""
-    for root in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup"):
-        path = f"{root}/codetune-sandbox-{os.getpid()}-{os.urandom(4).hex()}"
+def _cgroups() -> dict[str, str]:
+    """Fresh cgroups for one worker, by controller ("pids", "memory"): one per cgroup v1 hierarchy, or
+    one cgroup v2 where those controllers are enabled; {} where none can be made."""
+    name, found = f"codetune-sandbox-{os.getpid()}-{os.urandom(4).hex()}", {}
+    for controller, limit in (("pids", "pids.max"), ("memory", "memory.limit_in_bytes")):
         with contextlib.suppress(OSError):
-            os.mkdir(path)
-            if os.path.exists(f"{path}/pids.max"):
-                return path
-            os.rmdir(path)
-    return None
+            os.mkdir(path := f"/sys/fs/cgroup/{controller}/{name}")
+            if os.path.exists(f"{path}/{limit}"):
+                found[controller] = path
+            else:
+                os.rmdir(path)
+    if not found:
+        with contextlib.suppress(OSError):
+            os.mkdir(path := f"/sys/fs/cgroup/{name}")
+            found = {c: path for c in ("pids", "memory") if os.path.exists(f"{path}/{c}.max")}
+            if not found:
+                os.rmdir(path)
+    return found
+
+
+def _join(paths: set[str]) -> None:
+    for path in paths:
+        _write(f"{path}/cgroup.procs", "0")
+
+
+def _read(path: str) -> str:
+    with open(path) as handle:
+        return handle.read()
 
 
 def _write(path: str, text: str) -> None:

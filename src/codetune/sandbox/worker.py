@@ -695,7 +695,8 @@ def _run_job(job: dict[str, Any], ctx: Any) -> dict[str, Any]:
     if (pid := os.fork()) == 0:
         ends = [links[0][0], links[1][1]] if judge else [links[0][0]]
         _sample(job, workdir, [ctx.devnull, *(w for _, w in pipes), *ends], ctx)
-    nonce = os.urandom(16).hex()  # made after the fork: it is in no memory a sample started from
+    nonce, oom_kills = os.urandom(16).hex(), _oom_kills(ctx)  # (the nonce made after the fork: it is in no
+    # memory a sample started from)
     try:
         if judge:  # the tests' process gets them, and the sample's output pipes, the result pipe
             body = json.dumps({"tests": job["tests"], "nonce": nonce, "workdir": workdir} | limits).encode()
@@ -754,6 +755,12 @@ def _run_job(job: dict[str, Any], ctx: Any) -> dict[str, Any]:
     verdict = _decide(nonce, limits, texts, timed_out, raw or 0, cpu_s)
     if not undisturbed:
         verdict |= {"status": "error", "detail": "the sample stopped, reniced or limited the tests' process"}
+    elif verdict["status"] == "killed" and _oom_kills(ctx) > oom_kills:
+        limit = f"{limits['memory_mb']} MB for all its processes together"
+        verdict |= {
+            "status": "memory",
+            "detail": f"killed by the kernel's out-of-memory killer: over {limit}",
+        }
     return verdict | {"duration_s": round(time.monotonic() - started, 6), "cpu_s": round(cpu_s, 6)}
 
 
@@ -897,6 +904,15 @@ def _kill_all(pid: int, ctx: Any) -> None:
             os.kill(-1, signal.SIGKILL)
             os._exit(0)
         os.waitpid(killer, 0)
+
+
+def _oom_kills(ctx: Any) -> int:
+    """How many processes the worker's memory cgroup (as root) has had killed for memory, so far."""
+    if not ctx.memory_cgroup:
+        return 0
+    v1 = ctx.memory_cgroup.startswith("/sys/fs/cgroup/memory/")
+    with open(f"{ctx.memory_cgroup}/{'memory.oom_control' if v1 else 'memory.events'}") as counts:
+        return next((int(line.split()[1]) for line in counts if line.startswith("oom_kill ")), 0)
 
 
 def _reap_one() -> int:
