@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -143,6 +144,44 @@ def test_all_of_a_sample_s_processes_together_are_held_to_its_memory_limit() -> 
         verdict = sandbox.run(main, "pass")
         assert verdict.status == "memory" and "out-of-memory killer" in verdict.detail, verdict
         assert sandbox.run("x = 1", "assert x == 1").passed
+
+
+HOST_FILES = (
+    "import os\nfound = []\n"
+    "for path in ('/etc/shadow', '/etc/gshadow'):\n"
+    "    try:\n        open(path).read()\n        found.append('read ' + path)\n    except OSError:\n        pass\n"
+    "try:\n    os.chmod('/dev/null', 0o666)\n    found.append('chmod /dev/null')\nexcept OSError:\n    pass\n"
+    "found += [f'{d}: {os.listdir(d)}' for d in ('/home',) if os.listdir(d)]\n"
+    "print(found)\n"
+)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the evaluator as root")
+def test_as_root_the_sandbox_s_uid_is_no_one_s_outside() -> None:
+    """Run by root, bubblewrap maps the samples' uid to root: they could read /etc/shadow and chmod the host's
+    /dev/null. It runs as uid 65534 where this Python is readable to it; this machine's .venv Python (under
+    /root/.pyenv) is not, so the check runs on the system's Python (the sandbox is standard library only)."""
+    python = "/usr/bin/python3"
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    script = (
+        "import warnings\nwarnings.simplefilter('error')\nfrom codetune.sandbox import SandboxPool\n"
+        f"with SandboxPool(1) as pool:\n    print(pool.isolation)\n    print(pool.run({HOST_FILES!r}, 'pass'))\n"
+    )
+    ran = (
+        subprocess.run(
+            [python, "-I", "-c", f"import sys; sys.path.insert(0, {src!r})\n" + script],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if os.path.exists(python)
+        else None
+    )
+    if ran is None or "ModuleNotFoundError" in ran.stderr or "bubblewrap is not installed" in ran.stderr:
+        pytest.skip(f"no system Python that can run the sandbox ({ran and ran.stderr[-300:]})")
+    assert ran.returncode == 0, ran.stderr
+    assert "(host uid 65534 outside)" in ran.stdout, ran.stdout
+    assert "status='passed'" in ran.stdout and "stdout_tail='[]\\n'" in ran.stdout, ran.stdout
 
 
 # --- forged passes -------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ JUDGES = ("in-process", "values")  # where Python tests run: in the program's pr
 UNSAFE_ENV = "CODETUNE_UNSAFE_ISOLATION"  # "1": run samples as root where no other isolation works
 BWRAP_ENV = "CODETUNE_BWRAP"  # the bwrap binary; a path that doesn't exist simulates its absence
 _WORKER_FILE = Path(__file__).with_name("worker.py")
+_NOBODY = 65534  # the host uid bubblewrap runs as where the evaluator is root
 _ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
 _ENV |= {name: "1" for name in ("PYTHONDONTWRITEBYTECODE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
 _ENV |= {"MKL_NUM_THREADS": "1"}
@@ -225,9 +226,12 @@ def _choose_mode(requested: str) -> str:
 
 def _describe(mode: str, unsafe: bool) -> str:
     if mode == "bwrap":
+        outside = (
+            "host uid 65534" if _runs_as_nobody() else "host root's" if os.geteuid() == 0 else "your uid"
+        )
         return (
             "bubblewrap: user/pid/net/mount/ipc/uts namespaces + read-only root + private /tmp, /proc, /dev, "
-            "/dev/shm, /run + uid 65534, no capabilities + rlimits"
+            f"/dev/shm, /run; /root, /home, $HOME hidden + uid 65534 ({outside} outside), no capabilities + rlimits"
         )
     if os.geteuid() == 0 and not unsafe:
         return "rlimits only, unprivileged uid per worker (no bubblewrap) + rlimits"
@@ -247,28 +251,62 @@ def _bwrap_problem() -> str | None:
 def _probe_bwrap(binary: str | None) -> str | None:
     if binary is None or not os.access(binary, os.X_OK):
         return f"bubblewrap is not installed ({binary or 'bwrap not on PATH'})"
-    probe = subprocess.run([*_bwrap_command(binary, False, 1), "/bin/true"], capture_output=True, timeout=60)
-    if probe.returncode != 0:
-        return f"bubblewrap cannot start a sandbox here ({probe.stderr.decode(errors='replace').strip()})"
-    return None
+    problem = _try_bwrap(binary, as_nobody=False)
+    if problem is None and os.geteuid() == 0 and (unprivileged := _try_bwrap(binary, as_nobody=True)):
+        warnings.warn(
+            f"SANDBOX: bubblewrap can't run as uid {_NOBODY} here ({unprivileged}); it runs as root, so "
+            "samples can read files only root may read (/etc/shadow) and change the host's /dev/null",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return problem and f"bubblewrap cannot start a sandbox here ({problem})"
+
+
+@functools.cache
+def _try_bwrap(binary: str, as_nobody: bool) -> str | None:
+    """None if bubblewrap starts this Python here (`as_nobody`: as uid 65534 of the host), else why."""
+    command = [*_bwrap_command(binary, False, 1), sys.executable, "-I", "-c", f"open({str(_WORKER_FILE)!r})"]
+    probe = subprocess.run(
+        command, capture_output=True, timeout=60, preexec_fn=_as_nobody if as_nobody else None
+    )
+    return (probe.stderr.decode(errors="replace").strip() or "it failed") if probe.returncode else None
+
+
+def _runs_as_nobody() -> bool:
+    """As root, bubblewrap runs as uid 65534 of the host where it can (this Python and its packages are
+    readable to that uid): in its user namespace the samples' uid is then no one's outside. Run by root,
+    it maps to root: samples could read what only root may (/etc/shadow) and chmod the host's /dev/null."""
+    binary = _bwrap_binary()
+    return os.geteuid() == 0 and binary is not None and _try_bwrap(binary, as_nobody=True) is None
+
+
+def _as_nobody() -> None:
+    os.setgroups([])
+    os.setresgid(_NOBODY, _NOBODY, _NOBODY)
+    os.setresuid(_NOBODY, _NOBODY, _NOBODY)
 
 
 def _bwrap_command(binary: str, network: bool, memory_mb: int) -> list[str]:
     """Namespaces (user, pid, net, ipc, uts, cgroup, mount), read-only root, fresh /dev, /dev/shm, /proc,
-    /tmp, /run; uid 65534 without capabilities; the worker is PID 1, which samples can't signal. Files are
-    memory there: /tmp and /dev/shm hold `memory_mb` each at most, /run and /root 1 MB (the samples'
-    rlimits don't count them, and a sample filled 5 GB of /tmp in 8 s)."""
+    /tmp, /run; /root, /home and $HOME hidden; uid 65534 without capabilities; the worker is PID 1, which
+    samples can't signal. Files are memory there: /tmp and /dev/shm hold `memory_mb` each at most, the
+    others 1 MB (the samples' rlimits don't count them, and a sample filled 5 GB of /tmp in 8 s). What
+    Python and node need from the hidden places is bound back read-only."""
     command = [binary, "--unshare-all", *(["--share-net"] if network else []), "--die-with-parent"]
     command += ["--as-pid-1", "--new-session", "--uid", "65534", "--gid", "65534", "--ro-bind", "/", "/"]
     size, small = ["--size", str(memory_mb << 20)], ["--size", str(1 << 20)]
     command += ["--dev", "/dev", *size, "--tmpfs", "/dev/shm", "--proc", "/proc", *size, "--tmpfs", "/tmp"]
-    command += [*small, "--tmpfs", "/run", *small, "--tmpfs", "/root"]
-    if not os.path.islink("/var/run") and os.path.isdir("/var/run"):
-        command += [*small, "--tmpfs", "/var/run"]
+    home = os.path.realpath(os.path.expanduser("~"))
+    hidden = ["/tmp", "/run", "/root", "/home", *([home] if home.count("/") > 1 else []), "/var/run"]
+    for place in hidden[1:]:
+        if os.path.isdir(place) and not os.path.islink(place) and not place.startswith(("/home/", "/root/")):
+            command += [*small, "--tmpfs", place]
+    node = shutil.which("node")
     paths = {sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix, *sys.path}
+    paths |= {os.path.dirname(os.path.dirname(os.path.realpath(node)))} if node else set()
     real = {os.path.realpath(path) for path in paths if path and os.path.isdir(path)}
     for path in sorted(p for p in real if not any(p.startswith(q + "/") for q in real)):
-        if path.startswith(("/tmp/", "/root/", "/run/")):  # hidden above (a venv in /tmp): bound back
+        if path.startswith(tuple(f"{place}/" for place in hidden)):  # (a venv in /tmp): bound back
             command += ["--ro-bind", path, path]
     return [*command, "--chdir", "/tmp"]
 
@@ -279,10 +317,8 @@ class _Worker:
     def __init__(
         self, preload: tuple[str, ...], mode: str, unsafe: bool, memory_mb: int, network: bool = False
     ) -> None:
-        self.command = (
-            _bwrap_command(_bwrap_binary() or "bwrap", network, memory_mb) if mode == "bwrap" else []
-        )
-        self.command += [sys.executable, "-I", "-c", _BOOT, str(_WORKER_FILE)]
+        self.bwrap = (network, memory_mb, _runs_as_nobody()) if mode == "bwrap" else None
+        self.command = [sys.executable, "-I", "-c", _BOOT, str(_WORKER_FILE)]
         self.config: dict[str, Any] = {
             "mode": mode,
             "preload": list(preload),
@@ -300,14 +336,21 @@ class _Worker:
         self.cgroups = _cgroups() if os.geteuid() == 0 else {}
         self.cgroup, self.pids_max, self.memory_mb = self.cgroups.get("pids"), 0, 0
         memory = self.cgroups.get("memory")
+        bwrap = _bwrap_command(_bwrap_binary() or "bwrap", *self.bwrap[:2]) if self.bwrap else []
         self.proc = _SPAWNER.submit(
             subprocess.Popen,
-            [*self.command, json.dumps(self.config | {"cgroup": self.cgroup, "memory_cgroup": memory})],
+            [
+                *bwrap,
+                *self.command,
+                json.dumps(self.config | {"cgroup": self.cgroup, "memory_cgroup": memory}),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=_ENV,
             start_new_session=True,  # Ctrl-C in the evaluator's terminal is the evaluator's to handle
-            preexec_fn=functools.partial(_join, set(self.cgroups.values())),
+            preexec_fn=functools.partial(
+                _join, set(self.cgroups.values()), bool(self.bwrap and self.bwrap[2])
+            ),
         ).result()
 
     def hello(self) -> None:
@@ -396,9 +439,11 @@ def _cgroups() -> dict[str, str]:
     return found
 
 
-def _join(paths: set[str]) -> None:
+def _join(paths: set[str], as_nobody: bool) -> None:
     for path in paths:
         _write(f"{path}/cgroup.procs", "0")
+    if as_nobody:
+        _as_nobody()
 
 
 def _read(path: str) -> str:
