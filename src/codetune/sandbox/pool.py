@@ -257,7 +257,7 @@ def _probe_bwrap(binary: str | None) -> str | None:
             f"SANDBOX: bubblewrap can't run as uid {_NOBODY} here ({unprivileged}); it runs as root, so "
             "samples can read files only root may read (/etc/shadow) and change the host's /dev/null",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
     return problem and f"bubblewrap cannot start a sandbox here ({problem})"
 
