@@ -181,6 +181,7 @@ class JoinBackend:
         self.gate, self.hold, self.fail_at = threading.Event(), hold, fail_at
         self.batches: list[list[str]] = []
         self.held = False  # the event `hold` waits for was set in time
+        self.at_gate = threading.Event()  # step 1 reached: the first intake is over, later requests join
 
     def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Completion]]:
         self.batches.append([f"generate {p}" for p in prompts])
@@ -209,6 +210,7 @@ class JoinBackend:
                 return
             step += 1
             if step == 1:
+                self.at_gate.set()
                 self.gate.wait(10)
             if self.hold is not None and step == self.hold[0]:
                 self.held = self.hold[1].wait(10)
@@ -234,7 +236,7 @@ def test_a_request_joins_a_running_batch_and_is_answered_before_the_batch_ends()
     backend, out = JoinBackend(hold=(4, b_answered)), {}
     batcher = Batcher(backend)
     threads = [_start(batcher, ["a:6"], GREEDY, out)]
-    _wait_for(lambda: backend.batches)  # "a" is decoding (held at step 1)
+    _wait_for(backend.at_gate.is_set)  # "a" is decoding (held at step 1)
     late = SamplingSettings(max_new_tokens=3, stop=("x",))  # other settings may join too
     threads.append(
         threading.Thread(target=lambda: (_start(batcher, ["b:2"], late, out).join(), b_answered.set()))
@@ -252,7 +254,7 @@ def test_a_request_too_long_to_join_leads_the_next_batch_and_sampled_ones_run_al
     backend, out = JoinBackend(), {}
     batcher = Batcher(backend)
     threads = [_start(batcher, ["a:3"], GREEDY, out)]
-    _wait_for(lambda: backend.batches)
+    _wait_for(backend.at_gate.is_set)
     threads.append(_start(batcher, ["a-much-longer-prompt:1"], GREEDY, out))
     _wait_for(lambda: len(batcher._waiting) == 1)
     threads.append(_start(batcher, ["s:1"], SamplingSettings(temperature=0.8, n=2), out))
@@ -267,7 +269,7 @@ def test_a_backend_error_in_a_running_batch_reaches_the_requests_decoding() -> N
     backend, out = JoinBackend(fail_at=3), {}
     batcher = Batcher(backend)
     threads = [_start(batcher, ["a:5"], GREEDY, out)]
-    _wait_for(lambda: backend.batches)
+    _wait_for(backend.at_gate.is_set)
     threads.append(_start(batcher, ["b:5"], GREEDY, out))
     _wait_for(lambda: len(batcher._waiting) == 1)
     _release(backend, threads)
@@ -281,7 +283,7 @@ def test_a_waiting_request_that_cannot_join_stops_the_joining_and_goes_next() ->
     backend, out = JoinBackend(), {}
     batcher = Batcher(backend)
     threads = [_start(batcher, ["a:6"], GREEDY, out)]
-    _wait_for(lambda: backend.batches)
+    _wait_for(backend.at_gate.is_set)
     threads.append(_start(batcher, ["s:1"], SamplingSettings(temperature=0.8, n=2), out))
     _wait_for(lambda: len(batcher._waiting) == 1)
     threads.append(_start(batcher, ["c:1"], GREEDY, out))
@@ -298,7 +300,7 @@ def test_a_withdrawn_request_that_could_not_join_no_longer_stops_the_joining() -
     left: dict[str, Any] = {"cancel": threading.Event()}
     batcher = Batcher(backend)
     threads = [_start(batcher, ["a:6"], GREEDY, out)]
-    _wait_for(lambda: backend.batches)
+    _wait_for(backend.at_gate.is_set)
     threads.append(_start(batcher, ["s:1"], SamplingSettings(temperature=0.8, n=2), left))
     _wait_for(lambda: len(batcher._waiting) == 1)
     left["cancel"].set()
@@ -317,7 +319,7 @@ def test_the_first_request_of_a_batch_is_answered_when_it_ends_not_when_the_batc
     batcher = Batcher(backend)
     first = threading.Thread(target=lambda: (_start(batcher, ["a:2"], GREEDY, out).join(), a_answered.set()))
     first.start()
-    _wait_for(lambda: backend.batches)
+    _wait_for(backend.at_gate.is_set)
     late = _start(batcher, ["b:6"], GREEDY, out)
     _wait_for(lambda: len(batcher._waiting) == 1)
     backend.gate.set()
@@ -333,7 +335,7 @@ def test_a_request_withdrawn_while_it_decodes_leaves_the_batch() -> None:
     left: dict[str, Any] = {"cancel": threading.Event()}
     batcher = Batcher(backend)
     stays = _start(batcher, ["a:5"], GREEDY, out)
-    _wait_for(lambda: backend.batches)
+    _wait_for(backend.at_gate.is_set)
     gone = _start(batcher, ["b:9"], GREEDY, left)
     _wait_for(lambda: len(batcher._waiting) == 1)
     backend.gate.set()
@@ -351,7 +353,7 @@ def test_a_greedy_stream_joins_the_running_batch_and_closing_it_withdraws_it() -
     out: dict[str, Any] = {}
     batcher = Batcher(backend)
     first = _start(batcher, ["a:6"], GREEDY, out)
-    _wait_for(lambda: backend.batches)
+    _wait_for(backend.at_gate.is_set)
     streamed: list[str] = []
     reader = threading.Thread(target=lambda: streamed.extend(batcher.stream("b:3", GREEDY)))
     reader.start()
