@@ -317,7 +317,8 @@ class _Worker:
     def __init__(
         self, preload: tuple[str, ...], mode: str, unsafe: bool, memory_mb: int, network: bool = False
     ) -> None:
-        self.bwrap = (network, memory_mb, _runs_as_nobody()) if mode == "bwrap" else None
+        self.bwrap = (network, memory_mb) if mode == "bwrap" else None  # its command's arguments
+        self.as_nobody = mode == "bwrap" and _runs_as_nobody()
         self.command = [sys.executable, "-I", "-c", _BOOT, str(_WORKER_FILE)]
         self.config: dict[str, Any] = {
             "mode": mode,
@@ -335,22 +336,20 @@ class _Worker:
         # to its memory_mb together (RLIMIT_AS holds each alone: 64 processes could take 64 GB)
         self.cgroups = _cgroups() if os.geteuid() == 0 else {}
         self.cgroup, self.pids_max, self.memory_mb = self.cgroups.get("pids"), 0, 0
-        memory = self.cgroups.get("memory")
-        bwrap = _bwrap_command(_bwrap_binary() or "bwrap", *self.bwrap[:2]) if self.bwrap else []
+        oom_events = _memory_files(self.cgroups["memory"])[2] if "memory" in self.cgroups else None
+        bwrap = _bwrap_command(_bwrap_binary() or "bwrap", *self.bwrap) if self.bwrap else []
         self.proc = _SPAWNER.submit(
             subprocess.Popen,
             [
                 *bwrap,
                 *self.command,
-                json.dumps(self.config | {"cgroup": self.cgroup, "memory_cgroup": memory}),
+                json.dumps(self.config | {"cgroup": self.cgroup, "oom_events": oom_events}),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=_ENV,
             start_new_session=True,  # Ctrl-C in the evaluator's terminal is the evaluator's to handle
-            preexec_fn=functools.partial(
-                _join, set(self.cgroups.values()), bool(self.bwrap and self.bwrap[2])
-            ),
+            preexec_fn=functools.partial(_join, set(self.cgroups.values()), self.as_nobody),
         ).result()
 
     def hello(self) -> None:
@@ -366,13 +365,10 @@ class _Worker:
             infrastructure = 2 + (job["judge"] == "values")  # bwrap, the worker (and the tests' process)
             _write(f"{self.cgroup}/pids.max", str(limits.max_processes + infrastructure))
             self.pids_max = limits.max_processes
-        if (
-            "memory" in self.cgroups and self.memory_mb != limits.memory_mb
-        ):  # what the idle worker holds, more
-            v1, path = self.cgroups["memory"].startswith("/sys/fs/cgroup/memory/"), self.cgroups["memory"]
-            held = int(_read(f"{path}/memory.usage_in_bytes" if v1 else f"{path}/memory.current"))
-            limit = held + ((limits.memory_mb + 64) << 20)
-            _write(f"{path}/memory.limit_in_bytes" if v1 else f"{path}/memory.max", str(limit))
+        # the memory cgroup: what the idle worker holds, and the sample's memory_mb more
+        if "memory" in self.cgroups and self.memory_mb != limits.memory_mb:
+            usage, limit, _ = _memory_files(self.cgroups["memory"])
+            _write(limit, str(int(_read(usage)) + ((limits.memory_mb + 64) << 20)))
             self.memory_mb = limits.memory_mb
         started, reply = time.monotonic(), None
         with contextlib.suppress(OSError, ValueError):  # a dead worker: a broken pipe, half a reply
@@ -437,6 +433,13 @@ def _cgroups() -> dict[str, str]:
             if not found:
                 os.rmdir(path)
     return found
+
+
+def _memory_files(path: str) -> tuple[str, str, str]:
+    """A memory cgroup's usage, limit and event-count files, cgroup v1 or v2."""
+    if path.startswith("/sys/fs/cgroup/memory/"):
+        return f"{path}/memory.usage_in_bytes", f"{path}/memory.limit_in_bytes", f"{path}/memory.oom_control"
+    return f"{path}/memory.current", f"{path}/memory.max", f"{path}/memory.events"
 
 
 def _join(paths: set[str], as_nobody: bool) -> None:

@@ -399,12 +399,17 @@ def _run_python(program: str, tests: str, nonce: str) -> NoReturn:
 
 
 def _report(
-    nonce: str, status: str, error_type: str | None, detail: str, elapsed: float, *bound: Any
+    nonce: str,
+    status: str,
+    error_type: str | None,
+    detail: str,
+    elapsed: float,
+    streams: tuple[Any, ...],
+    write: Callable[[int, bytes], int],
+    exit_now: Callable[[int], NoReturn],
 ) -> NoReturn:
-    """Flush stdout and stderr, write the result record to fd 3, exit 0. `bound`: the streams, os.write
-    and os._exit as bound before the program ran (or as the worker has them)."""
-    streams, write, exit_now = bound or ((sys.__stdout__, sys.__stderr__), os.write, os._exit)
-    end: Callable[[int], NoReturn] = exit_now
+    """Flush stdout and stderr, write the result record to fd 3, exit 0. The streams, os.write and
+    os._exit come as `_run_python` bound them before the program ran (it may rebind the globals)."""
     for stream in streams:
         try:
             stream.flush()
@@ -414,7 +419,7 @@ def _report(
     try:
         write(3, line.encode("utf-8", "backslashreplace"))
     finally:
-        end(0)
+        exit_now(0)
 
 
 def _module_namespace(name: str, filename: str, source: str) -> dict[str, Any]:
@@ -438,14 +443,13 @@ def _judge(sock: socket.socket, uid: int | None) -> NoReturn:
     try:
         os.setsid()
         keep = sock.fileno()
+        devnull = os.open(os.devnull, os.O_RDWR)
         for target in (0, 1, 2):
-            os.dup2(os.open(os.devnull, os.O_RDWR), target)
+            os.dup2(devnull, target)
         os.closerange(3, keep)
         os.closerange(keep + 1, 2**31 - 1)
         if uid is not None:  # the fallback as root: a uid of its own, which the samples' can't signal
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
+            _become(uid)
         own = {which: resource.getrlimit(which) for which in _RLIMITS}
         sock.sendall(b".")
         while True:
@@ -463,11 +467,7 @@ def _judge(sock: socket.socket, uid: int | None) -> NoReturn:
                 resource.setrlimit(which, limit)
             resource.setrlimit(resource.RLIMIT_AS, (job["memory_mb"] << 20, own[resource.RLIMIT_AS][1]))
             line = _test_apart(job["tests"], os.fdopen(calls, "wb", buffering=0), os.fdopen(answers, "rb"))
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except BaseException:
-                    pass
+            _flush_output()
             sys.stdout, sys.stderr = (
                 sys.__stdout__ or sys.stdout,
                 sys.__stderr__ or sys.stderr,
@@ -545,13 +545,18 @@ def _serve_program(program: str, calls: Any, answers: Any) -> NoReturn:
         except TypeError as exc:
             why = f"{call['name']}() returned {exc}; the tests run apart (judge='values'): {_PLAIN_NAMES}"
             data = json.dumps({"raise": "TypeError", "message": f"sandbox: {why}"})
-        for stream in (sys.stdout, sys.stderr):  # what it printed reaches its tails before the tests end
-            try:
-                stream.flush()
-            except BaseException:
-                pass
+        _flush_output()  # what it printed reaches its tails before the tests end
         answers.write(data.encode() + b"\n")
     os._exit(0)
+
+
+def _flush_output() -> None:
+    """Flush sys.stdout and sys.stderr, whatever they are now (the tests' or the program's own)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
 
 
 def _describe(value: Any) -> dict[str, Any]:
@@ -695,8 +700,8 @@ def _run_job(job: dict[str, Any], ctx: Any) -> dict[str, Any]:
     if (pid := os.fork()) == 0:
         ends = [links[0][0], links[1][1]] if judge else [links[0][0]]
         _sample(job, workdir, [ctx.devnull, *(w for _, w in pipes), *ends], ctx)
-    nonce, oom_kills = os.urandom(16).hex(), _oom_kills(ctx)  # (the nonce made after the fork: it is in no
-    # memory a sample started from)
+    # the nonce made after the fork: it is in no memory a sample started from
+    nonce, oom_kills = os.urandom(16).hex(), _oom_kills(ctx)
     try:
         if judge:  # the tests' process gets them, and the sample's output pipes, the result pipe
             body = json.dumps({"tests": job["tests"], "nonce": nonce, "workdir": workdir} | limits).encode()
@@ -908,10 +913,9 @@ def _kill_all(pid: int, ctx: Any) -> None:
 
 def _oom_kills(ctx: Any) -> int:
     """How many processes the worker's memory cgroup (as root) has had killed for memory, so far."""
-    if not ctx.memory_cgroup:
+    if not ctx.oom_events:
         return 0
-    v1 = ctx.memory_cgroup.startswith("/sys/fs/cgroup/memory/")
-    with open(f"{ctx.memory_cgroup}/{'memory.oom_control' if v1 else 'memory.events'}") as counts:
+    with open(ctx.oom_events) as counts:
         return next((int(line.split()[1]) for line in counts if line.startswith("oom_kill ")), 0)
 
 
@@ -940,9 +944,10 @@ def _wipe(ctx: Any) -> bool:
     work dir made ahead of it, and no memory stays taken. False if it changed what was there before any
     sample (/dev/null, a mount point)."""
     for kind, remove in (("shm", ctx.libc.shmctl), ("msg", ctx.libc.msgctl), ("sem", ctx.libc.semctl)):
-        with open(f"/proc/sysvipc/{kind}") if ctx.pid1 else open(os.devnull) as table:
-            for line in list(table)[1:]:
-                remove(int(line.split()[1]), 0, None)  # IPC_RMID (semctl: semnum 0)
+        if ctx.pid1:  # (without bubblewrap the IPC namespace is the host's)
+            with open(f"/proc/sysvipc/{kind}") as table:
+                for line in list(table)[1:]:
+                    remove(int(line.split()[1]), 0, None)  # IPC_RMID (semctl: semnum 0)
     intact = True
     for directory, before in ctx.scratch.items():
         now = _listing(directory)
@@ -982,9 +987,7 @@ def _sample(job: dict[str, Any], workdir: str, fds: list[int], ctx: Any) -> NoRe
             os.dup2(fd, target)
         os.closerange(len(fds), 2**31 - 1)
         if ctx.uid is not None:
-            os.setgroups([])
-            os.setresgid(ctx.uid, ctx.uid, ctx.uid)
-            os.setresuid(ctx.uid, ctx.uid, ctx.uid)
+            _become(ctx.uid)
         os.chdir(workdir)
         os.environ.update(HOME=workdir, TMPDIR=workdir)
         _set_rlimits(job["limits"], ctx, job["language"], job["judge"])
@@ -1008,6 +1011,13 @@ def _sample(job: dict[str, Any], workdir: str, fds: list[int], ctx: Any) -> NoRe
         _run_python(job["program"], job["tests"], _read_nonce())
     finally:
         os._exit(1)
+
+
+def _become(uid: int) -> None:
+    """This process as `uid` (and gid), with no supplementary groups."""
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
 
 
 def _read_nonce() -> str:
